@@ -1,0 +1,42 @@
+"""interp: train neural networks and see what happens inside them.
+
+The command line (``interp train | analyze | animate | report | stages``) is a thin layer over these
+functions; heavy modules are imported on first use so that ``import interp`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Config",
+    "UserError",
+    "analyze",
+    "animate_config",
+    "build_model",
+    "build_report",
+    "fit",
+    "load_config",
+    "load_data",
+]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "config",
+    "load_config": "config",
+    "UserError": "errors",
+    "fit": "train",
+    "analyze": "analyze",
+    "animate_config": "animate.toyanim",
+    "build_model": "models",
+    "build_report": "report",
+    "load_data": "data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'interp' has no attribute {name!r}")

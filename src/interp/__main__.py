@@ -1,0 +1,5 @@
+"""``python -m interp`` is the ``interp`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""The ``interp`` command line: thin Typer commands that parse, then call one library function.
+
+torch and the rest of the library are imported inside the commands, so ``interp --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .errors import UserError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="interp",
+    help="Train neural networks and see what happens inside them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: built-in defaults, "
+                                                "the same as configs/default.yaml).", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY.PATH=VALUE",
+                                                  help="Override a config value; the value is read as YAML, "
+                                                  "e.g. --set model.hidden=[256,64]. Repeatable.")]
+NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Run folder name (default: the config's name; "
+                                             "an existing one gets -2, -3 …).", show_default=False)]
+SaveDirOpt = Annotated[Path, typer.Option("--save-dir", help="Folder that holds the runs.")]
+
+
+def _user_errors(func: F) -> F:
+    """Turn a UserError into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; the last finished epoch is in checkpoints/last.pt (continue with --resume)",
+                       err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RichReporter:
+    """Progress bars and per-epoch lines on the terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description:<10}"), BarColumn(bar_width=40), TaskProgressColumn(),
+                      TimeElapsedColumn(), console=self.console) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+
+    def epoch(self, row: dict[str, Any], epochs: int) -> None:
+        parts = [f"epoch {row['epoch']}/{epochs}"]
+        for label, key in (("train loss", "train_loss"), ("eval loss", "eval_loss")):
+            if row.get(key) is not None:
+                parts.append(f"{label} {row[key]:.4f}")
+        for label, key in (("train acc", "train_accuracy"), ("eval acc", "eval_accuracy")):
+            if row.get(key) is not None:
+                parts.append(f"{label} {row[key]:.2%}")
+        parts.append(f"{row['seconds']:.1f} s" if row["epoch"] else "before training")
+        self.console.print(" · ".join(parts), soft_wrap=True)
+
+    def notice(self, message: str) -> None:
+        self.console.print(message, markup=False, soft_wrap=True)
+
+
+@app.command()
+@_user_errors
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    name: NameOpt = None,
+    save_dir: SaveDirOpt = Path("save"),
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue a run folder from its last.pt to "
+                                                "train.epochs (use --set train.epochs=N to go further).",
+                                                show_default=False)] = None,
+) -> None:
+    """Train a model and run the analysis stages at epoch 0 and after epochs; results go to save/<run>/."""
+    from .config import load_config
+    from .sources import check_sources
+
+    if resume is not None:
+        if config is not None:
+            raise UserError("--resume uses the run's own config.yaml; drop -c (use --set to change values)")
+        config = resume / "config.yaml"
+        if not config.is_file():
+            raise UserError(f"run {resume} {'is not a run folder (no config.yaml)' if resume.is_dir() else 'does not exist'}")
+    cfg = load_config(config, set_ or [])
+    check_sources(cfg.data)  # before torch is imported: an offline machine hears about it at once
+
+    from .train import fit
+
+    reporter = RichReporter()
+    result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter)
+    _print_summaries(reporter, result.summaries)
+    reporter.notice(f"run saved in {result.run_dir} (best epoch {result.best_epoch}); "
+                    f"view it with: tensorboard --logdir {result.run_dir.parent}")
+
+
+@app.command()
+@_user_errors
+def analyze(
+    run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mnist-mlp.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last, or a path to a .pt file.")] = "best",
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Run only this stage (repeatable; "
+                                                    "default: the run's configured stages).")] = None,
+) -> None:
+    """Run the analysis stages again on a saved checkpoint; output goes to save/<run>/analysis/<checkpoint>/."""
+    from .analyze import analyze as analyze_run
+
+    reporter = RichReporter()
+    result = analyze_run(run, checkpoint=checkpoint, stages=stage, notice=reporter.notice)
+    _print_summaries(reporter, result.summaries)
+    reporter.notice(f"analysis written to {result.folder}")
+
+
+@app.command()
+@_user_errors
+def animate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    hidden: Annotated[list[str] | None, typer.Option("--hidden", help="Hidden layer sizes of one panel, "
+                                                     "e.g. 3,2 (repeatable; default: the config's presets).",
+                                                     show_default=False)] = None,
+    frames: Annotated[int | None, typer.Option("--frames", min=1, help="Frames (frame 0 is the untrained net).",
+                                               show_default=False)] = None,
+    format_: Annotated[str | None, typer.Option("--format", help="gif, or mp4 (written next to the gif).",
+                                                show_default=False)] = None,
+    name: NameOpt = None,
+    save_dir: SaveDirOpt = Path("save"),
+) -> None:
+    """Animate toy networks learning (rings: hidden space, warped grid, decision line; polynomial: the fit)."""
+    from .animate.toyanim import animate_config
+    from .config import load_config
+
+    overrides = list(set_ or [])
+    if config is None:
+        overrides.insert(0, "data.dataset=rings")
+        overrides.insert(0, "name=rings")
+    if hidden:
+        shapes = [_parse_hidden(h) for h in hidden]
+        overrides.append(f"animate.hidden={shapes}")
+    if frames is not None:
+        overrides.append(f"animate.frames={frames}")
+    if format_ is not None:
+        overrides.append(f"animate.format={format_}")
+    cfg = load_config(config, overrides)
+    reporter = RichReporter()
+    outputs = animate_config(cfg, save_dir=save_dir, name=name, reporter=reporter)
+    for path in outputs:
+        reporter.notice(f"wrote {path}")
+
+
+@app.command()
+@_user_errors
+def report(run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mnist-mlp.")]) -> None:
+    """Write a static HTML page of a run (metrics, every stage's figures, animations): save/<run>/report/."""
+    from .report import build_report
+
+    path = build_report(run)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@_user_errors
+def stages() -> None:
+    """List the registered analysis stages."""
+    from .stages import STAGES
+
+    width = max(map(len, STAGES))
+    for name, cls in STAGES.items():
+        typer.echo(f"{name:<{width}}  {cls.description}")
+
+
+def _parse_hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--hidden {text!r}: expected positive sizes separated by commas, e.g. --hidden 3,2")
+    return sizes
+
+
+def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
+    table = summaries.get("trust")
+    if not table:
+        return
+    from rich.table import Table
+
+    view = Table(title="Can you trust the maps?", title_justify="left")
+    for column in table["columns"]:
+        view.add_column(column, justify="left" if column in ("method", "verdict") else "right")
+    for row in table["rows"]:
+        view.add_row(*[f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row])
+    reporter.console.print(view)
+    for line in table.get("notes", []):
+        reporter.notice(line)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``interp`` console script."""
+    return app(args=argv if argv is not None else sys.argv[1:], prog_name="interp")

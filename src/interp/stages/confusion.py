@@ -1,0 +1,67 @@
+"""Confusion matrix (rows = true class, columns = predicted class) with per-class precision/recall/F1."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .base import Stage, StageContext, register_stage
+
+
+@register_stage
+class Confusion(Stage):
+    name = "confusion"
+    description = "confusion matrix on the evaluation set (raw and row-normalised) + per-class precision/recall/F1"
+
+    def run(self, ctx: StageContext) -> None:
+        from ..plotting import figure
+
+        classes = ctx.data.classes
+        labels = list(range(len(classes)))
+        y_true = ctx.data.eval_y.cpu().numpy()
+        y_pred = ctx.eval_logits().argmax(dim=1).cpu().numpy()
+        matrix = confusion_matrix(y_true, y_pred, labels=labels)  # (true, predicted)
+        support = matrix.sum(axis=1, keepdims=True)
+        normalised = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)
+        precision, recall, f1, counts = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0)
+        accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
+
+        rows = [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                for c, p, r, f, s in zip(classes, precision, recall, f1, counts, strict=True)]
+        with (ctx.out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (ctx.out_dir / "confusion.json").write_text(json.dumps({
+            "epoch": ctx.epoch, "classes": classes, "rows": "true class", "columns": "predicted class",
+            "matrix": matrix.tolist(), "row_normalised": normalised.round(6).tolist(),
+            "accuracy": accuracy, "per_class": rows,
+        }, indent=1), encoding="utf-8")
+        ctx.record("accuracy", accuracy)
+        ctx.record("macro_f1", float(np.mean(f1)))
+
+        n = len(classes)
+        panel = max(3.6, 0.42 * n)
+        fig, axes = figure(1, 2, panel=panel)
+        for ax, values, title, fmt in (
+            (axes[0, 0], matrix, "counts", "d"),
+            (axes[0, 1], normalised, "row-normalised (recall on the diagonal)", ".2f"),
+        ):
+            image = ax.imshow(values, cmap="Blues", vmin=0)
+            ax.set_title(title)
+            ax.set_xlabel("predicted class")
+            ax.set_ylabel("true class")
+            ax.set_xticks(labels, classes, rotation=90 if max(map(len, classes)) > 2 else 0)
+            ax.set_yticks(labels, classes)
+            if n <= 20:
+                peak = values.max() or 1
+                for (r, c), v in np.ndenumerate(values):
+                    ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7 if n > 10 else 8,
+                            color="white" if v > 0.6 * peak else "black")
+            fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.suptitle(f"epoch {ctx.epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} images")
+        ctx.save_figure(fig, "confusion")

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from interp.cli import app
+
+ROOT = Path(__file__).parent.parent
+runner = CliRunner()
+
+
+def test_train_prints_epoch_lines_and_writes_a_run(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--save-dir", str(tmp_path), "--set", "train.epochs=1",
+                                 "--set", "data.train_limit=500", "--set", "analysis.stages=[confusion]"])
+    assert result.exit_code == 0, result.output
+    assert "epoch 0/1" in result.output and "epoch 1/1 · train loss" in result.output
+    assert "eval acc" in result.output and (tmp_path / "mnist-mlp" / "checkpoints" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "model.hiden=[3]"], "error: default config with --set: model.hiden: unknown key"),
+        (["train", "-c", "nope.yaml"], "error: config file nope.yaml not found"),
+        (["train", "--resume", "save/does-not-exist"], "error: run save/does-not-exist does not exist"),
+        (["train", "--set", "train.device=cuda:7"], "error: train.device is 'cuda:7'"),
+        (["analyze", "save/does-not-exist"], "error: run save/does-not-exist does not exist"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path, monkeypatch) -> None:
+    if "cuda:7" in args[-1] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -1\n")
+    proc = subprocess.run([sys.executable, "-m", "interp", "train", "-c", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {bad}: train.epochs: Input should be greater than or equal to 0 (got -1)"
+    assert proc.stdout == ""
+
+
+def test_runner_passes_arguments_through(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), "--save-dir", str(tmp_path), "--name", "r",
+                           "--set", "train.epochs=0", "--set", "analysis.stages=[confusion]"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 0/0" in proc.stdout
+    assert (tmp_path / "r" / "epoch_000" / "confusion" / "confusion.png").is_file()
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train", "analyze", "animate", "report", "stages"):
+        assert command in result.output
+
+
+def test_stages_command_lists_the_registry() -> None:
+    from interp.stages import STAGES
+
+    result = runner.invoke(app, ["stages"])
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.strip().splitlines()] == list(STAGES)

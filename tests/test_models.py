@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from interp.config import ModelConfig
+from interp.errors import UserError
+from interp.models import MODELS, AllConv, build_model, resolve_layer
+
+SHAPES = [(1, 28, 28), (3, 32, 32)]
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("shape", SHAPES, ids=["mnist", "cifar"])
+def test_every_model_gives_logits_and_features_in_one_pass(arch: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=8, hidden=[16, 12]), shape, 10).eval()
+    x = torch.randn(4, *shape)
+    logits, features = model.forward_features(x)
+    assert logits.shape == (4, 10)
+    assert features.dim() == 2 and features.shape[0] == 4
+    assert torch.allclose(model(x), logits)
+    # the logits are an affine function of the penultimate features (nothing happens after them)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    weight = head.weight.reshape(head.weight.shape[0], -1)
+    assert torch.allclose(features @ weight.T + head.bias, logits, atol=1e-5)
+
+
+def test_mlp_hidden_sizes_and_activation() -> None:
+    model = build_model(ModelConfig(arch="mlp", hidden=[256, 64], activation="tanh"), (1, 28, 28), 10)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 64), (64, 10)]
+    assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 2
+    assert model.forward_features(torch.zeros(2, 1, 28, 28))[1].shape == (2, 64)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["mnist", "cifar"])
+def test_allconv_is_all_convolutional(shape: tuple[int, ...]) -> None:
+    model = AllConv(shape, 10, width=96)
+    kinds = {type(m) for m in model.modules()}
+    assert nn.Linear not in kinds and not any(issubclass(k, nn.modules.pooling._MaxPoolNd) for k in kinds)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [96, 96, 96, 192, 192, 192, 192, 192, 10]
+    assert [c.stride[0] for c in convs].count(2) == 2  # downsampling by stride-2 convs
+    assert [c.kernel_size[0] for c in convs][-2:] == [1, 1]  # 1×1 convs at the end
+    assert model.forward_features(torch.zeros(2, *shape))[1].shape == (2, 192)
+
+
+def test_unknown_arch_and_import_path() -> None:
+    with pytest.raises(UserError, match="unknown model 'resnet'"):
+        build_model(ModelConfig(arch="resnet"), (1, 28, 28), 10)
+    with pytest.raises(UserError, match="cannot import"):
+        build_model(ModelConfig(arch="no_such_pkg.models:net"), (1, 28, 28), 10)
+
+
+def test_user_model_by_import_path() -> None:
+    model = build_model(ModelConfig(arch="interp.models:_mlp", hidden=[5]), (1, 28, 28), 10)
+    assert model.forward_features(torch.zeros(1, 1, 28, 28))[1].shape == (1, 5)
+
+
+def test_layers_resolve_by_short_name() -> None:
+    model = AllConv((1, 28, 28), 10, width=4)
+    assert resolve_layer(model, "conv3")[0] == "features.conv3"
+    assert resolve_layer(model, "features.conv8")[0] == "features.conv8"
+    with pytest.raises(UserError, match="features.conv1"):
+        resolve_layer(model, "conv99")
