@@ -122,3 +122,23 @@ def test_default_config_reaches_ninety_percent(tmp_path: Path) -> None:
     rows = fit(cfg, save_dir=tmp_path).metrics
     assert len(rows) == cfg.train.epochs + 1
     assert rows[-1]["eval_accuracy"] >= 0.90
+
+
+def test_allconv_config_trains_on_cifar10_files(tmp_path: Path) -> None:
+    from conftest import make_cifar_batches
+
+    make_cifar_batches(tmp_path / "data", per_batch=20)
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "cifar10_allconv.yaml",
+                      [f"data.root={tmp_path / 'data'}", "data.download=false", "model.width=4", "train.epochs=1",
+                       "train.device=cpu", "analysis.stages=[confusion]"])
+    result = fit(cfg, save_dir=tmp_path / "save")
+    assert [r["epoch"] for r in result.metrics] == [0, 1]
+    report = json.loads((result.run_dir / "epoch_001" / "confusion" / "confusion.json").read_text())
+    assert report["classes"][0] == "airplane" and torch.tensor(report["matrix"]).sum() == 20
+
+
+def test_mlp_trains_on_mnist_files_in_torchvision_layout(tmp_path: Path, mnist_root: Path) -> None:
+    cfg = quick_config("data.dataset=mnist", f"data.root={mnist_root}", "data.download=false",
+                       "data.train_limit=null", "train.epochs=3")
+    rows = fit(cfg, save_dir=tmp_path / "save").metrics
+    assert rows[-1]["eval_accuracy"] > 0.9  # the synthetic digits are easy: one bright square per class

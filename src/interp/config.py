@@ -41,6 +41,13 @@ DATASETS = ("mnist-sample", "mnist", "cifar10", "rings", "polynomial")
 
 DEFAULT_STAGES: list[str | dict[str, dict[str, Any]]] = [
     "confusion",
+    "saliency",
+    "integrated_gradients",
+    "gradcam",
+    "weights",
+    "neurons",
+    "activations",
+    "embeddings",
 ]
 
 

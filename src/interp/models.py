@@ -8,10 +8,11 @@ accept the short name (``fc1``, ``conv3``) too.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .errors import UserError
 
-__all__ = ["MODELS", "AllConv", "MLP", "build_model", "register_model", "resolve_layer"]
+__all__ = ["MODELS", "AllConv", "MLP", "build_model", "capture_activations", "register_model", "resolve_layer"]
 
 Factory = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 MODELS: dict[str, Factory] = {}
@@ -173,6 +174,27 @@ def feature_blocks(model: nn.Module) -> list[str]:
     if isinstance(features, nn.Sequential):
         return [f"features.{name}" for name, _ in features.named_children()]
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+@contextlib.contextmanager
+def capture_activations(model: nn.Module, names: list[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of the named layers during forward passes inside the ``with`` block.
+
+    The hooks are removed when the block ends, also when it ends with an exception."""
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            full, module = resolve_layer(model, name)
+
+            def hook(_module: nn.Module, _inputs: object, output: Tensor, key: str = full) -> None:
+                outputs[key] = output.detach()
+
+            handles.append(module.register_forward_hook(hook))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = [
     "figure",
     "grid_shape",
     "mosaic",
+    "per_image_panels",
+    "png_pixels",
     "render",
     "save_png",
     "show_image",
@@ -51,17 +54,41 @@ def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = Fal
     return fig, axes
 
 
-def render(fig: Figure) -> np.ndarray:
-    """Draw ``fig`` once and return its pixels (H, W, 3) uint8; the figure is closed."""
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]
+def per_image_panels(n: int, per_image: int, panel: float = 1.75) -> tuple[Figure, list[list[Axes]]]:
+    """A figure with ``per_image`` panels for each of ``n`` images, in two side-by-side groups when
+    ``n`` ≥ 6 (so ten images make a 5 × 2·per_image grid). Returns the figure and each image's axes."""
+    groups = 2 if n >= 6 else 1
+    rows = -(-n // groups)
+    fig, axes = figure(rows, per_image * groups, panel=panel)
+    out = []
+    for i in range(n):
+        r, g = i % rows, i // rows
+        out.append(list(axes[r, per_image * g: per_image * (g + 1)]))
+    used = {id(ax) for row in out for ax in row}
+    for ax in axes.flat:
+        if id(ax) not in used:
+            ax.set_axis_off()
+    return fig, out
+
+
+def render(fig: Figure) -> bytes:
+    """Draw ``fig`` once into PNG bytes, trimmed to its contents (nothing clipped); the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.08, facecolor="white",
+                pil_kwargs={"compress_level": 3})
     plt.close(fig)
-    return pixels
+    return buffer.getvalue()
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """Decode PNG bytes to (H, W, 3) uint8."""
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, optimize=False, compress_level=3)
+    Image.fromarray(pixels).save(path, compress_level=3)
 
 
 def grid_shape(n: int, cols: int | None = None) -> tuple[int, int]:
@@ -128,14 +155,18 @@ def show_unsigned(ax: Axes, values: np.ndarray, title: str | None = None, limit:
 
 
 def show_overlay(ax: Axes, pixels: np.ndarray, heat: np.ndarray, title: str | None = None,
-                 cmap: str = "jet", alpha: float = 0.5) -> None:
-    """A map laid over the image in grey: the image, then ``heat`` (normalised to [0, 1]) half-transparent."""
-    grey = np.asarray(pixels)
+                 cmap: str = "jet") -> None:
+    """A map laid over the image in grey: |heat| normalised to [0, 1], coloured by ``cmap`` and as
+    opaque as it is strong, so that weak attribution leaves the image visible."""
+    grey = np.asarray(pixels, dtype=np.float32)
     if grey.ndim == 3:
         grey = grey.mean(axis=0) if grey.shape[0] in (1, 3) else grey.mean(axis=-1)
     ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0)
-    peak = float(np.max(np.abs(heat))) or 1.0
-    ax.imshow(np.abs(heat) / peak, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
+    strength = np.abs(heat)
+    strength = strength / (float(strength.max()) or 1.0)
+    rgba = matplotlib.colormaps[cmap](strength)
+    rgba[..., 3] = 0.85 * np.sqrt(strength)
+    ax.imshow(rgba)
     _bare(ax, title)
 
 

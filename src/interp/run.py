@@ -91,7 +91,24 @@ class Run:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.path), purge_step=self._purge_step)
+            self._keep_projector_config(self._writer)
         return self._writer
+
+    def _keep_projector_config(self, writer) -> None:  # type: ignore[no-untyped-def]
+        """A new writer rewrites projector_config.pbtxt with only its own embeddings; start it from the
+        file's entries instead (minus the steps a resumed run redoes), so earlier epochs stay visible."""
+        path = self.path / "projector_config.pbtxt"
+        if not path.is_file():
+            return
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+        config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
+        if self._purge_step is not None:
+            keep = [e for e in config.embeddings if int(e.tensor_name.rsplit(":", 1)[-1]) < self._purge_step]
+            del config.embeddings[:]
+            config.embeddings.extend(keep)
+        writer._projector_config = config
 
     def close(self) -> None:
         if self._writer is not None:

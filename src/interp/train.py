@@ -114,7 +114,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     if data.task != "classification":
         return mean_loss, None
     predicted = torch.cat([p.argmax(dim=1) for p in predictions])
-    return mean_loss, float((predicted == data.train_y[order]).float().mean())
+    return mean_loss, int((predicted == data.train_y[order]).sum()) / n
 
 
 @torch.no_grad()
@@ -131,7 +131,7 @@ def evaluate(model: nn.Module, data: Data, loss_fn: nn.Module, batch_size: int,
         advance(1)
     logits = torch.cat(outputs)
     n = len(data.eval_y)
-    accuracy = float((logits.argmax(dim=1) == data.eval_y).float().mean()) if data.task == "classification" else None
+    accuracy = int((logits.argmax(dim=1) == data.eval_y).sum()) / n if data.task == "classification" else None
     return total / n, accuracy, logits
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from . import confusion  # noqa: F401  (importing a stage module registers it)
+# Importing a stage module registers it; this order is the order of `interp stages`.
+from . import (  # noqa: F401
+    activations,
+    confusion,
+    embeddings,
+    gradcam,
+    integrated_gradients,
+    neurons,
+    saliency,
+    weights,
+)
 from .base import (
     STAGES,
     Stage,

@@ -72,12 +72,12 @@ class StageContext:
 
     def save_figure(self, fig: Any, name: str) -> Path:
         """Render ``fig`` once: PNG in this stage's folder and the same image in TensorBoard."""
-        from ..plotting import render, save_png
+        from ..plotting import render
 
-        pixels = render(fig)
+        png = render(fig)
         path = self.out_dir / f"{name}.png"
-        save_png(pixels, path)
-        self.writer.add_image(f"{self.tag}{self.stage}/{name}", pixels, self.step, dataformats="HWC")
+        path.write_bytes(png)
+        add_png(self.writer, f"{self.tag}{self.stage}/{name}", png, self.step)
         return path
 
     def eval_logits(self) -> Tensor:
@@ -102,6 +102,18 @@ class StageContext:
         return self.probe.pixels[i].detach().cpu().numpy()
 
 
+def add_png(writer: Any, tag: str, png: bytes, step: int) -> None:
+    """Log already-encoded PNG bytes as a TensorBoard image (no decode and re-encode)."""
+    import struct
+
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
 class Stage:
     """One analysis. Subclasses set ``name`` and ``description``, may declare an ``Options`` model,
     and implement :meth:`run`. Register them with :func:`register_stage`."""
@@ -114,6 +126,7 @@ class Stage:
 
     def __init__(self, options: BaseModel | None = None):
         self.options: Any = options if options is not None else self.Options()
+        self.skip_noticed = False
 
     def prepare(self, model: nn.Module, data: Data) -> None:
         """Called once before epoch 0; check model-dependent options here so mistakes fail at once."""
@@ -197,8 +210,9 @@ def run_stages(stages: list[Stage], ctx: StageContext) -> dict[str, float]:
             for stage in stages:
                 reason = stage.skip_reason(model, ctx.data)
                 if reason:
-                    if ctx.epoch == 0 or ctx.tag:
+                    if not stage.skip_noticed:  # once per run, not every epoch
                         ctx.notice(f"{stage.name}: skipped ({reason})")
+                        stage.skip_noticed = True
                     continue
                 start = time.perf_counter()
                 ctx.stage = stage.name

@@ -1,0 +1,123 @@
+"""Attribution methods, computed with Captum, and their reduction to one 2-D map per image.
+
+The stages draw these maps and the ``trust`` stage scores them; both call the functions here so that
+a method means the same thing everywhere. Every target is the **true class** logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "gradcam",
+    "integrated_gradients",
+    "saliency",
+    "smoothgrad",
+]
+
+
+def saliency(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """|∂ logit[target] / ∂x| (Simonyan et al. 2013), same shape as ``x``."""
+    from captum.attr import Saliency
+
+    return Saliency(model).attribute(x.detach().requires_grad_(True), target=target, abs=True).detach()
+
+
+def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, samples: int = 16, noise: float = 0.15) -> Tensor:
+    """Saliency averaged over ``samples`` noisy copies of ``x`` (Smilkov et al. 2017).
+
+    ``noise`` is the noise's standard deviation as a fraction of the input's value range."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    spread = float(x.max() - x.min()) or 1.0
+    tunnel = NoiseTunnel(Saliency(model))
+    return tunnel.attribute(x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=max(1, 256 // len(x)),
+                            stdevs=noise * spread, target=target, abs=True).detach()
+
+
+def integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, baseline: Tensor, steps: int = 50,
+                         internal_batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Integrated gradients from ``baseline`` to ``x`` (Sundararajan et al. 2017) and Captum's convergence
+    delta per image: Σ attributions − (F(x) − F(baseline)), which is 0 for an exact integral."""
+    from captum.attr import IntegratedGradients
+
+    attributions, delta = IntegratedGradients(model).attribute(
+        x, baselines=baseline, target=target, n_steps=steps, internal_batch_size=internal_batch_size,
+        return_convergence_delta=True)
+    return attributions.detach(), delta.detach()
+
+
+def gradcam(model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) at ``layer``, ReLU'd and upsampled bilinearly to the input: (B, 1, H, W)."""
+    from captum.attr import LayerGradCam
+
+    cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True).detach()
+    return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def to_map(attributions: Tensor, signed: bool) -> Tensor:
+    """(B, C, H, W) → (B, H, W): summed over channels when signed (contributions add up), else the
+    largest absolute value across channels."""
+    if signed:
+        return attributions.sum(dim=1)
+    return attributions.abs().amax(dim=1)
+
+
+@dataclass(frozen=True)
+class Method:
+    """An attribution method as the trust stage sees it: ``compute(model, x, y, baseline) → (B, H, W)``.
+
+    ``signed`` maps rank pixels by value (positive evidence first); unsigned ones by magnitude."""
+
+    name: str
+    stage: str  # the stage whose presence in the run switches this method on
+    signed: bool
+    compute: Callable[[nn.Module, Tensor, Tensor, Tensor, dict], Tensor]
+
+
+def _saliency_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    return to_map(saliency(model, x, y), signed=False)
+
+
+def _smoothgrad_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    return to_map(smoothgrad(model, x, y, options.get("smoothgrad_samples", 16),
+                             options.get("smoothgrad_noise", 0.15)), signed=False)
+
+
+def _ig_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    attributions, _ = integrated_gradients(model, x, y, baseline, options.get("steps", 50),
+                                           options.get("internal_batch_size", 256))
+    return to_map(attributions, signed=True)
+
+
+def _gradcam_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    from .models import last_conv_block, resolve_layer
+
+    name = options.get("layer")
+    found = resolve_layer(model, name) if name else last_conv_block(model)
+    assert found is not None, "gradcam needs a conv layer"
+    return gradcam(model, found[1], x, y)[:, 0]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("saliency", "saliency", False, _saliency_map),
+        Method("smoothgrad", "saliency", False, _smoothgrad_map),
+        Method("integrated_gradients", "integrated_gradients", True, _ig_map),
+        Method("gradcam", "gradcam", False, _gradcam_map),
+    )
+}
+
+
+@torch.no_grad()
+def target_logits(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """logit[target] for each row of ``x``: (B,)."""
+    return model(x).gather(1, target.view(-1, 1))[:, 0]

@@ -1,0 +1,85 @@
+"""Penultimate features of evaluation images: TensorBoard projector (labels + thumbnails) and a 2-D picture."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Stage, StageContext, register_stage
+
+PROJECTOR_POINT_LIMIT = 10_000  # the projector's t-SNE works on at most this many points
+SPRITE_LIMIT = 8192  # the projector cannot load larger sprite sheets (pixels per side)
+
+
+class EmbeddingsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    points: int = Field(1000, ge=10, le=PROJECTOR_POINT_LIMIT)
+    # t-SNE costs seconds, so by default only the last epoch (and `interp analyze`) gets one.
+    tsne: Literal["final", "always", "never"] = "final"
+    perplexity: float = Field(30.0, gt=1)
+
+
+@register_stage
+class EmbeddingsStage(Stage):
+    name = "embeddings"
+    description = ("penultimate features of up to 1,000 evaluation images → TensorBoard projector with class "
+                   "labels and thumbnails; PCA (and t-SNE at the end) as a PNG")
+    Options = EmbeddingsOptions
+
+    def run(self, ctx: StageContext) -> None:
+        data = ctx.data
+        count = min(self.options.points, len(data.eval_x))
+        generator = torch.Generator().manual_seed(0)
+        index = torch.randperm(len(data.eval_x), generator=generator)[:count].sort().values.to(data.device)
+        with torch.no_grad():
+            x = data.normalise(data.eval_x[index])
+            outputs = [ctx.model.forward_features(x[i:i + 500]) for i in range(0, count, 500)]
+        logits = torch.cat([o[0] for o in outputs])
+        features = torch.cat([o[1] for o in outputs]).flatten(1).float().cpu()  # (N, D)
+        labels = data.eval_y[index].cpu().numpy()
+        predicted = logits.argmax(dim=1).cpu().numpy()
+        names = data.classes
+        metadata = [[names[t], names[p]] for t, p in zip(labels, predicted, strict=True)]
+        thumbnails = data.denormalise(x).cpu()
+        side = math.ceil(math.sqrt(count)) * thumbnails.shape[-1]
+        if side > SPRITE_LIMIT:
+            size = SPRITE_LIMIT // math.ceil(math.sqrt(count))
+            thumbnails = F.interpolate(thumbnails, size=(size, size), mode="area")
+        ctx.writer.add_embedding(features, metadata=metadata, metadata_header=["label", "predicted"],
+                                 label_img=thumbnails, global_step=ctx.step,
+                                 tag=f"{ctx.tag.replace('/', '-')}embeddings")
+        self._draw(ctx, features.numpy(), labels, names)
+
+    def _draw(self, ctx: StageContext, features: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        from ..plotting import figure
+
+        views = []
+        pca = PCA(n_components=2, random_state=0)
+        views.append(("PCA", pca.fit_transform(features),
+                      f"explains {pca.explained_variance_ratio_.sum():.0%} of the variance"))
+        want_tsne = self.options.tsne == "always" or (self.options.tsne == "final" and ctx.final)
+        if want_tsne and len(features) > self.options.perplexity * 3:
+            tsne = TSNE(n_components=2, perplexity=self.options.perplexity, init="pca", random_state=0)
+            views.append(("t-SNE", tsne.fit_transform(features), f"perplexity {self.options.perplexity:g}"))
+        fig, axes = figure(1, len(views), panel=4.6)
+        for ax, (title, points, note) in zip(axes[0], views, strict=True):
+            for c, name in enumerate(names):
+                mine = labels == c
+                ax.scatter(points[mine, 0], points[mine, 1], s=5, color=f"C{c % 10}", label=name, alpha=0.8,
+                           linewidths=0)
+            ax.set_title(f"{title} ({note})")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal", adjustable="datalim")
+        axes[0, -1].legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, "
+                     f"epoch {ctx.epoch}; colour = true class")
+        ctx.save_figure(fig, "embeddings")

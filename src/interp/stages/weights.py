@@ -1,0 +1,67 @@
+"""Weight and gradient histograms per layer, and a before/after picture of the weight distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Stage, StageContext, register_stage
+
+
+class WeightsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gradients: bool = True  # also histograms of ∂loss/∂weights on a fixed batch of evaluation data
+    gradient_batch: int = Field(512, ge=1)
+    bins: int = Field(60, ge=5)
+
+
+@register_stage
+class WeightsStage(Stage):
+    name = "weights"
+    description = ("per-layer weight and gradient histograms (TensorBoard); epoch 0 vs now for every "
+                   "weight tensor (PNG)")
+    Options = WeightsOptions
+    needs_images = False
+    needs_classes = False
+
+    def run(self, ctx: StageContext) -> None:
+        from ..plotting import figure, grid_shape
+        from ..train import loss_function
+
+        params = [(name, p) for name, p in ctx.model.named_parameters() if p.requires_grad]
+        for name, p in params:
+            ctx.writer.add_histogram(f"{ctx.tag}weights/{name}", p.detach(), ctx.step)
+        ctx.record("weight_norm", float(torch.sqrt(sum((p.detach() ** 2).sum() for _, p in params))))
+        if self.options.gradients:
+            n = self.options.gradient_batch
+            x = ctx.data.normalise(ctx.data.eval_x[:n])
+            loss = loss_function(ctx.data)(ctx.model(x), ctx.data.eval_y[:n])
+            grads = torch.autograd.grad(loss, [p for _, p in params])  # leaves the training .grad alone
+            for (name, _), g in zip(params, grads, strict=True):
+                ctx.writer.add_histogram(f"{ctx.tag}gradients/{name}", g, ctx.step)
+            ctx.record("gradient_norm", float(torch.sqrt(sum((g ** 2).sum() for g in grads))))
+
+        matrices = [(name, p.detach().cpu().numpy().ravel()) for name, p in params if p.dim() > 1]
+        initial = ctx.initial_state or {}
+        rows, cols = grid_shape(len(matrices), min(3, len(matrices)))
+        fig, axes = figure(rows, cols, panel=2.6)
+        for ax in axes.flat[len(matrices):]:
+            ax.set_axis_off()
+        for ax, (name, now) in zip(axes.flat, matrices, strict=False):
+            before = initial[name].cpu().numpy().ravel() if name in initial else None
+            values = now if before is None else np.concatenate([now, before])
+            low, high = np.percentile(values, [0.05, 99.95])
+            bins = np.linspace(min(low, -high), max(high, -low), self.options.bins)
+            if before is not None:
+                ax.hist(np.clip(before, bins[0], bins[-1]), bins=bins, color="0.6", alpha=0.6, label="epoch 0")
+            ax.hist(np.clip(now, bins[0], bins[-1]), bins=bins, histtype="step", linewidth=1.4, color="C0",
+                    label=f"epoch {ctx.epoch}")
+            spread = f"σ {before.std():.3f} → {now.std():.3f}" if before is not None else f"σ {now.std():.3f}"
+            ax.set_title(f"{name} ({now.size:,})\n{spread}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_yticks([])
+        if matrices:
+            axes.flat[0].legend(fontsize=7, loc="upper right")
+        fig.suptitle(f"weight distributions: epoch 0 (grey) and epoch {ctx.epoch} (blue)")
+        ctx.save_figure(fig, "weights")

@@ -1,0 +1,200 @@
+"""Every registered stage, run on tiny real models; plus the stages' known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from interp.config import DataConfig, ModelConfig
+from interp.data import load_data, select_probe
+from interp.models import build_model
+from interp.run import Run
+from interp.stages import STAGES, StageContext, run_stages
+
+ARCHS = {"mlp": ModelConfig(arch="mlp", hidden=[32, 16]), "allconv": ModelConfig(arch="allconv", width=4)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    full = load_data(DataConfig(dataset="mnist-sample"))
+    from dataclasses import replace
+
+    return replace(full, eval_x=full.eval_x[:300], eval_y=full.eval_y[:300])
+
+
+def make_context(data, arch: str, folder: Path, epoch: int = 1, final: bool = True):
+    torch.manual_seed(0)
+    model = build_model(ARCHS[arch], data.input_shape, 10).eval()
+    run = Run(folder)
+    notices: list[str] = []
+    ctx = StageContext(model=model, epoch=epoch, final=final, device=torch.device("cpu"), data=data,
+                       probe=select_probe(data, 1, 0), writer=run.writer, folder=folder / f"epoch_{epoch:03d}",
+                       initial_state={k: v.clone() for k, v in model.state_dict().items()},
+                       notice=notices.append)
+    return ctx, run, notices
+
+
+def events(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def small_options(name: str) -> dict:
+    return {"integrated_gradients": {"steps": 8}, "saliency": {"smoothgrad_samples": 2},
+            "embeddings": {"points": 60, "perplexity": 5}}.get(name, {})
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_stage_runs_on_a_tiny_model(name: str, arch: str, data, tmp_path: Path) -> None:
+    stage = STAGES[name](STAGES[name].Options(**small_options(name)))
+    ctx, run, notices = make_context(data, arch, tmp_path)
+    stage.prepare(ctx.model, data)
+    numbers = run_stages([stage], ctx)
+    run.close()
+    reason = stage.skip_reason(ctx.model, data)
+    if reason:  # e.g. Grad-CAM on an MLP: one notice, nothing written
+        assert notices == [f"{name}: skipped ({reason})"]
+        assert not (tmp_path / "epoch_001" / name).exists()
+        return
+    assert numbers[f"seconds/{name}"] > 0
+    pngs = sorted((tmp_path / "epoch_001" / name).glob("*.png"))
+    assert pngs, f"{name} drew nothing"
+    logged = events(tmp_path)
+    for png in pngs:
+        image = Image.open(png)
+        assert image.width > 200 and image.height > 150
+        pixels = np.asarray(image.convert("L"))
+        assert pixels.std() > 10  # not a blank canvas
+        tag = f"{name}/{png.stem}"
+        assert tag in logged.Tags()["images"], f"{tag} not in TensorBoard"
+        stored = logged.Images(tag)[-1]
+        assert stored.step == 1 and (stored.width, stored.height) == image.size
+    for key, value in numbers.items():
+        assert np.isfinite(value), key
+        if not key.startswith("seconds/"):
+            assert [e.value for e in logged.Scalars(key)] == [pytest.approx(value, rel=1e-5)]
+
+
+def test_stage_registry_has_descriptions() -> None:
+    for name, cls in STAGES.items():
+        assert cls.name == name and len(cls.description) > 20
+
+
+def test_integrated_gradients_are_complete(data, tmp_path: Path) -> None:
+    from interp.attribution import integrated_gradients, target_logits
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", hidden=[24], activation="tanh"), data.input_shape, 10).eval()
+    probe = select_probe(data, 1, 0)
+    black = data.black(probe.x)
+    attributions, delta = integrated_gradients(model, probe.x, probe.y, black, steps=200)
+    expected = target_logits(model, probe.x, probe.y) - target_logits(model, black, probe.y)
+    # completeness: the attributions add up to F(x) − F(baseline)
+    assert torch.allclose(attributions.sum(dim=(1, 2, 3)), expected, rtol=1e-3, atol=1e-3)
+    assert torch.allclose(delta, attributions.sum(dim=(1, 2, 3)) - expected, atol=1e-4)
+
+    stage = STAGES["integrated_gradients"](STAGES["integrated_gradients"].Options(steps=64))
+    ctx, run, notices = make_context(data, "mlp", tmp_path)
+    ctx.model = model
+    run_stages([stage], ctx)
+    run.close()
+    assert ctx.numbers["integrated_gradients/completeness_error"] < 0.01
+    saved = torch.load(tmp_path / "epoch_001" / "integrated_gradients" / "attributions.pt")
+    assert torch.allclose(saved["maps"].sum(dim=(1, 2)), expected, rtol=0.02, atol=0.02)
+    assert not notices
+
+
+def test_too_few_steps_warns(data, tmp_path: Path) -> None:
+    stage = STAGES["integrated_gradients"](STAGES["integrated_gradients"].Options(steps=2))
+    ctx, run, notices = make_context(data, "allconv", tmp_path)
+    run_stages([stage], ctx)
+    run.close()
+    assert ctx.numbers["integrated_gradients/completeness_error"] > 0.05  # two steps are far too coarse
+    assert len(notices) == 1 and "raise the steps option (now 2)" in notices[0]
+
+
+def test_saliency_is_the_gradient_of_the_true_class_logit(data, tmp_path: Path) -> None:
+    ctx, run, _ = make_context(data, "mlp", tmp_path)
+    run_stages([STAGES["saliency"](STAGES["saliency"].Options(smoothgrad=False))], ctx)
+    run.close()
+    x = ctx.probe.x.clone().requires_grad_(True)
+    logits = ctx.model(x)
+    true_class = logits.gather(1, ctx.probe.y.view(-1, 1)).sum()
+    (by_hand,) = torch.autograd.grad(true_class, x)
+    assert torch.allclose(ctx.shared["maps"]["saliency"], by_hand.abs()[:, 0], atol=1e-6)
+    (all_logits,) = torch.autograd.grad(ctx.model(x).sum(), x)
+    assert not torch.allclose(ctx.shared["maps"]["saliency"], all_logits.abs()[:, 0], atol=1e-4)
+
+
+def test_projector_has_labels_and_sprites_for_every_epoch(data, tmp_path: Path) -> None:
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    stage = STAGES["embeddings"](STAGES["embeddings"].Options(points=50, tsne="never"))
+    for epoch in (0, 1):
+        ctx, run, _ = make_context(data, "mlp", tmp_path, epoch=epoch)
+        run_stages([stage], ctx)
+        run.close()  # a new writer per epoch, as in analyze and resume: earlier entries must survive
+    config = text_format.Parse((tmp_path / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    assert [e.tensor_name for e in config.embeddings] == ["embeddings:00000", "embeddings:00001"]
+    for entry in config.embeddings:
+        folder = tmp_path / entry.tensor_path.rsplit("/", 1)[0]
+        rows = (folder / "metadata.tsv").read_text().splitlines()
+        assert rows[0] == "label\tpredicted" and len(rows) == 50 + 1
+        assert {r.split("\t")[0] for r in rows[1:]} <= set(data.classes)
+        vectors = np.loadtxt(folder / "tensors.tsv", delimiter="\t")
+        assert vectors.shape == (50, 16)
+        sprite = Image.open(tmp_path / entry.sprite.image_path)
+        assert list(entry.sprite.single_image_dim) == [28, 28]
+        assert sprite.size == (8 * 28, 8 * 28) and max(sprite.size) <= 8192  # ceil(sqrt(50)) = 8 per side
+    # the first thumbnail is the first chosen evaluation image
+    index = torch.randperm(len(data.eval_x), generator=torch.Generator().manual_seed(0))[:50].sort().values
+    tile = np.asarray(sprite.convert("L"))[:28, :28].astype(float)
+    assert np.abs(tile - data.eval_x[index[0], 0].numpy()).max() <= 2
+
+
+def test_activation_hooks_are_removed_even_when_the_stage_fails(data, tmp_path: Path, monkeypatch) -> None:
+    def hooks(model) -> int:
+        return sum(len(m._forward_hooks) for m in model.modules())
+
+    stage = STAGES["activations"](STAGES["activations"].Options())
+    ctx, run, _ = make_context(data, "allconv", tmp_path)
+    run_stages([stage], ctx)
+    assert hooks(ctx.model) == 0
+    names, outputs, _ = stage.capture(ctx)
+    assert names == ["features.conv3", "features.conv6", "features.conv8"]
+    assert outputs["features.conv3"].shape == (4, 14, 14)  # width 4, after the first stride-2 conv
+
+    import interp.plotting
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(interp.plotting, "mosaic", broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        run_stages([stage], ctx)
+    run.close()
+    assert hooks(ctx.model) == 0
+    assert ctx.model.training is False  # run_stages put the mode back
+
+
+def test_neuron_tiles_are_the_first_layer_weights(data) -> None:
+    from interp.stages.neurons import first_layer_tiles, neuron_grid
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", hidden=[64]), data.input_shape, 10)
+    tiles = first_layer_tiles(model, data.input_shape, 256)
+    weight = model.features.fc1[0].weight.detach()
+    assert tiles.shape == (64, 28, 28)
+    assert np.array_equal(tiles[5], weight[5].reshape(28, 28).numpy())
+    grid, limit = neuron_grid(tiles)
+    assert grid.shape == (8 * 29 + 1, 8 * 29 + 1)  # 8 × 8 tiles with 1-pixel borders
+    assert limit == pytest.approx(weight.abs().max().item())
+    assert np.array_equal(grid[1 + 29:1 + 29 + 28, 1:29], tiles[8])  # second row, first tile
