@@ -32,7 +32,7 @@ class GradCamStage(Stage):
         return super().skip_reason(model, data)
 
     def run(self, ctx: StageContext) -> None:
-        from ..plotting import per_image_panels, show_image, show_overlay, show_unsigned
+        from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
 
         if self.options.layer:
             name, layer = resolve_layer(ctx.model, self.options.layer)
@@ -42,11 +42,11 @@ class GradCamStage(Stage):
         ctx.shared.setdefault("maps", {})["gradcam"] = cams
         arrays = cams.cpu().numpy()
         probs = ctx.probe_probs()
-        fig, panels = per_image_panels(len(arrays), 3)
-        for i, (a, b, c) in enumerate(panels):
-            show_image(a, ctx.pixels(i), ctx.title(i, probs))
-            show_unsigned(b, arrays[i], "Grad-CAM")
-            show_overlay(c, ctx.pixels(i), arrays[i], "overlay")
-        fig.suptitle(f"Grad-CAM at {name}, epoch {ctx.epoch} (true class; ReLU'd, bilinear upsampling)")
-        ctx.save_figure(fig, "gradcam")
+        sheet = per_image_sheet(len(arrays), 3, arrays.shape[1:])
+        for i, place in enumerate(sheet.places):
+            place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
+            place(unsigned_rgb(arrays[i]), f"Grad-CAM\nmax {arrays[i].max():.3g}")
+            place(overlay_rgb(ctx.pixels(i), arrays[i]), "overlay")
+        ctx.save_figure(sheet.figure(f"Grad-CAM at {name}, epoch {ctx.epoch} (true class; ReLU'd, bilinear "
+                                     "upsampling)"), "gradcam")
         ctx.record("zero_maps", float((cams.flatten(1).amax(dim=1) <= 0).float().mean()))

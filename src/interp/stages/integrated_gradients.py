@@ -27,7 +27,7 @@ class IntegratedGradientsStage(Stage):
     Options = IGOptions
 
     def run(self, ctx: StageContext) -> None:
-        from ..plotting import per_image_panels, show_image, show_overlay, show_signed
+        from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, signed_rgb
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
         black = ctx.data.black(x)
@@ -46,13 +46,13 @@ class IntegratedGradientsStage(Stage):
 
         arrays = maps.cpu().numpy()
         probs = ctx.probe_probs()
-        fig, panels = per_image_panels(len(arrays), 3)
-        for i, (a, b, c) in enumerate(panels):
-            show_image(a, ctx.pixels(i), ctx.title(i, probs))
-            show_signed(b, arrays[i], f"Σ {arrays[i].sum():+.2f} · error {float(relative[i]):.1%}")
-            show_overlay(c, ctx.pixels(i), np.clip(arrays[i], 0, None), "positive evidence")
-        fig.suptitle(f"integrated gradients, epoch {ctx.epoch}, {self.options.steps} steps from black "
-                     f"(red = for the true class, blue = against); median completeness error {error:.2%}")
-        ctx.save_figure(fig, "integrated_gradients")
+        sheet = per_image_sheet(len(arrays), 3, arrays.shape[1:])
+        for i, place in enumerate(sheet.places):
+            place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
+            place(signed_rgb(arrays[i]), f"IG: Σ {arrays[i].sum():+.2f}\ncompleteness error {float(relative[i]):.1%}")
+            place(overlay_rgb(ctx.pixels(i), np.clip(arrays[i], 0, None)), "positive evidence")
+        ctx.save_figure(sheet.figure(
+            f"integrated gradients, epoch {ctx.epoch}, {self.options.steps} steps from black (red = for the true "
+            f"class, blue = against); median completeness error {error:.2%}"), "integrated_gradients")
         torch.save({"maps": maps.cpu(), "delta": delta.cpu(), "difference": difference.cpu()},
                    ctx.out_dir / "attributions.pt")

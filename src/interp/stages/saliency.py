@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..attribution import saliency, smoothgrad, to_map
@@ -24,7 +23,7 @@ class SaliencyStage(Stage):
     Options = SaliencyOptions
 
     def run(self, ctx: StageContext) -> None:
-        from ..plotting import figure, show_image, show_overlay, show_signed, show_unsigned
+        from ..plotting import TileSheet, grey_rgb, overlay_rgb, signed_rgb, unsigned_rgb
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
         black = ctx.data.black(x)
@@ -40,24 +39,23 @@ class SaliencyStage(Stage):
         delta = arrays["saliency"] - arrays["baseline"]
         probs = ctx.probe_probs()
 
-        columns = ["source", "baseline: |∇| on black", "saliency: |∇ true logit|", "delta: saliency − baseline",
-                   "overlay"] + (["SmoothGrad"] if self.options.smoothgrad else [])
+        headers = ["source", "baseline:\n|∇| on black", "saliency:\n|∇ true-class logit|",
+                   "delta:\nsaliency − baseline", "overlay"] + (["SmoothGrad"] if self.options.smoothgrad else [])
         n = len(x)
-        fig, axes = figure(n, len(columns), panel=1.75)
+        sheet = TileSheet(n, len(headers), arrays["saliency"].shape[1:])
         for i in range(n):
-            row = axes[i]
             limit = float(max(arrays["saliency"][i].max(), arrays["baseline"][i].max(), 1e-12))
-            show_image(row[0], ctx.pixels(i), ctx.title(i, probs))
-            show_unsigned(row[1], arrays["baseline"][i], limit=limit)
-            show_unsigned(row[2], arrays["saliency"][i], limit=limit)
-            show_signed(row[3], delta[i], limit=float(np.abs(delta[i]).max()) or 1e-12)
-            show_overlay(row[4], ctx.pixels(i), arrays["saliency"][i])
+            panels = [grey_rgb(ctx.pixels(i)), unsigned_rgb(arrays["baseline"][i], limit),
+                      unsigned_rgb(arrays["saliency"][i], limit), signed_rgb(delta[i]),
+                      overlay_rgb(ctx.pixels(i), arrays["saliency"][i])]
             if self.options.smoothgrad:
-                show_unsigned(row[5], arrays["smoothgrad"][i])
-        for ax, title in zip(axes[0], columns, strict=True):
-            ax.set_title(f"{title}\n{ax.get_title()}" if ax.get_title() else title)
-        fig.suptitle(f"saliency, epoch {ctx.epoch} (baseline and saliency share a scale per row; "
-                     "delta: red = more than on black)")
-        ctx.save_figure(fig, "saliency")
+                panels.append(unsigned_rgb(arrays["smoothgrad"][i]))
+            for c, panel in enumerate(panels):
+                title = ctx.title(i, probs) if c == 0 else None
+                if i == 0:
+                    title = f"{headers[c]}\n{title}" if title else headers[c]
+                sheet.put(i, c, panel, title)
+        ctx.save_figure(sheet.figure(f"saliency, epoch {ctx.epoch}: baseline and saliency share a colour scale per "
+                                     "row; delta red = stronger than on black"), "saliency")
         ctx.record("mean_abs_gradient", float(maps["saliency"].mean()))
         ctx.record("baseline_mean_abs_gradient", float(maps["baseline"].mean()))
