@@ -16,6 +16,7 @@ from interp.models import build_model
 from interp.run import Run
 from interp.stages import STAGES, StageContext, run_stages
 
+ANIMATIONS = {"activation_gif", "neuron_video"}
 ARCHS = {"mlp": ModelConfig(arch="mlp", hidden=[32, 16]), "allconv": ModelConfig(arch="allconv", width=4)}
 
 
@@ -62,6 +63,9 @@ def test_every_stage_runs_on_a_tiny_model(name: str, arch: str, data, tmp_path: 
     if reason:  # e.g. Grad-CAM on an MLP: one notice, nothing written
         assert notices == [f"{name}: skipped ({reason})"]
         assert not (tmp_path / "epoch_001" / name).exists()
+        return
+    assert f"seconds/{name}" in numbers
+    if name in ANIMATIONS:  # GIFs rather than figures; checked frame by frame in their own tests below
         return
     assert numbers[f"seconds/{name}"] > 0
     pngs = sorted((tmp_path / "epoch_001" / name).glob("*.png"))
@@ -198,3 +202,65 @@ def test_neuron_tiles_are_the_first_layer_weights(data) -> None:
     assert grid.shape == (8 * 29 + 1, 8 * 29 + 1)  # 8 × 8 tiles with 1-pixel borders
     assert limit == pytest.approx(weight.abs().max().item())
     assert np.array_equal(grid[1 + 29:1 + 29 + 28, 1:29], tiles[8])  # second row, first tile
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_activation_gif_walks_through_every_block(arch: str, data, tmp_path: Path) -> None:
+    from interp.models import feature_blocks
+    from interp.plotting import grey_rgb
+
+    stage = STAGES["activation_gif"]()
+    ctx, run, _ = make_context(data, arch, tmp_path)
+    stage.prepare(ctx.model, data)
+    run_stages([stage], ctx)
+    run.close()
+    gif = Image.open(tmp_path / "epoch_001" / "activation_gif" / "activation_gif.gif")
+    assert gif.n_frames == 1 + len(feature_blocks(ctx.model))  # the input, then one frame per block
+    assert gif.size == stage.options.size
+    # frame 0 is the probe image itself, enlarged by a whole factor with square pixels
+    first = np.asarray(gif.convert("RGB")).astype(int)
+    source = grey_rgb(ctx.pixels(0))
+    zoom = min(gif.width // source.shape[1], (gif.height - 28) // source.shape[0])
+    left = (gif.width - source.shape[1] * zoom) // 2
+    shown = first[28:28 + source.shape[0] * zoom, left:left + source.shape[1] * zoom]
+    assert np.abs(shown - np.kron(source, np.ones((zoom, zoom, 1)))).max() <= 2
+
+
+def test_neuron_video_films_the_weights_as_they_change(data, tmp_path: Path) -> None:
+    from interp.animate.video import mp4_duration
+    from interp.stages.neurons import first_layer_tiles
+
+    stage = STAGES["neuron_video"](STAGES["neuron_video"].Options(every=2, formats=["gif", "mp4"], fps=4))
+    ctx, run, notices = make_context(data, "mlp", tmp_path, epoch=0, final=False)
+    stage.prepare(ctx.model, data)
+    run_stages([stage], ctx)
+    run.close()
+    initial = first_layer_tiles(ctx.model, data.input_shape, 64).copy()
+    layer = ctx.model.features.fc1[0]
+    for step in range(1, 9):  # eight "optimiser steps", a frame every second one
+        with torch.no_grad():
+            layer.weight.add_(0.05 * torch.randn_like(layer.weight))
+        stage.on_step(ctx.model, step, 1, tmp_path)
+    assert [s for s, _, _ in stage.frames] == [0, 2, 4, 6, 8]
+    assert np.array_equal(stage.frames[0][2], initial)  # a snapshot, not a view of the live weights
+    assert np.array_equal(stage.frames[-1][2], first_layer_tiles(ctx.model, data.input_shape, 64))
+    stage.on_train_end(ctx.model, tmp_path, notices.append)
+    gif = Image.open(tmp_path / "animations" / "neuron_video.gif")
+    assert gif.n_frames == 5
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB")).astype(int))
+    assert np.abs(frames[0] - frames[-1]).mean() > 5  # the grid changes as the weights do
+    assert mp4_duration(tmp_path / "animations" / "neuron_video.mp4") == pytest.approx(5 / 4, abs=0.01)
+
+
+def test_training_calls_the_neuron_video_every_k_steps(tmp_path: Path) -> None:
+    from conftest import quick_config
+    from interp.train import fit
+
+    cfg = quick_config("data.batch_size=100", "analysis.stages=[{neuron_video: {every: 3}}]")
+    result = fit(cfg, save_dir=tmp_path)
+    steps = 2 * 1000 // 100  # two epochs of ten steps
+    gif = Image.open(result.run_dir / "animations" / "neuron_video.gif")
+    assert gif.n_frames == 1 + steps // 3  # the untrained grid, then steps 3, 6, … 18

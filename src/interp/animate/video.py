@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ffmpeg_exe", "mp4_duration", "use_bundled_ffmpeg", "write_gif", "write_mp4"]
+__all__ = ["captioned_frame", "ffmpeg_exe", "mp4_duration", "use_bundled_ffmpeg", "write_gif", "write_mp4",
+           "write_video"]
 
 
 def ffmpeg_exe() -> str:
@@ -37,6 +38,30 @@ def _as_uint8(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         frame = np.repeat(frame[..., None], 3, axis=2)
     return np.ascontiguousarray(frame[..., :3])
+
+
+def captioned_frame(rgb: np.ndarray, caption: str, size: tuple[int, int], caption_height: int = 28) -> np.ndarray:
+    """``rgb`` enlarged by the largest whole factor (square pixels, nearest neighbour) that fits a white
+    canvas of ``size`` = (width, height) below a caption line; every frame of a video gets the same size."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = _as_uint8(rgb)
+    width, height = size
+    room = height - caption_height
+    zoom = max(1, min(width // image.shape[1], room // image.shape[0]))
+    enlarged = Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (max(width, enlarged.width), caption_height + max(room, enlarged.height)), "white")
+    canvas.paste(enlarged, ((canvas.width - enlarged.width) // 2, caption_height))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(10, caption_height // 2))
+    draw.text((canvas.width // 2, caption_height // 2), caption, fill="black", font=font, anchor="mm")
+    return np.asarray(canvas)
+
+
+def write_video(frames: Sequence[np.ndarray], path: Path, fps: float, formats: Sequence[str]) -> list[Path]:
+    """Write ``frames`` as ``path`` with each suffix in ``formats`` ("gif", "mp4"); returns the files."""
+    writers = {"gif": write_gif, "mp4": write_mp4}
+    return [writers[kind](frames, Path(path).with_suffix(f".{kind}"), fps) for kind in formats]
 
 
 def write_gif(frames: Sequence[np.ndarray], path: Path, fps: float = 8.0) -> Path:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 # Importing a stage module registers it; this order is the order of `interp stages`.
 from . import (  # noqa: F401
+    activation_gif,
     activations,
     confusion,
     embeddings,
     gradcam,
     integrated_gradients,
+    neuron_video,
     neurons,
     saliency,
     weights,
