@@ -48,6 +48,7 @@ DEFAULT_STAGES: list[str | dict[str, dict[str, Any]]] = [
     "neurons",
     "activations",
     "embeddings",
+    "trust",  # after the attribution stages: scores the maps they drew
 ]
 
 

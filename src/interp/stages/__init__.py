@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     neuron_video,
     neurons,
     saliency,
+    trust,
     weights,
 )
 from .base import (
