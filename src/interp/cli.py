@@ -211,11 +211,13 @@ def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
     table = summaries.get("trust")
     if not table:
         return
+    from rich import box
     from rich.table import Table
 
-    view = Table(title="Can you trust the maps?", title_justify="left")
+    view = Table(title="Can you trust the maps?", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                 collapse_padding=True)
     for column in table["columns"]:
-        view.add_column(column, justify="left" if column in ("method", "verdict") else "right")
+        view.add_column(column, justify="left" if column in ("method", "verdict") else "right", no_wrap=True)
     for row in table["rows"]:
         view.add_row(*[f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row])
     reporter.console.print(view)
