@@ -126,7 +126,7 @@ class TrustStage(Stage):
             rows.append([method, result["deletion_auc"], result["insertion_auc"], random["deletion_auc"],
                          random["insertion_auc"], correlation, said.split(":")[0]])
             if said != "trust":
-                doubts.append(f"{method}: {said}")
+                doubts.append(f"{method}: doubt ({said.removeprefix('doubt: ')})")
             report[method] = {"deletion_auc": result["deletion_auc"], "insertion_auc": result["insertion_auc"],
                               "random_deletion_auc": random["deletion_auc"],
                               "random_insertion_auc": random["insertion_auc"], "randomisation_correlation": correlation,
