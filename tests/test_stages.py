@@ -48,7 +48,8 @@ def events(folder: Path) -> EventAccumulator:
 
 def small_options(name: str) -> dict:
     return {"integrated_gradients": {"steps": 8}, "saliency": {"smoothgrad_samples": 2},
-            "embeddings": {"points": 60, "perplexity": 5}}.get(name, {})
+            "embeddings": {"points": 60, "perplexity": 5}, "trust": {"steps": 8, "images": 3, "ig_steps": 8},
+            }.get(name, {})
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -142,7 +142,8 @@ def analyze(
 @app.command()
 @_user_errors
 def animate(
-    config: ConfigOpt = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the bundled "
+                                                "configs/rings.yaml).", show_default=False)] = None,
     set_: SetOpt = None,
     hidden: Annotated[list[str] | None, typer.Option("--hidden", help="Hidden layer sizes of one panel, "
                                                      "e.g. 3,2 (repeatable; default: the config's presets).",
@@ -156,12 +157,11 @@ def animate(
 ) -> None:
     """Animate toy networks learning (rings: hidden space, warped grid, decision line; polynomial: the fit)."""
     from .animate.toyanim import animate_config
-    from .config import load_config
+    from .config import bundled_config, load_config
 
     overrides = list(set_ or [])
     if config is None:
-        overrides.insert(0, "data.dataset=rings")
-        overrides.insert(0, "name=rings")
+        config = bundled_config("rings")
     if hidden:
         shapes = [_parse_hidden(h) for h in hidden]
         overrides.append(f"animate.hidden={shapes}")
