@@ -13,6 +13,7 @@ from .base import Stage, StageContext, register_stage
 
 @register_stage
 class Confusion(Stage):
+    needs_images = False  # the matrix needs classes, not pictures
     name = "confusion"
     description = "confusion matrix on the evaluation set (raw and row-normalised) + per-class precision/recall/F1"
 
@@ -49,7 +50,7 @@ class Confusion(Stage):
         fig, axes = figure(1, 2, panel=panel)
         for ax, values, title, fmt in (
             (axes[0, 0], matrix, "counts", "d"),
-            (axes[0, 1], normalised, "row-normalised (recall on the diagonal)", ".2f"),
+            (axes[0, 1], normalised, "row-normalised\n(recall on the diagonal)", ".2f"),
         ):
             image = ax.imshow(values, cmap="Blues", vmin=0)
             ax.set_title(title)
@@ -63,5 +64,5 @@ class Confusion(Stage):
                     ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7 if n > 10 else 8,
                             color="white" if v > 0.6 * peak else "black")
             fig.colorbar(image, ax=ax, shrink=0.8)
-        fig.suptitle(f"epoch {ctx.epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} images")
+        fig.suptitle(f"epoch {ctx.epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {'images' if ctx.data.is_image else 'points'}")
         ctx.save_figure(fig, "confusion")
