@@ -39,7 +39,7 @@ __all__ = [
 
 DATASETS = ("mnist-sample", "mnist", "cifar10", "rings", "polynomial")
 
-DEFAULT_STAGES: list[str | dict[str, dict[str, Any]]] = [
+DEFAULT_STAGES: list[str | dict[str, dict[str, Any] | None]] = [
     "confusion",
     "saliency",
     "integrated_gradients",

@@ -145,7 +145,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def first_weight_layer(model: nn.Module) -> nn.Module:
+def first_weight_layer(model: nn.Module) -> nn.Linear | nn.Conv2d:
     """The first Linear or Conv2d layer (the one whose weights look at the input)."""
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Conv2d):

@@ -50,8 +50,8 @@ plt.rcParams.update({
 def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False,
            **kwargs: object) -> tuple[Figure, np.ndarray]:
     """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly."""
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel + 0.3, rows * panel + 0.5), squeeze=squeeze,
-                             layout="constrained", **kwargs)  # type: ignore[arg-type]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel + 0.3, rows * panel + 0.5),  # type: ignore[call-overload]
+                             squeeze=squeeze, layout="constrained", **kwargs)
     return fig, axes
 
 
@@ -190,6 +190,7 @@ class TileSheet:
         self.height = self.TOP + rows * (self.TITLE + self.th + self.GAP)
         self.pixels = np.full((self.height, self.width, 3), 255, dtype=np.uint8)
         self.titles: list[tuple[float, float, str]] = []
+        self.places: list[_PerImage] = []  # filled by per_image_sheet
 
     def put(self, row: int, col: int, rgb: np.ndarray, title: str | None = None) -> None:
         """Paste an (h, w, 3) uint8 panel (zoomed to the sheet's scale) with an optional title."""
@@ -236,5 +237,5 @@ def per_image_sheet(n: int, per_image: int, tile: tuple[int, int]) -> TileSheet:
     groups = 2 if n >= 6 else 1
     rows = -(-n // groups)
     sheet = TileSheet(rows, per_image * groups, tile, group=per_image)
-    sheet.places = [_PerImage(sheet, i, rows, per_image) for i in range(n)]  # type: ignore[attr-defined]
+    sheet.places = [_PerImage(sheet, i, rows, per_image) for i in range(n)]
     return sheet

@@ -230,9 +230,9 @@ def build_report(run_dir: Path | str) -> Path:
         parts.append('<h2 id="analysis-section">interp analyze</h2><ul>')
         for folder in analyses:
             pngs = sorted(folder.glob("*/*.png"))
-            links = " ".join(f'<a href="{_rel(p, page_dir)}">{html.escape(p.parent.name)}/{html.escape(p.name)}</a>'
-                             for p in pngs)
-            parts.append(f"<li><b>{html.escape(folder.name)}</b>: {links}</li>")
+            anchors = " ".join(f'<a href="{_rel(p, page_dir)}">{html.escape(p.parent.name)}/{html.escape(p.name)}</a>'
+                               for p in pngs)
+            parts.append(f"<li><b>{html.escape(folder.name)}</b>: {anchors}</li>")
         parts.append("</ul>")
         sections.append(("analysis", "Analyze"))
 

@@ -215,7 +215,7 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
 
     if resume_state is not None:
         start_epoch = int(resume_state["epoch"])
-        run = Run.open(Path(resume), purge_step=start_epoch + 1)
+        run = Run.open(Path(str(resume)), purge_step=start_epoch + 1)
         _load_weights(model, resume_state["model"], run.checkpoints / "last.pt", cfg)
         optimizer.load_state_dict(resume_state["optimizer"])
         _set_rng_state(resume_state["rng"], generator)

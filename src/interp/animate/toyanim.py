@@ -267,7 +267,9 @@ class _RingsFigure(_Figure):
         mesh = torch.meshgrid(side, side, indexing="xy")
         self.plane = torch.stack([mesh[0].flatten(), mesh[1].flatten()], dim=1)
 
-        self.images, self.points, self.hidden_images, self.warped, self.boundaries = [], [], [], [], []
+        self.images, self.points, self.hidden_images, self.boundaries = [], [], [], []
+        self.warped: list[LineCollection] = []
+        self.bottoms: list[Axes] = []
         self.titles = []
         outer = self.fig.add_gridspec(rows, cols)
         shown = self.shown_x.numpy()
@@ -289,7 +291,9 @@ class _RingsFigure(_Figure):
                                                     origin="lower", cmap=PROBABILITY_CMAP, vmin=0.0, vmax=1.0,
                                                     interpolation="bilinear"))
             grid = LineCollection([], colors="#444444", linewidths=0.3, alpha=0.45, zorder=1)
-            self.warped.append(bottom.add_collection(grid))
+            bottom.add_collection(grid)
+            self.warped.append(grid)
+            self.bottoms.append(bottom)
             self.points.append(bottom.scatter(shown[:, 0], shown[:, 1], s=1.5, c=colours, linewidths=0, zorder=3))
             self.boundaries.append(bottom.add_line(Line2D([], [], color="black", linewidth=1.1, linestyle="--",
                                                                  zorder=4)))
@@ -314,7 +318,7 @@ class _RingsFigure(_Figure):
             self.points[i].set_offsets(hidden)
             warped = warp_grid(model, self.lines).numpy()
             self.warped[i].set_segments(list(warped))
-            ax = self.warped[i].axes
+            ax = self.bottoms[i]
             if self.fixed_limits is not None:
                 xlim = ylim = self.fixed_limits
             else:  # unbounded activations: follow the points and the grid

@@ -14,12 +14,16 @@ from .activations import ActivationsStage, activation_tiles
 from .base import StageContext, register_stage
 
 
+def _gif_only() -> list[Literal["gif", "mp4"]]:
+    return ["gif"]
+
+
 class ActivationGifOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layers: list[str] | None = None  # default: every block of the network, in order
     image: int = Field(0, ge=0)  # which probe image
     channels: int = Field(27, ge=1)  # first N channels per layer
-    formats: list[Literal["gif", "mp4"]] = Field(default_factory=lambda: ["gif"], min_length=1)
+    formats: list[Literal["gif", "mp4"]] = Field(default_factory=_gif_only, min_length=1)
     fps: float = Field(1.5, gt=0)
     size: tuple[int, int] = (480, 508)  # frame width, height in pixels
 

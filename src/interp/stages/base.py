@@ -157,7 +157,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 def parse_stage_specs(specs: list[Any]) -> list[tuple[str, dict[str, Any]]]:
     """Normalise ``[name | {name: {options}}]`` to ``[(name, options)]``; raises ValueError on bad shapes."""
-    parsed = []
+    parsed: list[tuple[str, dict[str, Any]]] = []
     for i, spec in enumerate(specs):
         if isinstance(spec, str):
             parsed.append((spec, {}))

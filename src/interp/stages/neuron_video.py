@@ -15,10 +15,14 @@ from .base import Stage, StageContext, register_stage
 from .neurons import first_layer_tiles, neuron_grid
 
 
+def _gif_only() -> list[Literal["gif", "mp4"]]:
+    return ["gif"]
+
+
 class NeuronVideoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     every: int = Field(10, ge=1)  # capture a frame every K optimiser steps
-    formats: list[Literal["gif", "mp4"]] = Field(default_factory=lambda: ["gif"], min_length=1)
+    formats: list[Literal["gif", "mp4"]] = Field(default_factory=_gif_only, min_length=1)
     fps: float = Field(10.0, gt=0)
     max_units: int = Field(64, ge=1)  # units / filters per frame
     max_frames: int = Field(400, ge=2)  # later frames are thinned to stay under this

@@ -26,12 +26,12 @@ def first_layer_tiles(model: nn.Module, input_shape: tuple[int, ...], max_units:
         if math.prod(input_shape) != weight.shape[1]:
             raise ValueError(f"the first layer takes {weight.shape[1]} inputs, not an image of shape {input_shape}")
         weight = weight.reshape(-1, *input_shape)  # (units, C, H, W)
-    weight = weight[:max_units].numpy().copy()  # a snapshot, not a view of the live weights
-    if weight.shape[1] == 1:
-        return weight[:, 0]
-    if weight.shape[1] == 3:
-        return np.moveaxis(weight, 1, -1)
-    return weight.mean(axis=1)  # other channel counts: the channel mean
+    tiles: np.ndarray = weight[:max_units].numpy().copy()  # a snapshot, not a view of the live weights
+    if tiles.shape[1] == 1:
+        return tiles[:, 0]
+    if tiles.shape[1] == 3:
+        return np.moveaxis(tiles, 1, -1)
+    return tiles.mean(axis=1)  # other channel counts: the channel mean
 
 
 def neuron_grid(tiles: np.ndarray, cols: int | None = None) -> tuple[np.ndarray, float]:

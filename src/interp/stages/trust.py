@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -71,6 +72,12 @@ class TrustStage(Stage):
         options: dict[str, Any] = {"steps": self.options.ig_steps, "smoothgrad_samples": 8}
         return METHODS[method].compute(model, x, y, baseline, options).detach()
 
+    def _recompute(self, method: str, x: Tensor, y: Tensor, baseline: Tensor) -> Callable[[nn.Module], Tensor]:
+        def compute(model: nn.Module) -> Tensor:
+            return self.compute(method, model, x, y, baseline)
+
+        return compute
+
     def run(self, ctx: StageContext) -> None:
         n = min(self.options.images or len(ctx.probe.x), len(ctx.probe.x))
         model, x, y = ctx.model, ctx.probe.x[:n], ctx.probe.y[:n]
@@ -99,9 +106,8 @@ class TrustStage(Stage):
         cascades: dict[str, Cascade] = {}
         if self.options.randomisation == "always" or (self.options.randomisation == "final" and ctx.final):
             for method, values in maps.items():
-                cascades[method] = randomisation_cascade(
-                    model, lambda m, method=method: self.compute(method, m, x, y, baseline), values,
-                    seed=self.options.seed)
+                cascades[method] = randomisation_cascade(model, self._recompute(method, x, y, baseline), values,
+                                                         seed=self.options.seed)
                 ctx.record(f"{method}/randomisation_correlation", cascades[method].final)
 
         self.draw_curves(ctx, results)
@@ -192,7 +198,7 @@ class TrustStage(Stage):
                      "ignores the weights)", fontsize=9)
         ctx.save_figure(fig, "randomisation")
 
-        tile = tuple(ctx.probe.x.shape[-2:])
+        tile = (int(ctx.probe.x.shape[-2]), int(ctx.probe.x.shape[-1]))
         sheet = TileSheet(len(cascades), len(layers) + 2, tile, zoom=max(1, 112 // max(tile)))
         for row, (method, cascade) in enumerate(cascades.items()):
             sheet.put(row, 0, grey_rgb(ctx.pixels(0)), method.replace("_", "\n"))

@@ -32,7 +32,7 @@ class WeightsStage(Stage):
         params = [(name, p) for name, p in ctx.model.named_parameters() if p.requires_grad]
         for name, p in params:
             ctx.writer.add_histogram(f"{ctx.tag}weights/{name}", p.detach(), ctx.step)
-        ctx.record("weight_norm", float(torch.sqrt(sum((p.detach() ** 2).sum() for _, p in params))))
+        ctx.record("weight_norm", float(torch.stack([(p.detach() ** 2).sum() for _, p in params]).sum().sqrt()))
         if self.options.gradients:
             n = self.options.gradient_batch
             x = ctx.data.normalise(ctx.data.eval_x[:n])
@@ -40,7 +40,7 @@ class WeightsStage(Stage):
             grads = torch.autograd.grad(loss, [p for _, p in params])  # leaves the training .grad alone
             for (name, _), g in zip(params, grads, strict=True):
                 ctx.writer.add_histogram(f"{ctx.tag}gradients/{name}", g, ctx.step)
-            ctx.record("gradient_norm", float(torch.sqrt(sum((g ** 2).sum() for g in grads))))
+            ctx.record("gradient_norm", float(torch.stack([(g ** 2).sum() for g in grads]).sum().sqrt()))
 
         matrices = [(name, p.detach().cpu().numpy().ravel()) for name, p in params if p.dim() > 1]
         initial = ctx.initial_state or {}
