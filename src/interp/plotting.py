@@ -56,13 +56,15 @@ def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = Fal
 
 
 def render(fig: Figure) -> bytes:
-    """Draw ``fig`` once into PNG bytes, trimmed to its contents (nothing clipped); the figure is closed.
+    """Draw ``fig`` once into PNG bytes; the figure is closed.
 
-    A tile sheet's figure is saved at its exact size instead (its panels are pixel-exact)."""
+    Figures with the constrained layout already fit their contents, and a tile sheet's figure is
+    pixel-exact, so both are saved at their own size (one draw). Others are trimmed to their contents
+    (``bbox_inches="tight"``, which draws twice)."""
     buffer = io.BytesIO()
-    exact = bool(fig.images) and not fig.axes
+    exact = (bool(fig.images) and not fig.axes) or fig.get_layout_engine() is not None
     fig.savefig(buffer, format="png", bbox_inches=None if exact else "tight", pad_inches=0.08, facecolor="white",
-                pil_kwargs={"compress_level": 3})
+                pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return buffer.getvalue()
 

@@ -12,7 +12,7 @@ from .base import Stage, StageContext, register_stage
 class WeightsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     gradients: bool = True  # also histograms of ∂loss/∂weights on a fixed batch of evaluation data
-    gradient_batch: int = Field(512, ge=1)
+    gradient_batch: int = Field(256, ge=1)
     bins: int = Field(60, ge=5)
 
 
@@ -26,6 +26,8 @@ class WeightsStage(Stage):
     needs_classes = False
 
     def run(self, ctx: StageContext) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         from ..plotting import figure, grid_shape
         from ..train import loss_function
 
@@ -53,13 +55,16 @@ class WeightsStage(Stage):
             values = now if before is None else np.concatenate([now, before])
             low, high = np.percentile(values, [0.05, 99.95])
             bins = np.linspace(min(low, -high), max(high, -low), self.options.bins)
+            # one filled step path per histogram (bars would be one patch per bin: slow to draw)
             if before is not None:
-                ax.hist(np.clip(before, bins[0], bins[-1]), bins=bins, color="0.6", alpha=0.6, label="epoch 0")
-            ax.hist(np.clip(now, bins[0], bins[-1]), bins=bins, histtype="step", linewidth=1.4, color="C0",
-                    label=f"epoch {ctx.epoch}")
+                counts, _ = np.histogram(np.clip(before, bins[0], bins[-1]), bins=bins)
+                ax.stairs(counts, bins, fill=True, color="0.6", alpha=0.6, label="epoch 0")
+            counts, _ = np.histogram(np.clip(now, bins[0], bins[-1]), bins=bins)
+            ax.stairs(counts, bins, linewidth=1.4, color="C0", label=f"epoch {ctx.epoch}")
             spread = f"σ {before.std():.3f} → {now.std():.3f}" if before is not None else f"σ {now.std():.3f}"
             ax.set_title(f"{name} ({now.size:,})\n{spread}", fontsize=8)
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(5))
             ax.set_yticks([])
         if matrices:
             axes.flat[0].legend(fontsize=7, loc="upper right")
