@@ -58,11 +58,10 @@ def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = Fal
 def render(fig: Figure) -> bytes:
     """Draw ``fig`` once into PNG bytes; the figure is closed.
 
-    Figures with the constrained layout already fit their contents, and a tile sheet's figure is
-    pixel-exact, so both are saved at their own size (one draw). Others are trimmed to their contents
-    (``bbox_inches="tight"``, which draws twice)."""
+    Figures with the constrained layout already fit their contents and are saved at their own size (one
+    draw); others are trimmed to their contents (``bbox_inches="tight"``, which draws twice)."""
     buffer = io.BytesIO()
-    exact = (bool(fig.images) and not fig.axes) or fig.get_layout_engine() is not None
+    exact = fig.get_layout_engine() is not None
     fig.savefig(buffer, format="png", bbox_inches=None if exact else "tight", pad_inches=0.08, facecolor="white",
                 pil_kwargs={"compress_level": 1})
     plt.close(fig)
@@ -207,20 +206,39 @@ class TileSheet:
         if title:
             self.titles.append((left + self.tw / 2, top - 3, title))
 
-    def figure(self, title: str) -> Figure:
-        """A figure of exactly the sheet's size with the panels and all titles (the sheet's title wrapped
-        to its width)."""
-        lines = textwrap.wrap(title, width=max(40, int(self.width / 8.8)))  # ~8.8 px per character
+    def png(self, title: str) -> bytes:
+        """The sheet as PNG bytes with every panel's title and the sheet's ``title`` (wrapped to its width),
+        drawn with Pillow in matplotlib's font: pixel-exact and a fraction of a matplotlib render's time."""
+        from PIL import Image, ImageDraw
+
+        lines = textwrap.wrap(title, width=max(40, int(self.width / 8.8)))
         extra = 16 * (len(lines) - 1)
-        pixels = np.vstack([np.full((extra, self.width, 3), 255, np.uint8), self.pixels]) if extra else self.pixels
-        height = self.height + extra
-        fig = plt.figure(figsize=(self.width / 100, height / 100), dpi=100)
-        fig.figimage(pixels, 0, 0)
+        canvas = Image.new("RGB", (self.width, self.height + extra), "white")
+        canvas.paste(Image.fromarray(self.pixels), (0, extra))
+        draw = ImageDraw.Draw(canvas)
+        small, large = _font(12), _font(15)
         for x, y, text in self.titles:
-            fig.text(x / self.width, 1 - (y + extra) / height, text, ha="center", va="bottom", fontsize=8.5,
-                     linespacing=1.15)
-        fig.text(0.5, 1 - 8 / height, "\n".join(lines), ha="center", va="top", fontsize=10.5, linespacing=1.2)
-        return fig
+            rows = text.split("\n")
+            for j, row in enumerate(rows):  # bottom line sits just above the panel
+                draw.text((x, y + extra - 13 * (len(rows) - 1 - j)), row, fill="black", font=small, anchor="md")
+        for j, row in enumerate(lines):
+            draw.text((self.width / 2, 6 + 17 * j), row, fill="black", font=large, anchor="ma")
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+
+_FONTS: dict[int, object] = {}
+
+
+def _font(size: int):  # type: ignore[no-untyped-def]
+    """matplotlib's DejaVu Sans at ``size`` pixels (the figures' font), loaded once."""
+    if size not in _FONTS:
+        from matplotlib import font_manager
+        from PIL import ImageFont
+
+        _FONTS[size] = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    return _FONTS[size]
 
 
 class _PerImage:

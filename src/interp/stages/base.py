@@ -71,10 +71,11 @@ class StageContext:
         self.writer.add_scalar(f"{self.tag}{name}", float(value), self.step)
 
     def save_figure(self, fig: Any, name: str) -> Path:
-        """Render ``fig`` once: PNG in this stage's folder and the same image in TensorBoard."""
+        """Render ``fig`` once (or take PNG bytes, e.g. from a tile sheet): PNG in this stage's folder and
+        the same image in TensorBoard."""
         from ..plotting import render
 
-        png = render(fig)
+        png = fig if isinstance(fig, bytes) else render(fig)
         path = self.out_dir / f"{name}.png"
         path.write_bytes(png)
         add_png(self.writer, f"{self.tag}{self.stage}/{name}", png, self.step)

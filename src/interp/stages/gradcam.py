@@ -47,6 +47,6 @@ class GradCamStage(Stage):
             place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
             place(unsigned_rgb(arrays[i]), f"Grad-CAM\nmax {arrays[i].max():.3g}")
             place(overlay_rgb(ctx.pixels(i), arrays[i]), "overlay")
-        ctx.save_figure(sheet.figure(f"Grad-CAM at {name}, epoch {ctx.epoch} (true class; ReLU'd, bilinear "
+        ctx.save_figure(sheet.png(f"Grad-CAM at {name}, epoch {ctx.epoch} (true class; ReLU'd, bilinear "
                                      "upsampling)"), "gradcam")
         ctx.record("zero_maps", float((cams.flatten(1).amax(dim=1) <= 0).float().mean()))

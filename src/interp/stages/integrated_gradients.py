@@ -51,7 +51,7 @@ class IntegratedGradientsStage(Stage):
             place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
             place(signed_rgb(arrays[i]), f"IG: Σ {arrays[i].sum():+.2f}\ncompleteness error {float(relative[i]):.1%}")
             place(overlay_rgb(ctx.pixels(i), np.clip(arrays[i], 0, None)), "positive evidence")
-        ctx.save_figure(sheet.figure(
+        ctx.save_figure(sheet.png(
             f"integrated gradients, epoch {ctx.epoch}, {self.options.steps} steps from black (red = for the true "
             f"class, blue = against); median completeness error {error:.2%}"), "integrated_gradients")
         torch.save({"maps": maps.cpu(), "delta": delta.cpu(), "difference": difference.cpu()},

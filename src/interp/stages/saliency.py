@@ -55,7 +55,7 @@ class SaliencyStage(Stage):
                 if i == 0:
                     title = f"{headers[c]}\n{title}" if title else headers[c]
                 sheet.put(i, c, panel, title)
-        ctx.save_figure(sheet.figure(f"saliency, epoch {ctx.epoch}: baseline and saliency share a colour scale per "
+        ctx.save_figure(sheet.png(f"saliency, epoch {ctx.epoch}: baseline and saliency share a colour scale per "
                                      "row; delta red = stronger than on black"), "saliency")
         ctx.record("mean_abs_gradient", float(maps["saliency"].mean()))
         ctx.record("baseline_mean_abs_gradient", float(maps["baseline"].mean()))

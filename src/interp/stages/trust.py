@@ -206,7 +206,7 @@ class TrustStage(Stage):
             for col, (layer, values, rho) in enumerate(zip(cascade.layers, cascade.maps, cascade.correlations,
                                                            strict=True), start=2):
                 sheet.put(row, col, unsigned_rgb(values[0].abs().numpy()), f"−{short(layer)}\nρ {rho:.2f}")
-        ctx.save_figure(sheet.figure(f"|map| of probe image 0 as layers are re-initialised from the top, epoch "
+        ctx.save_figure(sheet.png(f"|map| of probe image 0 as layers are re-initialised from the top, epoch "
                                      f"{ctx.epoch} (ρ: mean over probe images)"), "randomisation_maps")
 
 
