@@ -56,13 +56,10 @@ def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = Fal
 
 
 def render(fig: Figure) -> bytes:
-    """Draw ``fig`` once into PNG bytes; the figure is closed.
-
-    Figures with the constrained layout already fit their contents and are saved at their own size (one
-    draw); others are trimmed to their contents (``bbox_inches="tight"``, which draws twice)."""
+    """Draw ``fig`` into PNG bytes trimmed to its contents, so that nothing (a long title, a legend outside
+    the axes) is clipped; the figure is closed."""
     buffer = io.BytesIO()
-    exact = fig.get_layout_engine() is not None
-    fig.savefig(buffer, format="png", bbox_inches=None if exact else "tight", pad_inches=0.08, facecolor="white",
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.08, facecolor="white",
                 pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return buffer.getvalue()
