@@ -265,3 +265,21 @@ def test_training_calls_the_neuron_video_every_k_steps(tmp_path: Path) -> None:
     steps = 2 * 1000 // 100  # two epochs of ten steps
     gif = Image.open(result.run_dir / "animations" / "neuron_video.gif")
     assert gif.n_frames == 1 + steps // 3  # the untrained grid, then steps 3, 6, … 18
+
+
+def test_projector_features_come_from_the_evaluation_pass(tmp_path: Path) -> None:
+    """Training hands the embeddings stage the features of its own evaluation pass; they must be the
+    features of the final weights on the chosen evaluation images."""
+    from conftest import quick_config
+    from interp.run import Run as RunFolder
+    from interp.train import fit, load_model
+
+    cfg = quick_config("analysis.stages=[{embeddings: {points: 50, tsne: never}}]")
+    result = fit(cfg, save_dir=tmp_path)
+    _, model, data, _, _ = load_model(RunFolder(result.run_dir), "last")
+    index = torch.randperm(len(data.eval_x), generator=torch.Generator().manual_seed(0))[:50].sort().values
+    with torch.no_grad():
+        _, expected = model.forward_features(data.normalise(data.eval_x[index]))
+    saved = np.loadtxt(result.run_dir / "00002" / "embeddings" / "tensors.tsv", delimiter="\t")
+    assert saved.shape == (50, expected.shape[1])
+    assert np.allclose(saved, expected.numpy(), atol=1e-4)

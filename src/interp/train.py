@@ -119,13 +119,22 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, loss_fn: nn.Module, batch_size: int,
-             advance: Callable[[int], None] = lambda n: None) -> tuple[float, float | None, Tensor]:
-    """Mean loss, accuracy (None for regression) and the logits of the whole evaluation set."""
+             advance: Callable[[int], None] = lambda n: None,
+             features: list[Tensor] | None = None) -> tuple[float, float | None, Tensor]:
+    """Mean loss, accuracy (None for regression) and the logits of the whole evaluation set.
+
+    Given a ``features`` list (and a model with ``forward_features``), the penultimate features of every
+    batch are appended to it from the same forward pass."""
     model.eval()
     outputs = []
     total = 0.0
+    keep = features is not None and hasattr(model, "forward_features")
     for x, y in data.eval_batches(batch_size):
-        logits = model(x)
+        if keep:
+            logits, batch_features = model.forward_features(x)  # type: ignore[operator]
+            features.append(batch_features)  # type: ignore[union-attr]
+        else:
+            logits = model(x)
         total += float(loss_fn(logits, y)) * len(y)
         outputs.append(logits)
         advance(1)
@@ -251,10 +260,16 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
         for stage in step_hooks:
             stage.on_step(model, global_step, epoch, run.path)
 
-    def analyse(epoch: int, logits: Tensor) -> dict[str, float]:
+    wants_features = any(stage.name == "embeddings" for stage in stages)
+
+    def features_list() -> list[Tensor] | None:
+        return [] if wants_features else None  # filled by evaluate() from its own forward pass
+
+    def analyse(epoch: int, logits: Tensor, features: list[Tensor] | None) -> dict[str, float]:
         ctx = StageContext(model=model, epoch=epoch, final=epoch == cfg.train.epochs, device=device, data=data,
                            probe=probe, writer=run.writer, folder=run.epoch_dir(epoch), initial_state=initial_state,
-                           notice=reporter.notice, eval_batch_size=cfg.data.eval_batch_size, _eval_logits=logits)
+                           notice=reporter.notice, eval_batch_size=cfg.data.eval_batch_size, _eval_logits=logits,
+                           _eval_features=torch.cat(features) if features else None)
         numbers = run_stages(stages, ctx)
         summaries.update(ctx.shared.get("summaries", {}))
         return numbers
@@ -264,12 +279,14 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     epoch = start_epoch
     try:
         if resume_state is None:
+            features = features_list()
             with reporter.progress("evaluation", eval_steps) as advance:
-                eval_loss, eval_acc, logits = evaluate(model, data, loss_fn, cfg.data.eval_batch_size, advance)
+                eval_loss, eval_acc, logits = evaluate(model, data, loss_fn, cfg.data.eval_batch_size, advance,
+                                                       features)
             row: dict[str, Any] = {"epoch": 0, "train_loss": None, "eval_loss": eval_loss, "train_accuracy": None,
                                    "eval_accuracy": eval_acc, "seconds": 0.0}
             _log_scalars(writer, row, None)
-            row.update(analyse(0, logits))
+            row.update(analyse(0, logits, features))
             run.append_metrics(row)
             reporter.epoch(row, cfg.train.epochs)
             best = _checkpoint(run, model, optimizer, cfg, 0, generator, row, best)
@@ -279,13 +296,15 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
             with reporter.progress("training", train_steps) as advance:
                 train_loss, train_acc = train_epoch(model, data, optimizer, loss_fn, cfg.data.batch_size, generator,
                                                     advance, on_step if step_hooks else None)
+            features = features_list()
             with reporter.progress("evaluation", eval_steps) as advance:
-                eval_loss, eval_acc, logits = evaluate(model, data, loss_fn, cfg.data.eval_batch_size, advance)
+                eval_loss, eval_acc, logits = evaluate(model, data, loss_fn, cfg.data.eval_batch_size, advance,
+                                                       features)
             row = {"epoch": epoch, "train_loss": train_loss, "eval_loss": eval_loss, "train_accuracy": train_acc,
                    "eval_accuracy": eval_acc, "seconds": round(time.perf_counter() - started, 3)}
             _log_scalars(writer, row, optimizer.param_groups[0]["lr"])
             if epoch % cfg.analysis.every == 0 or epoch == cfg.train.epochs:
-                row.update(analyse(epoch, logits))
+                row.update(analyse(epoch, logits, features))
             run.append_metrics(row)
             reporter.epoch(row, cfg.train.epochs)
             best = _checkpoint(run, model, optimizer, cfg, epoch, generator, row, best)

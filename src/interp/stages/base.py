@@ -53,6 +53,7 @@ class StageContext:
     stage: str = ""
     eval_batch_size: int = 1000
     _eval_logits: Tensor | None = None
+    _eval_features: Tensor | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -88,6 +89,20 @@ class StageContext:
                 batches = self.data.eval_batches(self.eval_batch_size)
                 self._eval_logits = torch.cat([self.model(x) for x, _ in batches])
         return self._eval_logits
+
+    def eval_features(self) -> Tensor:
+        """Penultimate features of the whole evaluation set (N, ...): from training's evaluation pass when
+        it kept them, otherwise one pass here (which also fills :meth:`eval_logits`)."""
+        if self._eval_features is None:
+            logits, features = [], []
+            with torch.no_grad():
+                for x, _ in self.data.eval_batches(self.eval_batch_size):
+                    out = self.model.forward_features(x)  # type: ignore[operator]
+                    logits.append(out[0])
+                    features.append(out[1])
+            self._eval_logits = torch.cat(logits)
+            self._eval_features = torch.cat(features)
+        return self._eval_features
 
     def title(self, i: int, probs: Tensor) -> str:
         """'true 7 · pred 7 (0.98)' for probe item ``i`` given softmax probabilities (B, classes)."""

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
 
 from .base import Stage, StageContext, register_stage
 
@@ -38,12 +36,9 @@ class EmbeddingsStage(Stage):
         count = min(self.options.points, len(data.eval_x))
         generator = torch.Generator().manual_seed(0)
         index = torch.randperm(len(data.eval_x), generator=generator)[:count].sort().values.to(data.device)
-        with torch.no_grad():
-            x = data.normalise(data.eval_x[index])
-            features_of: Callable[[Tensor], tuple[Tensor, Tensor]] = ctx.model.forward_features  # type: ignore[assignment]
-            outputs = [features_of(x[i:i + 500]) for i in range(0, count, 500)]
-        logits = torch.cat([o[0] for o in outputs])
-        features = torch.cat([o[1] for o in outputs]).flatten(1).float().cpu()  # (N, D)
+        features = ctx.eval_features()[index].flatten(1).float().cpu()  # (N, D), no second forward pass
+        logits = ctx.eval_logits()[index]
+        x = data.normalise(data.eval_x[index])
         labels = data.eval_y[index].cpu().numpy()
         predicted = logits.argmax(dim=1).cpu().numpy()
         names = data.classes
