@@ -61,8 +61,9 @@ class Confusion(Stage):
             if n <= 20:
                 peak = values.max() or 1
                 for (r, c), v in np.ndenumerate(values):
+                    # inside its cell: left out of the layout and bbox computations, which it would slow down
                     ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7 if n > 10 else 8,
-                            color="white" if v > 0.6 * peak else "black")
+                            color="white" if v > 0.6 * peak else "black", in_layout=False)
             fig.colorbar(image, ax=ax, shrink=0.8)
         fig.suptitle(f"epoch {ctx.epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {'images' if ctx.data.is_image else 'points'}")
         ctx.save_figure(fig, "confusion")
