@@ -17,6 +17,7 @@ __all__ = [
     "METHODS",
     "Method",
     "gradcam",
+    "gradcam_layer",
     "integrated_gradients",
     "saliency",
     "smoothgrad",
@@ -97,13 +98,18 @@ def _ig_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: d
     return to_map(attributions, signed=True)
 
 
-def _gradcam_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+def gradcam_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The layer Grad-CAM looks at: ``name`` (short or full), else the last block with spatial output."""
     from .models import last_conv_block, resolve_layer
 
-    name = options.get("layer")
     found = resolve_layer(model, name) if name else last_conv_block(model)
-    assert found is not None, "gradcam needs a conv layer"
-    return gradcam(model, found[1], x, y)[:, 0]
+    if found is None:
+        raise ValueError("Grad-CAM needs a convolutional layer; the model has none")
+    return found
+
+
+def _gradcam_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    return gradcam(model, gradcam_layer(model, options.get("layer"))[1], x, y)[:, 0]
 
 
 METHODS: dict[str, Method] = {

@@ -115,24 +115,24 @@ def _trust_table(trust: dict[str, Any]) -> str:
     return f'<table id="trust">{head}{"".join(rows)}</table>'
 
 
-def _configured_stages(run: Run) -> list[str]:
-    """Stage names in the order the run's config lists them."""
+def _raw_config(run: Run) -> dict[str, Any]:
+    """The run's config.yaml as plain data ({} if it cannot be read)."""
     import yaml
 
     try:
-        raw = yaml.safe_load(run.config_path.read_text()) or {}
-    except yaml.YAMLError:
-        return []
+        return yaml.safe_load(run.config_path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _configured_stages(raw: dict[str, Any]) -> list[str]:
+    """Stage names in the order the run's config lists them."""
     specs = (raw.get("analysis") or {}).get("stages") or []
     return [spec if isinstance(spec, str) else next(iter(spec)) for spec in specs if isinstance(spec, str | dict) and spec]
 
 
-def _config_summary(run: Run) -> str:
-    import yaml
-
-    try:
-        raw = yaml.safe_load(run.config_path.read_text()) or {}
-    except yaml.YAMLError:
+def _config_summary(raw: dict[str, Any]) -> str:
+    if not raw:
         return ""
     data, model, train = raw.get("data", {}), raw.get("model", {}), raw.get("train", {})
     shape = (f"hidden {model.get('hidden')}, {model.get('activation')}" if model.get("arch") == "mlp"
@@ -146,13 +146,14 @@ def _config_summary(run: Run) -> str:
 def build_report(run_dir: Path | str) -> Path:
     """Write ``<run>/report/index.html`` (and a loss/accuracy plot beside it); returns the page's path."""
     run = Run.open(Path(run_dir))
-    metrics = run.read_metrics() if run.metrics_path.is_file() else []
+    metrics = run.read_metrics()
+    raw = _raw_config(run)
     epochs = _epoch_dirs(run)
     if not metrics and not epochs and not run.animations.is_dir():
         raise UserError(f"run {run.path} has nothing to report yet (no epochs, no animations)")
     page_dir = run.path / "report"
     page_dir.mkdir(exist_ok=True)
-    parts = [f"<h1>{html.escape(run.name)}</h1>", _config_summary(run)]
+    parts = [f"<h1>{html.escape(run.name)}</h1>", _config_summary(raw)]
     sections = []
 
     if metrics:
@@ -199,7 +200,7 @@ def build_report(run_dir: Path | str) -> Path:
     if epochs:
         first_epoch, first_dir = epochs[0]
         last_epoch, last_dir = epochs[-1]
-        order = _configured_stages(run)
+        order = _configured_stages(raw)
         stage_names = sorted({p.name for _, d in epochs for p in d.iterdir() if p.is_dir()},
                              key=lambda n: (order.index(n) if n in order else len(order), n))
         parts.append('<h2 id="stages-section">Stages</h2>')

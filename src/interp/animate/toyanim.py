@@ -52,7 +52,7 @@ from ..models import MLP
 from ..run import Run
 from ..train import Reporter, SilentReporter, make_optimizer
 from . import toy
-from .video import write_gif, write_mp4
+from .video import write_video
 
 __all__ = [
     "GRID_EXTENT",
@@ -419,9 +419,8 @@ def animate_config(cfg: Config, save_dir: Path | str = "save", name: str | None 
     started = time.perf_counter()
     stem = run.animations / problem.name
     stem.parent.mkdir(parents=True, exist_ok=True)
-    outputs = [write_gif(frames, stem.with_suffix(".gif"), cfg.animate.fps)]
-    if cfg.animate.format == "mp4":
-        outputs.append(write_mp4(frames, stem.with_suffix(".mp4"), cfg.animate.fps))
+    formats = ["gif", "mp4"] if cfg.animate.format == "mp4" else ["gif"]  # the GIF always
+    outputs = write_video(frames, stem, cfg.animate.fps, formats)
     last = stem.with_suffix(".png")
     Image.fromarray(frames[-1]).save(last)
     outputs.append(last)

@@ -8,7 +8,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..data import Data
 from ..models import feature_blocks, resolve_layer
 from .activations import ActivationsStage, activation_tiles
 from .base import StageContext, register_stage
@@ -33,10 +32,6 @@ class ActivationGifStage(ActivationsStage):
     name = "activation_gif"
     description = "one probe image, then its activations after each layer, as an animated GIF per epoch"
     Options = ActivationGifOptions  # type: ignore[assignment]
-
-    def prepare(self, model: nn.Module, data: Data) -> None:
-        for name in self.options.layers or []:
-            resolve_layer(model, name)
 
     def layers(self, model: nn.Module) -> list[str]:
         if self.options.layers:

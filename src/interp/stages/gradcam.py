@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..attribution import gradcam
+from ..attribution import gradcam, gradcam_layer
 from ..data import Data
 from ..models import last_conv_block, resolve_layer
 from .base import Stage, StageContext, register_stage
@@ -34,10 +34,7 @@ class GradCamStage(Stage):
     def run(self, ctx: StageContext) -> None:
         from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
 
-        if self.options.layer:
-            name, layer = resolve_layer(ctx.model, self.options.layer)
-        else:
-            name, layer = last_conv_block(ctx.model)  # type: ignore[misc]
+        name, layer = gradcam_layer(ctx.model, self.options.layer)
         cams = gradcam(ctx.model, layer, ctx.probe.x, ctx.probe.y)[:, 0]  # (B, H, W)
         ctx.shared.setdefault("maps", {})["gradcam"] = cams
         arrays = cams.cpu().numpy()
