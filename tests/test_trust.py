@@ -199,3 +199,27 @@ def test_training_prints_the_trust_table_and_logs_every_epoch(tmp_path: Path) ->
         assert "trust/integrated_gradients/deletion_auc" in row and "trust/random/insertion_auc" in row
         # the randomisation check costs the most, so it runs at the final epoch only
         assert ("trust/saliency/randomisation_correlation" in row) == (row["epoch"] == 2)
+
+
+def test_smoothgrad_noise_is_the_same_for_trained_and_randomised_maps(data) -> None:
+    """Only the weights may differ between the maps compared: re-initialising a layer the forward pass
+    never uses must leave a noisy method's map exactly as it was (ρ = 1)."""
+    from interp.attribution import smoothgrad
+
+    class WithSpare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(784, 10)
+            self.unused = nn.Linear(3, 3)  # registered, re-initialised by the cascade, never called
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.linear(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = WithSpare()
+    probe = select_probe(data, 1, 0)
+    cascade = randomisation_cascade(model, lambda m: smoothgrad(m, probe.x, probe.y, samples=4).sum(dim=1),
+                                    layers=["unused", "linear"])
+    assert cascade.correlations[0] == pytest.approx(1.0)
+    assert torch.equal(cascade.maps[0], cascade.trained)
+    assert cascade.correlations[1] < 0.5  # the real layer, once random, changes the map

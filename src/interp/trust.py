@@ -111,6 +111,7 @@ class Cascade:
     layers: list[str]  # layer randomised at each step, top first
     correlations: list[float]  # one per step
     maps: list[Tensor]  # (B, H, W) after each step (for the figure)
+    trained: Tensor  # (B, H, W): the map every step is compared with
 
     @property
     def final(self) -> float:
@@ -118,29 +119,41 @@ class Cascade:
         return self.correlations[-1] if self.correlations else math.nan
 
 
-def randomisation_cascade(model: nn.Module, compute: Callable[[nn.Module], Tensor], trained: Tensor,
+def randomisation_cascade(model: nn.Module, compute: Callable[[nn.Module], Tensor], trained: Tensor | None = None,
                           seed: int = 0, layers: list[str] | None = None) -> Cascade:
     """Re-initialise ``layers`` (default :func:`cascade_layers`) one after another on a copy of ``model``,
     cumulatively from the top, recomputing ``compute(copy) → (B, H, W)`` after each step and comparing
-    abs(map) with abs(``trained``) by Spearman correlation, image by image."""
+    abs(map) with abs(``trained``) by Spearman correlation, image by image.
+
+    Every map, the trained one included when ``trained`` is None, is computed from the same random
+    state, so a noisy method (SmoothGrad) sees the same noise each time and only the weights differ."""
     clone = copy.deepcopy(model).eval()
     modules = dict(clone.named_modules())
     names = layers if layers is not None else cascade_layers(clone)
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    weights = torch.Generator().manual_seed(seed)  # the re-initialisations' own random stream
+
+    def seeded(net: nn.Module) -> Tensor:
+        torch.manual_seed(seed + 1)
+        return compute(net).detach()
+
     correlations, maps = [], []
     try:
+        if trained is None:
+            trained = seeded(clone)
         for name in names:
             module = modules[name]
+            torch.random.set_rng_state(weights.get_state())
             module.reset_parameters()  # type: ignore[operator]
-            current = compute(clone).detach()
+            weights.set_state(torch.random.get_rng_state())
+            current = seeded(clone)
             values = [spearman(trained[i].abs(), current[i].abs()) for i in range(len(trained))]
             finite = [v for v in values if math.isfinite(v)]
             correlations.append(float(np.mean(finite)) if finite else math.nan)
             maps.append(current.cpu())
     finally:
         torch.random.set_rng_state(generator_state)
-    return Cascade(list(names), correlations, maps)
+    return Cascade(list(names), correlations, maps, trained.cpu())
 
 
 def verdict(deletion: float, insertion: float, random_deletion: float, random_insertion: float,

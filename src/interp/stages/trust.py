@@ -105,14 +105,15 @@ class TrustStage(Stage):
 
         cascades: dict[str, Cascade] = {}
         if self.options.randomisation == "always" or (self.options.randomisation == "final" and ctx.final):
-            for method, values in maps.items():
-                cascades[method] = randomisation_cascade(model, self._recompute(method, x, y, baseline), values,
+            for method in maps:
+                # the reference map is recomputed inside, from the same noise as the randomised ones
+                cascades[method] = randomisation_cascade(model, self._recompute(method, x, y, baseline),
                                                          seed=self.options.seed)
                 ctx.record(f"{method}/randomisation_correlation", cascades[method].final)
 
         self.draw_curves(ctx, results)
         if cascades:
-            self.draw_cascades(ctx, cascades, maps)
+            self.draw_cascades(ctx, cascades)
         self.summarise(ctx, results, cascades)
 
     # -- output ----------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class TrustStage(Stage):
                      f"mean of {len(ctx.probe.x[: self.options.images or None])} probe images)", fontsize=10)
         ctx.save_figure(fig, "deletion_insertion")
 
-    def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade], maps: dict[str, Tensor]) -> None:
+    def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
         from ..plotting import TileSheet, figure, grey_rgb, unsigned_rgb
 
         layers = next(iter(cascades.values())).layers
@@ -202,7 +203,7 @@ class TrustStage(Stage):
         sheet = TileSheet(len(cascades), len(layers) + 2, tile, zoom=max(1, 112 // max(tile)))
         for row, (method, cascade) in enumerate(cascades.items()):
             sheet.put(row, 0, grey_rgb(ctx.pixels(0)), method.replace("_", "\n"))
-            sheet.put(row, 1, unsigned_rgb(maps[method][0].abs().cpu().numpy()), "trained")
+            sheet.put(row, 1, unsigned_rgb(cascade.trained[0].abs().numpy()), "trained")
             for col, (layer, values, rho) in enumerate(zip(cascade.layers, cascade.maps, cascade.correlations,
                                                            strict=True), start=2):
                 sheet.put(row, col, unsigned_rgb(values[0].abs().numpy()), f"−{short(layer)}\nρ {rho:.2f}")
