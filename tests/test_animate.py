@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from interp.animate import toy
 from interp.animate.toyanim import animate_config, check_shapes, decision_line, grid_lines, warp_grid
 from interp.animate.video import mp4_duration
 from interp.cli import app
 from interp.config import bundled_config, load_config
+from interp.data import toy
 from interp.errors import UserError
 from interp.models import MLP
 

@@ -9,7 +9,8 @@ import torch
 
 from conftest import make_cifar_batches, make_mnist_raw, write_idx
 from interp.config import DataConfig
-from interp.data import MNIST_FILES, _read_idx_gz, load_data, select_probe
+from interp.data import MNIST_FILES, load_data, select_probe
+from interp.data.files import _read_idx_gz
 from interp.errors import UserError
 
 
@@ -113,7 +114,7 @@ def test_train_limit_cuts_training_set_only() -> None:
 
 
 def test_offline_check_fails_before_any_heavy_work(tmp_path: Path, monkeypatch) -> None:
-    from interp import sources
+    from interp.data import sources
 
     monkeypatch.setattr(sources, "_HOSTS", {"mnist": (("127.0.0.1", 9),), "cifar10": (("127.0.0.1", 9),)})
     cfg = DataConfig(dataset="mnist", root=str(tmp_path / "data"), download=True)
@@ -131,6 +132,6 @@ def test_cli_import_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, interp.cli, interp.sources; print('torch' in sys.modules)"
+    code = "import sys, interp.cli, interp.data.sources; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

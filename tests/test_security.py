@@ -13,10 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_cifar_batches
-from interp import safe_pickle
 from interp.cli import app
 from interp.config import DataConfig
-from interp.data import load_data
+from interp.data import load_data, safe_pickle
 from interp.errors import UserError
 
 runner = CliRunner()

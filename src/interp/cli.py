@@ -102,7 +102,7 @@ def train(
 ) -> None:
     """Train a model and run the analysis stages at epoch 0 and after epochs; results go to save/<run>/."""
     from .config import load_config
-    from .sources import check_sources
+    from .data.sources import check_sources
 
     if resume is not None:
         if config is not None:

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config
 from .data import Data, load_data, select_probe
+from .data.sources import check_sources
 from .errors import UserError
 from .models import build_model
 from .run import Run
-from .sources import check_sources
 
 __all__ = ["Reporter", "TrainResult", "evaluate", "fit", "load_model", "resolve_device", "train_epoch"]
 

@@ -47,11 +47,11 @@ from torch import Tensor, nn
 
 from .. import plotting  # noqa: F401  (the Agg backend and the project's font sizes)
 from ..config import Config, save_config
+from ..data import toy
 from ..errors import UserError
 from ..models import MLP
 from ..run import Run
 from ..train import Reporter, SilentReporter, make_optimizer
-from . import toy
 from .video import write_video
 
 __all__ = [

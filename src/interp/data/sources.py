@@ -10,8 +10,8 @@ import contextlib
 import socket
 from pathlib import Path
 
-from .config import DataConfig
-from .errors import UserError
+from ..config import DataConfig
+from ..errors import UserError
 
 __all__ = ["CIFAR10_FILES", "MNIST_FILES", "check_sources", "missing_message"]
 

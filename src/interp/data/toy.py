@@ -43,7 +43,7 @@ def polynomial(points: int = 4_000, test_points: int = 400, seed: int = 0) -> tu
 
 def as_data(name: str, *, points: int | None, noise: float, seed: int):  # type: ignore[no-untyped-def]
     """The toy problem ``name`` as an :class:`interp.data.Data` (evaluation = a fresh draw / the test grid)."""
-    from ..data import Data
+    from .tensors import Data
 
     if name == "rings":
         n = points or 20_000
