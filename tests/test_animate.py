@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from interp.animate.toyanim import animate_config, check_shapes, decision_line, grid_lines, warp_grid
+from interp.animate.command import animate_config
+from interp.animate.geometry import decision_line, grid_lines, warp_grid
+from interp.animate.learners import check_shapes
 from interp.animate.video import mp4_duration
 from interp.cli import app
 from interp.config import bundled_config, load_config

@@ -7,6 +7,7 @@ import yaml
 
 from interp.config import Config, apply_overrides, load_config, save_config
 from interp.errors import UserError
+from interp.stages import check_stages
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -58,7 +59,8 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, text: str, message:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(UserError, match=message):
-        load_config(path)
+        cfg = load_config(path)  # the config's own checks …
+        check_stages(cfg.analysis.stages, f"{path}: analysis.stages")  # … then the stages package's, as the CLI does
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -76,3 +78,26 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["hidden"] == [32, 16]
+
+
+def test_loading_a_config_and_checking_its_stages_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from interp.config import load_config; from interp.stages import check_stages; "
+            "cfg = load_config('configs/default.yaml', ['analysis.stages=[confusion, {trust: {steps: 5}}]']); "
+            "check_stages(cfg.analysis.stages); check_stages(None); "
+            "print(sorted(m for m in ('torch', 'captum', 'sklearn', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent.parent).stdout
+    assert out.strip() == "[]"
+
+
+def test_default_stages_come_from_the_registry() -> None:
+    from interp.stages import STAGES, build_stages, default_stage_specs
+
+    assert Config().analysis.stages is None
+    names = [stage.name for stage in build_stages(None)]
+    assert names == default_stage_specs() == [n for n, cls in STAGES.items() if cls.default]
+    assert names[0] == "confusion" and names[-1] == "trust"
+    assert "neuron_video" not in names and "activation_gif" not in names

@@ -54,9 +54,19 @@ def test_unknown_arch_and_import_path() -> None:
         build_model(ModelConfig(arch="no_such_pkg.models:net"), (1, 28, 28), 10)
 
 
-def test_user_model_by_import_path() -> None:
-    model = build_model(ModelConfig(arch="interp.models:_mlp", hidden=[5]), (1, 28, 28), 10)
-    assert model.forward_features(torch.zeros(1, 1, 28, 28))[1].shape == (1, 5)
+def test_features_hook_finds_the_penultimate_representation() -> None:
+    """The evaluation's forward hook on the classifier catches exactly what forward_features returns."""
+    from interp.analysis.evaluation import _capture_input, features_layer
+
+    for arch in sorted(MODELS):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(arch=arch, width=8, hidden=[16, 12]), (1, 28, 28), 10).eval()
+        x = torch.randn(5, 1, 28, 28)
+        name, layer = features_layer(model)
+        assert name in ("head", "classifier")
+        with _capture_input(layer) as caught, torch.no_grad():
+            model(x)
+        assert torch.equal(caught[0], model.forward_features(x)[1])
 
 
 def test_layers_resolve_by_short_name() -> None:

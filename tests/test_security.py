@@ -180,13 +180,11 @@ def _hostile_run(root: Path) -> Path:
         for stage in ("trust", NAME):
             (run / f"epoch_{epoch:03d}" / stage).mkdir(parents=True)
             png.save(run / f"epoch_{epoch:03d}" / stage / f"{NAME}.png")
-    (run / "epoch_001" / "trust" / "trust.json").write_text(json.dumps({
-        "epoch": SCRIPT,
-        "methods": {SCRIPT: {"verdict": IMG, "deletion_auc": SCRIPT, "insertion_auc": IMG,
-                             "random_deletion_auc": 0.3, "random_insertion_auc": SCRIPT,
-                             "randomisation_correlation": IMG, "completeness_error": SCRIPT},
-                    IMG: SCRIPT},
+    (run / "epoch_001" / "trust" / "summary.json").write_text(json.dumps({
+        "title": SCRIPT, "epoch": IMG, "columns": [SCRIPT, IMG], "notes": [SCRIPT, IMG],
+        "rows": [[SCRIPT, 0.5, IMG], [IMG, None, SCRIPT], IMG],
     }))
+    (run / "epoch_001" / NAME / "summary.json").write_text(json.dumps({"rows": IMG, "title": SCRIPT}))
     (run / "animations").mkdir()
     png.save(run / "animations" / f"{NAME}.png")
     (run / "animations" / f"{NAME}.mp4").write_bytes(b"")

@@ -14,7 +14,14 @@ from interp.config import DataConfig, ModelConfig
 from interp.data import load_data, select_probe
 from interp.models import build_model
 from interp.run import Run
-from interp.stages import STAGES, StageContext, run_stages
+from interp.analysis.evaluation import Evaluation
+from interp.analysis.runner import StageContext
+from interp.analysis.runner import run_stages as _run_stages
+from interp.stages import STAGES
+
+
+def run_stages(stages, ctx) -> dict:
+    return _run_stages(stages, ctx).numbers
 
 ANIMATIONS = {"activation_gif", "neuron_video"}
 ARCHS = {"mlp": ModelConfig(arch="mlp", hidden=[32, 16]), "allconv": ModelConfig(arch="allconv", width=4)}
@@ -33,8 +40,8 @@ def make_context(data, arch: str, folder: Path, epoch: int = 1, final: bool = Tr
     model = build_model(ARCHS[arch], data.input_shape, 10).eval()
     run = Run(folder)
     notices: list[str] = []
-    ctx = StageContext(model=model, epoch=epoch, final=final, device=torch.device("cpu"), data=data,
-                       probe=select_probe(data, 1, 0), writer=run.writer, folder=folder / f"epoch_{epoch:03d}",
+    evaluation = Evaluation(model=model, data=data, probe=select_probe(data, 1, 0), epoch=epoch, final=final)
+    ctx = StageContext(evaluation=evaluation, sink=run.sink, folder=f"epoch_{epoch:03d}",
                        initial_state={k: v.clone() for k, v in model.state_dict().items()},
                        notice=notices.append)
     return ctx, run, notices
@@ -107,7 +114,7 @@ def test_integrated_gradients_are_complete(data, tmp_path: Path) -> None:
 
     stage = STAGES["integrated_gradients"](STAGES["integrated_gradients"].Options(steps=64))
     ctx, run, notices = make_context(data, "mlp", tmp_path)
-    ctx.model = model
+    ctx.evaluation.model = model
     run_stages([stage], ctx)
     run.close()
     assert ctx.numbers["integrated_gradients/completeness_error"] < 0.01
@@ -241,11 +248,11 @@ def test_neuron_video_films_the_weights_as_they_change(data, tmp_path: Path) -> 
     for step in range(1, 9):  # eight "optimiser steps", a frame every second one
         with torch.no_grad():
             layer.weight.add_(0.05 * torch.randn_like(layer.weight))
-        stage.on_step(ctx.model, step, 1, tmp_path)
+        stage.on_step(ctx.model, step, 1)
     assert [s for s, _, _ in stage.frames] == [0, 2, 4, 6, 8]
     assert np.array_equal(stage.frames[0][2], initial)  # a snapshot, not a view of the live weights
     assert np.array_equal(stage.frames[-1][2], first_layer_tiles(ctx.model, data.input_shape, 64))
-    stage.on_train_end(ctx.model, tmp_path, notices.append)
+    stage.on_train_end(ctx.model, run.sink, notices.append)
     gif = Image.open(tmp_path / "animations" / "neuron_video.gif")
     assert gif.n_frames == 5
     frames = []

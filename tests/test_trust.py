@@ -18,7 +18,9 @@ from interp.config import DataConfig, ModelConfig
 from interp.data import load_data, select_probe
 from interp.models import build_model
 from interp.run import Run
-from interp.stages import STAGES, StageContext, run_stages
+from interp.analysis.evaluation import Evaluation
+from interp.analysis.runner import StageContext, run_stages
+from interp.stages import STAGES
 from interp.trust import (
     auc,
     cascade_layers,
@@ -153,11 +155,12 @@ def test_trust_stage_records_numbers_figures_and_a_table(data, tmp_path: Path) -
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="allconv", width=4), data.input_shape, 10).eval()
     run = Run(tmp_path)
-    ctx = StageContext(model=model, epoch=3, final=True, device=torch.device("cpu"), data=data,
-                       probe=select_probe(data, 1, 0), writer=run.writer, folder=tmp_path / "epoch_003")
+    evaluation = Evaluation(model=model, data=data, probe=select_probe(data, 1, 0), epoch=3, final=True)
+    ctx = StageContext(evaluation=evaluation, sink=run.sink, folder="epoch_003")
     stages = [STAGES["saliency"](STAGES["saliency"].Options(smoothgrad_samples=2)),
               STAGES["gradcam"](), STAGES["trust"](STAGES["trust"].Options(steps=8, images=4, ig_steps=8))]
-    numbers = run_stages(stages, ctx)
+    results = run_stages(stages, ctx)
+    numbers = results.numbers
     run.close()
     methods = ["saliency", "smoothgrad", "gradcam"]  # the maps the stages before it drew
     for method in [*methods, "random"]:
@@ -166,8 +169,11 @@ def test_trust_stage_records_numbers_figures_and_a_table(data, tmp_path: Path) -
     for method in methods:
         assert -1.0 <= numbers[f"trust/{method}/randomisation_correlation"] <= 1.0 or \
             math.isnan(numbers[f"trust/{method}/randomisation_correlation"])
-    table = ctx.shared["summaries"]["trust"]
-    assert [row[0] for row in table["rows"]] == methods
+    table = results.summaries["trust"]
+    assert [row[0] for row in table.rows] == methods
+    written = json.loads((tmp_path / "epoch_003" / "trust" / "summary.json").read_text())
+    assert written["rows"] == [[None if isinstance(v, float) and math.isnan(v) else v for v in row]
+                               for row in table.rows] and written["epoch"] == 3
     saved = json.loads((tmp_path / "epoch_003" / "trust" / "trust.json").read_text())
     assert set(saved["methods"]) == set(methods)
     assert len(saved["methods"]["gradcam"]["cascade"]) == len(cascade_layers(model))

@@ -9,7 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "Analyzer",
     "Config",
+    "Evaluation",
+    "NullSink",
+    "Stage",
+    "Summary",
     "UserError",
     "analyze",
     "animate_config",
@@ -18,16 +23,23 @@ __all__ = [
     "fit",
     "load_config",
     "load_data",
+    "register_stage",
 ]
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Analyzer": "analysis.api",
+    "Evaluation": "analysis.evaluation",
+    "NullSink": "analysis.sink",
+    "Stage": "stages.base",
+    "Summary": "stages.base",
+    "register_stage": "stages.base",
     "Config": "config",
     "load_config": "config",
     "UserError": "errors",
     "fit": "train",
     "analyze": "analyze",
-    "animate_config": "animate.toyanim",
+    "animate_config": "animate",
     "build_model": "models",
     "build_report": "report",
     "load_data": "data",

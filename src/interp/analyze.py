@@ -27,42 +27,49 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     """Rebuild the run's model from config.yaml, load ``checkpoint`` (best, last or a path; weights only)
     and run the stages; figures and numbers go to ``<run>/analysis/<checkpoint>/`` and TensorBoard
     (tags under ``analysis/<checkpoint>/``)."""
+    from .analysis.api import Analysis
+    from .analysis.evaluation import evaluate, logits_model
     from .checkpoint import load_checkpoint
     from .config import load_config
     from .data import select_probe
-    from .stages import STAGES, StageContext, build_stages, parse_stage_specs, run_stages
+    from .stages import check_stages, default_stage_specs, parse_stage_specs, stage_class
     from .train import load_model, resolve_device
 
     run = Run.open(Path(run_dir))
     cfg = load_config(run.config_path)
+    check_stages(cfg.analysis.stages, f"{run.config_path}: analysis.stages")
     target = resolve_device(device or cfg.train.device)
-    configured = dict(parse_stage_specs(cfg.analysis.stages))
+    configured = dict(parse_stage_specs(cfg.analysis.stages if cfg.analysis.stages is not None
+                                        else default_stage_specs()))
     if stages:
-        unknown = [name for name in stages if name not in STAGES]
-        if unknown:
-            raise UserError(f"--stage {unknown[0]}: unknown stage (known: {', '.join(STAGES)})")
-        specs: list[Any] = [{name: configured.get(name, {})} for name in stages]
+        for name in stages:
+            try:
+                stage_class(name)
+            except ValueError as exc:
+                raise UserError(f"--stage {name}: {exc}") from None
+        specs: list[Any] | None = [{name: configured.get(name, {})} for name in stages]
     else:
-        specs = list(cfg.analysis.stages)
-    stage_list = build_stages(specs)
+        specs = cfg.analysis.stages
+    stage_list = check_stages(specs, "--stage")
 
     cfg, model, data, state, path = load_model(run, checkpoint, target)
     label = checkpoint if checkpoint in ("best", "last", "init") else Path(checkpoint).stem
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
-    for stage in stage_list:
-        stage.prepare(model, data)
+    analysed = logits_model(model, probe.x)
     init = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init, map_location=target)["model"] if init.is_file() else None
-    folder = run.path / "analysis" / label
+    analysis = Analysis(stage_list, run.sink, notice=notice, initial_state=initial_state, during_training=False)
+    analysis.prepare(analysed, data)
     epoch = int(state.get("epoch", 0))
-    ctx = StageContext(model=model, epoch=epoch, final=True, device=target, data=data, probe=probe,
-                       writer=run.writer, folder=folder, tag=f"analysis/{label}/", initial_state=initial_state,
-                       notice=notice, eval_batch_size=cfg.data.eval_batch_size)
+    folder = f"analysis/{label}"
     try:
-        numbers = run_stages(stage_list, ctx)
+        evaluation = evaluate(analysed, data, probe, epoch, final=True, batch_size=cfg.data.eval_batch_size,
+                              features=analysis.wants_features, features_layer=cfg.analysis.features_layer)
+        results = analysis.run(evaluation, folder, tag=f"{folder}/")
     finally:
         run.close()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps({"checkpoint": str(path), "epoch": epoch, **numbers}, indent=1),
-                                         encoding="utf-8")
-    return AnalyzeResult(folder=folder, epoch=epoch, numbers=numbers, summaries=ctx.shared.get("summaries", {}))
+    out = run.path / folder
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(path), "epoch": epoch, **results.numbers},
+                                                 indent=1), encoding="utf-8")
+    return AnalyzeResult(folder=out, epoch=epoch, numbers=results.numbers, summaries=results.summaries)

@@ -100,9 +100,9 @@ def _ig_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: d
 
 def gradcam_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
     """The layer Grad-CAM looks at: ``name`` (short or full), else the last block with spatial output."""
-    from .models import last_conv_block, resolve_layer
+    from .models import last_spatial_layer, resolve_layer
 
-    found = resolve_layer(model, name) if name else last_conv_block(model)
+    found = resolve_layer(model, name) if name else last_spatial_layer(model)
     if found is None:
         raise ValueError("Grad-CAM needs a convolutional layer; the model has none")
     return found

@@ -103,6 +103,7 @@ def train(
     """Train a model and run the analysis stages at epoch 0 and after epochs; results go to save/<run>/."""
     from .config import load_config
     from .data.sources import check_sources
+    from .stages import check_stages
 
     if resume is not None:
         if config is not None:
@@ -111,6 +112,8 @@ def train(
         if not config.is_file():
             raise UserError(f"run {resume} {'is not a run folder (no config.yaml)' if resume.is_dir() else 'does not exist'}")
     cfg = load_config(config, set_ or [])
+    source = f"{config or 'default config'}{' with --set' if set_ else ''}"
+    check_stages(cfg.analysis.stages, f"{source}: analysis.stages")
     check_sources(cfg.data)  # before torch is imported: an offline machine hears about it at once
 
     from .train import fit
@@ -156,7 +159,7 @@ def animate(
     save_dir: SaveDirOpt = Path("save"),
 ) -> None:
     """Animate toy networks learning (rings: hidden space, warped grid, decision line; polynomial: the fit)."""
-    from .animate.toyanim import animate_config
+    from .animate import animate_config
     from .config import bundled_config, load_config
 
     overrides = list(set_ or [])
@@ -189,12 +192,12 @@ def report(run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mni
 @app.command()
 @_user_errors
 def stages() -> None:
-    """List the registered analysis stages."""
+    """List the registered analysis stages (* = on by default)."""
     from .stages import STAGES
 
     width = max(map(len, STAGES))
     for name, cls in STAGES.items():
-        typer.echo(f"{name:<{width}}  {cls.description}")
+        typer.echo(f"{name:<{width}} {'*' if cls.default else ' '} {cls.description}")
 
 
 def _parse_hidden(text: str) -> list[int]:
@@ -208,21 +211,22 @@ def _parse_hidden(text: str) -> list[int]:
 
 
 def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
-    table = summaries.get("trust")
-    if not table:
-        return
+    """Every summary table the stages returned: text columns left, numbers right, then the notes."""
     from rich import box
     from rich.table import Table
 
-    view = Table(title="Can you trust the maps?", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                 collapse_padding=True)
-    for column in table["columns"]:
-        view.add_column(column, justify="left" if column in ("method", "verdict") else "right", no_wrap=True)
-    for row in table["rows"]:
-        view.add_row(*[f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row])
-    reporter.console.print(view)
-    for line in table.get("notes", []):
-        reporter.notice(line)
+    for summary in summaries.values():
+        view = Table(title=summary.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                     collapse_padding=True)
+        numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in summary.rows)
+                   for i in range(len(summary.columns))]
+        for column, is_number in zip(summary.columns, numeric, strict=True):
+            view.add_column(column, justify="right" if is_number else "left", no_wrap=True)
+        for row in summary.rows:
+            view.add_row(*[f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row])
+        reporter.console.print(view)
+        for line in summary.notes:
+            reporter.notice(line)
 
 
 def main(argv: list[str] | None = None) -> Any:

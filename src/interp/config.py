@@ -32,25 +32,13 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "apply_overrides",
+    "validate_config",
     "bundled_config",
     "load_config",
     "save_config",
 ]
 
 DATASETS = ("mnist-sample", "mnist", "cifar10", "rings", "polynomial")
-
-DEFAULT_STAGES: list[str | dict[str, dict[str, Any] | None]] = [
-    "confusion",
-    "saliency",
-    "integrated_gradients",
-    "gradcam",
-    "weights",
-    "neurons",
-    "activations",
-    "embeddings",
-    "trust",  # after the attribution stages: scores the maps they drew
-]
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -72,8 +60,11 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # A registered name (see `interp.models.MODELS`) or "package.module:factory" for your own.
+    # mlp, allconv, "torchvision:NAME" (e.g. torchvision:resnet18, random weights), or
+    # "package.module:factory" for your own: called with the keywords it accepts among num_classes,
+    # in_channels and input_shape, plus everything in `args`.
     arch: str = "mlp"
+    args: dict[str, Any] = Field(default_factory=dict)
     hidden: list[PositiveInt] = Field(default_factory=lambda: [128])
     activation: Literal["relu", "sigmoid", "tanh", "elu"] = "relu"
     # allconv: channels of the first block; the second block has twice as many (96 → 192 in All-CNN-C).
@@ -105,18 +96,13 @@ class AnalysisConfig(_Section):
     every: PositiveInt = 1
     # Probe batch: this many evaluation images per class, chosen once with the run's seed.
     probe_per_class: PositiveInt = 1
-    # Each entry is a stage name, or {name: {option: value}}. `interp stages` lists them.
-    stages: list[str | dict[str, dict[str, Any] | None]] = Field(
-        default_factory=lambda: list(DEFAULT_STAGES)
-    )
-
-    @field_validator("stages")
-    @classmethod
-    def _known_stages(cls, value: list[Any]) -> list[Any]:
-        from .stages import validate_stage_specs  # lazy: stage modules import torch
-
-        validate_stage_specs(value)
-        return value
+    # Each entry is a stage name, {name: {option: value}}, or "package.module:Class" for a stage of your
+    # own; None = every stage that is on by default (`interp stages` lists them). The stages package
+    # checks the entries (interp.stages.check_stages), right after the config is loaded.
+    stages: list[str | dict[str, dict[str, Any] | None]] | None = None
+    # The layer whose input is the penultimate representation (embeddings); None = the classifier,
+    # i.e. the last Linear or 1×1 conv.
+    features_layer: str | None = None
 
 
 class AnimateConfig(_Section):

@@ -1,7 +1,8 @@
-"""Model registry: ``mlp`` and ``allconv``, plus your own factories by import path.
+"""Model registry: ``mlp`` and ``allconv``, torchvision architectures, and your own factories by import path.
 
-Every model returns logits from ``forward`` and ``(logits, features)`` from ``forward_features``, where
-``features`` is the penultimate representation, computed in the same pass. Layers that stages talk
+A model's forward returns logits (or a tuple with the logits first, or a dict with ``logits``). The
+penultimate features are read by a forward hook on the classifier (see
+:func:`interp.analysis.evaluation.features_layer`); ``forward_features`` is not needed. Layers that stages talk
 about are named: ``features.fc1`` … for the MLP, ``features.conv1`` … for the all-conv net; stages
 accept the short name (``fc1``, ``conv3``) too.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +23,8 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .errors import UserError
 
-__all__ = ["MODELS", "AllConv", "MLP", "build_model", "capture_activations", "register_model", "resolve_layer"]
+__all__ = ["MODELS", "AllConv", "MLP", "build_model", "capture_activations", "check_model", "last_spatial_layer",
+           "register_model", "resolve_layer", "torchvision_model"]
 
 Factory = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 MODELS: dict[str, Factory] = {}
@@ -112,21 +116,127 @@ def _allconv(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int) -
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    """Build ``cfg.arch`` for inputs of ``input_shape`` (without the batch) and ``num_outputs`` outputs."""
+    """Build ``cfg.arch`` for inputs of ``input_shape`` (without the batch) and ``num_outputs`` outputs:
+    a registered name, ``torchvision:NAME`` or ``package.module:factory``."""
     factory = MODELS.get(cfg.arch)
-    if factory is None and ":" in cfg.arch:
-        module_name, _, attr = cfg.arch.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(f"model.arch {cfg.arch!r}: cannot import it ({exc})") from None
-    if factory is None:
+    if factory is not None:
+        return factory(cfg, tuple(input_shape), num_outputs)
+    kind, sep, attr = cfg.arch.partition(":")
+    if not sep:
         raise UserError(f"model.arch: unknown model {cfg.arch!r} (known: {', '.join(sorted(MODELS))}, "
-                        "or package.module:factory)")
-    model = factory(cfg, tuple(input_shape), num_outputs)
-    if not hasattr(model, "forward_features"):
-        raise UserError(f"model.arch {cfg.arch!r}: the model needs a forward_features(x) → (logits, features) method")
+                        "torchvision:NAME, or package.module:factory)")
+    if kind == "torchvision":
+        return torchvision_model(attr, tuple(input_shape), num_outputs, dict(cfg.args))
+    return _call_factory(cfg.arch, _import_factory(cfg.arch), tuple(input_shape), num_outputs, dict(cfg.args))
+
+
+def _import_factory(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr or not all(part.isidentifier() for part in module_name.split(".") + attr.split(".")):
+        raise UserError(f"model.arch {path!r}: expected package.module:factory (Python names separated by dots)")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ModuleNotFoundError, or the module failing as it is imported
+        raise UserError(f"model.arch {path!r}: cannot import module {module_name!r} "
+                        f"({type(exc).__name__}: {_one_line(exc)})") from None
+    found: Any = module
+    for part in attr.split("."):
+        if not hasattr(found, part):
+            raise UserError(f"model.arch {path!r}: module {module_name!r} has no attribute {attr!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise UserError(f"model.arch {path!r}: {attr!r} is a {type(found).__name__}, not a function or class")
+    return found  # type: ignore[no-any-return]
+
+
+def _call_factory(path: str, factory: Callable[..., Any], input_shape: tuple[int, ...], num_outputs: int,
+                  args: dict[str, Any]) -> nn.Module:
+    """Call ``factory`` with the keywords its signature accepts among ``num_classes``, ``in_channels`` and
+    ``input_shape``, plus ``model.args``."""
+    offered: dict[str, Any] = {"num_classes": num_outputs, "input_shape": input_shape}
+    if len(input_shape) == 3:
+        offered["in_channels"] = input_shape[0]
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        parameters = {}  # type: ignore[assignment]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in offered.items() if takes_any or k in parameters}
+    kwargs.update(args)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        called = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UserError(f"model.arch {path!r}: the factory raised {type(exc).__name__} when called with "
+                        f"({called}): {_one_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.arch {path!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def torchvision_model(name: str, input_shape: tuple[int, ...], num_outputs: int,
+                      args: dict[str, Any] | None = None) -> nn.Module:
+    """A torchvision classification architecture with random weights (nothing is downloaded),
+    ``num_classes`` outputs, and its first convolution adapted to the input's channels."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = [k for k in known if k.startswith(name[:3])][:6] or known[:6]
+        raise UserError(f"model.arch torchvision:{name}: not a torchvision classification model "
+                        f"(e.g. {', '.join(close)})")
+    if len(input_shape) != 3:
+        raise UserError(f"model.arch torchvision:{name} needs images, but this dataset's inputs have shape "
+                        f"{input_shape}")
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs, **(args or {}))
+    except Exception as exc:
+        raise UserError(f"model.arch torchvision:{name}: {type(exc).__name__}: {_one_line(exc)}") from None
+    _adapt_first_conv(model, input_shape[0])
+    return model
+
+
+def _adapt_first_conv(model: nn.Module, channels: int) -> None:
+    """Replace the first Conv2d by one taking ``channels`` input channels (same shape otherwise)."""
+    for full, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == channels:
+                return
+            replacement = nn.Conv2d(channels, module.out_channels, module.kernel_size, module.stride,  # type: ignore[arg-type]
+                                    module.padding, module.dilation, module.groups,  # type: ignore[arg-type]
+                                    bias=module.bias is not None, padding_mode=module.padding_mode)
+            parent_name, _, child = full.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, replacement)
+            return
+
+
+def check_model(model: nn.Module, arch: str, example: Tensor, num_outputs: int) -> None:
+    """One forward of ``example`` (a probe batch): the output must hold logits of shape (B, num_outputs)."""
+    from .analysis.evaluation import logits_of
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(example)
+    except Exception as exc:
+        raise UserError(f"model.arch {arch!r}: the model failed on a batch of shape {tuple(example.shape)} "
+                        f"({type(exc).__name__}: {_one_line(exc)})") from None
+    finally:
+        model.train(was_training)
+    try:
+        logits = logits_of(output)
+    except TypeError as exc:
+        raise UserError(f"model.arch {arch!r}: {exc}") from None
+    expected = (len(example), num_outputs)
+    if tuple(logits.shape) != expected:
+        raise UserError(f"model.arch {arch!r}: the model's output for a batch of {len(example)} has shape "
+                        f"{tuple(logits.shape)}; expected {expected} (one logit per class)")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
@@ -137,8 +247,10 @@ def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
     matches = [full for full in modules if full.rsplit(".", 1)[-1] == name]
     if len(matches) == 1:
         return matches[0], modules[matches[0]]
-    named = [full for full in modules if full.count(".") == 1 and full.startswith("features.")]
-    raise UserError(f"layer {name!r} is not in the model (its layers: {', '.join(named) or 'none named'})")
+    named = [full for full in modules if full.count(".") == 1 and full.startswith("features.")] or \
+        [full for full in modules if full and "." not in full]
+    shown = ", ".join(named[:16]) + (" …" if len(named) > 16 else "")
+    raise UserError(f"layer {name!r} is not in the model (its layers: {shown or 'none named'})")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -153,18 +265,22 @@ def first_weight_layer(model: nn.Module) -> nn.Linear | nn.Conv2d:
     raise ValueError("model has no Linear or Conv2d layer")
 
 
-def last_conv_block(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The last block with spatial output (for Grad-CAM); None for models without convolutions."""
-    found: tuple[str, nn.Module] | None = None
-    features = getattr(model, "features", None)
+def last_spatial_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The last block with spatial output (for Grad-CAM); None for models without convolutions.
+
+    Blocks are the children of ``model.features`` when it is a Sequential (``features.conv8``), else the
+    model's own children (``layer4`` in a ResNet), looking through single-child wrappers; the last one
+    holding a Conv2d is chosen."""
+    prefix, root = "", model
+    while len(children := list(root.named_children())) == 1 and not isinstance(children[0][1], nn.Conv2d):
+        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
+    features = getattr(root, "features", None)
     if isinstance(features, nn.Sequential):
-        for name, block in features.named_children():
-            if any(isinstance(m, nn.Conv2d) for m in block.modules()):
-                found = (f"features.{name}", block)
-        return found
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            found = (name, module)
+        prefix, root = f"{prefix}features.", features
+    found: tuple[str, nn.Module] | None = None
+    for name, block in root.named_children():
+        if any(isinstance(m, nn.Conv2d) for m in block.modules()):
+            found = (f"{prefix}{name}", block)
     return found
 
 

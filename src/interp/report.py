@@ -98,26 +98,24 @@ def _metrics_rows(metrics: list[dict[str, Any]]) -> list[list[str]]:
             for m in metrics]
 
 
-def _trust(path: Path) -> dict[str, Any] | None:
-    """The trust table of a trust.json (None if it cannot be read as one)."""
+def _summary(stage: str, path: Path) -> dict[str, Any] | None:
+    """A stage's summary table from its summary.json (None if it cannot be read as one)."""
     try:
-        trust = json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    methods = trust.get("methods") if isinstance(trust, dict) else None
-    if not isinstance(methods, dict):
+    if not isinstance(summary, dict) or not isinstance(summary.get("rows"), list):
         return None
-    rows = []
-    for method, values in methods.items():
-        values = values if isinstance(values, dict) else {}
-        said = values.get("verdict")
-        said = said if isinstance(said, str) else ""
-        error = _number(values.get("completeness_error"))
-        cells = [str(method), *(_fmt(values.get(key), 3) for key in (
-            "deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
-            "randomisation_correlation")), "—" if error is None else f"{100 * error:.2f} %"]
-        rows.append({"cells": cells, "verdict": said, "css": "trust" if said == "trust" else "doubt"})
-    return {"epoch": _fmt(trust.get("epoch")), "rows": rows}
+    columns = summary.get("columns")
+    notes = summary.get("notes")
+    rows = [[_fmt(cell, 3) for cell in row] for row in summary["rows"] if isinstance(row, list)]
+    return {"stage": stage, "title": _fmt(summary.get("title")), "epoch": _fmt(summary.get("epoch")),
+            "columns": [_fmt(c) for c in columns] if isinstance(columns, list) else [],
+            "rows": [{"cells": row[:-1], "verdict": row[-1] if row else "",
+                      "css": "trust" if row and row[-1] == "trust" else ("doubt" if row and row[-1] in
+                                                                         ("doubt", "uncertain") else "")}
+                     for row in rows],
+            "notes": [_fmt(n) for n in notes] if isinstance(notes, list) else []}
 
 
 def _raw_config(run: Run) -> dict[str, Any]:
@@ -179,7 +177,7 @@ def build_report(run_dir: Path | str) -> Path:
     page_dir.mkdir(exist_ok=True)
     sections = []
     context: dict[str, Any] = {"name": run.name, "style": STYLE, "config": _config_summary(raw),
-                               "metrics": [], "curves": False, "final": None, "best": None, "trust": None,
+                               "metrics": [], "curves": False, "final": None, "best": None, "summaries": [],
                                "animations": [], "stages": [], "first_epoch": None, "last_epoch": None,
                                "analyses": []}
 
@@ -194,12 +192,14 @@ def build_report(run_dir: Path | str) -> Path:
         context["curves"] = _curves_png(metrics, page_dir / "curves.png") is not None
         sections.append(("metrics", "Training"))
 
-    for _, folder in reversed(epochs):
-        if (folder / "trust" / "trust.json").is_file():
-            context["trust"] = _trust(folder / "trust" / "trust.json")
-            break
-    if context["trust"] is not None:
-        sections.append(("trust", "Trust"))
+    latest: dict[str, Path] = {}  # each stage's latest summary table
+    for _, folder in epochs:
+        for path in folder.glob("*/summary.json"):
+            latest[path.parent.name] = path
+    tables = [_summary(stage, path) for stage, path in sorted(latest.items())]
+    context["summaries"] = [t for t in tables if t is not None]
+    if context["summaries"]:
+        sections.append(("summaries", "Summaries"))
 
     animations = sorted(run.animations.glob("*")) if run.animations.is_dir() else []
     context["animations"] = [{"href": _href(path, page_dir), "caption": path.name, "video": path.suffix == ".mp4"}

@@ -1,4 +1,4 @@
-"""The run directory and its one TensorBoard SummaryWriter.
+"""The run directory and its one sink (files and TensorBoard).
 
 Layout (a contract other commands rely on)::
 
@@ -12,20 +12,24 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .analysis.sink import RunSink
 
 __all__ = ["Run"]
 
 
 class Run:
-    """A run folder. Only this class opens the SummaryWriter; stages write through ``run.writer``."""
+    """A run folder. It owns the run's :class:`~interp.analysis.sink.RunSink`, through which the trainer
+    and the stages write files and TensorBoard events."""
 
     def __init__(self, path: Path, purge_step: int | None = None):
         self.path = Path(path)
         self._purge_step = purge_step
-        self._writer = None
+        self._sink: RunSink | None = None
 
     # -- creating and finding runs ---------------------------------------------------------------
     @classmethod
@@ -83,37 +87,20 @@ class Run:
     def epoch_dir(self, epoch: int) -> Path:
         return self.path / f"epoch_{epoch:03d}"
 
-    # -- TensorBoard -----------------------------------------------------------------------------
+    # -- the sink: files and TensorBoard -----------------------------------------------------------
     @property
-    def writer(self):  # type: ignore[no-untyped-def]
-        """The run's SummaryWriter (opened on first use; on resume, later steps are purged first)."""
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def sink(self) -> RunSink:
+        """The run's sink (its SummaryWriter opens on first use; on resume, later steps are purged first)."""
+        if self._sink is None:
+            from .analysis.sink import RunSink
 
-            self._writer = SummaryWriter(log_dir=str(self.path), purge_step=self._purge_step)
-            self._keep_projector_config(self._writer)
-        return self._writer
-
-    def _keep_projector_config(self, writer) -> None:  # type: ignore[no-untyped-def]
-        """A new writer rewrites projector_config.pbtxt with only its own embeddings; start it from the
-        file's entries instead (minus the steps a resumed run redoes), so earlier epochs stay visible."""
-        path = self.path / "projector_config.pbtxt"
-        if not path.is_file():
-            return
-        from google.protobuf import text_format
-        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
-
-        config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
-        if self._purge_step is not None:
-            keep = [e for e in config.embeddings if int(e.tensor_name.rsplit(":", 1)[-1]) < self._purge_step]
-            del config.embeddings[:]
-            config.embeddings.extend(keep)
-        writer._projector_config = config
+            self._sink = RunSink(self.path, purge_step=self._purge_step)
+        return self._sink
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
 
     # -- metrics.jsonl ---------------------------------------------------------------------------
     def append_metrics(self, row: dict[str, Any]) -> None:

@@ -30,15 +30,17 @@ class Data:
     classes: list[str]
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # True when the images are already normalised floats (the Python API's eval_data), not uint8 pixels.
+    normalised: bool = False
     _affine: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
     def is_image(self) -> bool:
-        return self.train_x.dim() == 4
+        return self.eval_x.dim() == 4
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.eval_x.shape[1:])
 
     @property
     def num_outputs(self) -> int:
@@ -56,7 +58,7 @@ class Data:
 
     def normalise(self, x: Tensor) -> Tensor:
         """uint8 pixels (B, C, H, W) → float ``(x / 255 - mean) / std``; toy features pass as float."""
-        if not self.is_image:
+        if not self.is_image or self.normalised:
             return x.float()
         scale, shift = self._scale_shift(x.device)
         return x.float().mul_(scale).add_(shift)
@@ -65,11 +67,18 @@ class Data:
         """Normalised images → pixel values in [0, 1] (for drawing)."""
         if not self.is_image:
             return x
+        if not self.mean:  # normalisation unknown: each image scaled to its own range, for display only
+            low = x.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
+            high = x.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+            return ((x - low) / (high - low).clamp(min=1e-12)).clamp(0.0, 1.0)
         scale, shift = self._scale_shift(x.device)
         return ((x - shift) / scale / 255.0).clamp(0.0, 1.0)
 
     def black(self, like: Tensor) -> Tensor:
-        """An all-black image (pixel value 0) in normalised space, shaped like ``like``."""
+        """An all-black image (pixel value 0) in normalised space, shaped like ``like`` (an all-zero input
+        when the normalisation is unknown)."""
+        if not self.mean:
+            return torch.zeros_like(like)
         _, shift = self._scale_shift(like.device)
         return shift.expand_as(like).clone()
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from ..models import feature_blocks, resolve_layer
 from .activations import ActivationsStage, activation_tiles
-from .base import StageContext, register_stage
+from .base import register_stage
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..analysis.runner import StageContext
 
 
 def _gif_only() -> list[Literal["gif", "mp4"]]:
@@ -32,8 +35,11 @@ class ActivationGifStage(ActivationsStage):
     name = "activation_gif"
     description = "one probe image, then its activations after each layer, as an animated GIF per epoch"
     Options = ActivationGifOptions  # type: ignore[assignment]
+    default = False
 
     def layers(self, model: nn.Module) -> list[str]:
+        from ..models import feature_blocks, resolve_layer
+
         if self.options.layers:
             return [resolve_layer(model, n)[0] for n in self.options.layers]
         return feature_blocks(model)
@@ -59,6 +65,4 @@ class ActivationGifStage(ActivationsStage):
         return frames
 
     def run(self, ctx: StageContext) -> None:
-        from ..animate.video import write_video
-
-        write_video(self.frames(ctx), ctx.out_dir / "activation_gif", self.options.fps, self.options.formats)
+        ctx.video("activation_gif", self.frames(ctx), self.options.fps, list(self.options.formats))

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
 
-from ..data import Data
-from ..models import capture_activations, feature_blocks, resolve_layer
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from ..analysis.runner import StageContext
+    from ..data import Data
 
 
 class ActivationsOptions(BaseModel):
@@ -23,6 +26,8 @@ class ActivationsOptions(BaseModel):
 
 def default_layers(model: nn.Module) -> list[str]:
     """Three blocks spread through the network: ceil(n/3), ceil(2n/3) and n of its n blocks."""
+    from ..models import feature_blocks
+
     blocks = feature_blocks(model)
     n = len(blocks)
     picks = sorted({max(1, math.ceil(n * k / 3)) for k in (1, 2, 3)}) if n else []
@@ -49,15 +54,23 @@ class ActivationsStage(Stage):
     Options = ActivationsOptions
 
     def prepare(self, model: nn.Module, data: Data) -> None:
+        from ..models import resolve_layer
+
         for name in self.options.layers or []:
             resolve_layer(model, name)
 
     def layers(self, model: nn.Module) -> list[str]:
+        from ..models import resolve_layer
+
         return [resolve_layer(model, n)[0] for n in self.options.layers] if self.options.layers \
             else default_layers(model)
 
     def capture(self, ctx: StageContext) -> tuple[list[str], dict[str, Tensor], int]:
         """Run the chosen probe image through the model and return each layer's output for it."""
+        import torch
+
+        from ..models import capture_activations
+
         names = self.layers(ctx.model)
         index = min(self.options.image, len(ctx.probe.x) - 1)
         with capture_activations(ctx.model, names) as outputs, torch.no_grad():

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from ..analysis.runner import StageContext
 
 
 @register_stage
 class Confusion(Stage):
-    needs_images = False  # the matrix needs classes, not pictures
     name = "confusion"
+    needs = frozenset({"classes"})  # the matrix needs classes, not pictures
     description = "confusion matrix on the evaluation set (raw and row-normalised) + per-class precision/recall/F1"
 
     def run(self, ctx: StageContext) -> None:
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
         from ..plotting import figure
 
         classes = ctx.data.classes
@@ -33,15 +38,16 @@ class Confusion(Stage):
 
         rows = [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                 for c, p, r, f, s in zip(classes, precision, recall, f1, counts, strict=True)]
-        with (ctx.out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        (ctx.out_dir / "confusion.json").write_text(json.dumps({
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        ctx.save_file("per_class.csv", table.getvalue())
+        ctx.save_json("confusion.json", {
             "epoch": ctx.epoch, "classes": classes, "rows": "true class", "columns": "predicted class",
             "matrix": matrix.tolist(), "row_normalised": normalised.round(6).tolist(),
             "accuracy": accuracy, "per_class": rows,
-        }, indent=1), encoding="utf-8")
+        })
         ctx.record("accuracy", accuracy)
         ctx.record("macro_f1", float(np.mean(f1)))
 

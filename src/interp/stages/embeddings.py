@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from ..analysis.runner import StageContext
 
 PROJECTOR_POINT_LIMIT = 10_000  # the projector's t-SNE works on at most this many points
 SPRITE_LIMIT = 8192  # the projector cannot load larger sprite sheets (pixels per side)
@@ -30,8 +31,12 @@ class EmbeddingsStage(Stage):
     description = ("penultimate features of up to 1,000 evaluation images → TensorBoard projector with class "
                    "labels and thumbnails; PCA (and t-SNE at the end) as a PNG")
     Options = EmbeddingsOptions
+    needs = frozenset({"images", "classes", "features"})
 
     def run(self, ctx: StageContext) -> None:
+        import torch
+        import torch.nn.functional as F
+
         data = ctx.data
         count = min(self.options.points, len(data.eval_x))
         generator = torch.Generator().manual_seed(0)
@@ -48,9 +53,8 @@ class EmbeddingsStage(Stage):
         if side > SPRITE_LIMIT:
             size = SPRITE_LIMIT // math.ceil(math.sqrt(count))
             thumbnails = F.interpolate(thumbnails, size=(size, size), mode="area")
-        ctx.writer.add_embedding(features, metadata=metadata, metadata_header=["label", "predicted"],
-                                 label_img=thumbnails, global_step=ctx.step,
-                                 tag=f"{ctx.tag.replace('/', '-')}embeddings")
+        ctx.sink.embedding(f"{ctx.tag.replace('/', '-')}embeddings", features, metadata, ["label", "predicted"],
+                           thumbnails, ctx.step)
         self._draw(ctx, features.numpy(), labels, names)
 
     def _draw(self, ctx: StageContext, features: np.ndarray, labels: np.ndarray, names: list[str]) -> None:

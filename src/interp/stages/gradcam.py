@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-from torch import nn
+from typing import TYPE_CHECKING
 
-from ..attribution import gradcam, gradcam_layer
-from ..data import Data
-from ..models import last_conv_block, resolve_layer
-from .base import Stage, StageContext, register_stage
+from pydantic import BaseModel, ConfigDict
+
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..analysis.runner import StageContext
+    from ..data import Data
 
 
 class GradCamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    layer: str | None = None  # default: the last block with spatial output (conv8 in allconv)
+    layer: str | None = None  # default: the last layer with spatial output (conv8 in allconv, layer4 in a ResNet)
 
 
 @register_stage
@@ -21,17 +25,16 @@ class GradCamStage(Stage):
     name = "gradcam"
     description = "Grad-CAM of the true class at the last conv layer, upsampled and laid over each probe image"
     Options = GradCamOptions
+    needs = frozenset({"images", "classes", "conv"})
 
     def prepare(self, model: nn.Module, data: Data) -> None:
         if self.options.layer:
+            from ..models import resolve_layer
+
             resolve_layer(model, self.options.layer)  # fails now, not after the first epoch
 
-    def skip_reason(self, model: nn.Module, data: Data) -> str | None:
-        if last_conv_block(model) is None:
-            return "the model has no convolutional layers"
-        return super().skip_reason(model, data)
-
     def run(self, ctx: StageContext) -> None:
+        from ..attribution import gradcam, gradcam_layer
         from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
 
         name, layer = gradcam_layer(ctx.model, self.options.layer)

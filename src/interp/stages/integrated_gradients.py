@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..attribution import integrated_gradients, target_logits, to_map
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from ..analysis.runner import StageContext
 
 # Above this median relative completeness error the integral is too coarse to trust.
 COMPLETENESS_WARNING = 0.05
@@ -27,6 +31,9 @@ class IntegratedGradientsStage(Stage):
     Options = IGOptions
 
     def run(self, ctx: StageContext) -> None:
+        import torch
+
+        from ..attribution import integrated_gradients, target_logits, to_map
         from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, signed_rgb
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
@@ -54,5 +61,6 @@ class IntegratedGradientsStage(Stage):
         ctx.save_figure(sheet.png(
             f"integrated gradients, epoch {ctx.epoch}, {self.options.steps} steps from black (red = for the true "
             f"class, blue = against); median completeness error {error:.2%}"), "integrated_gradients")
-        torch.save({"maps": maps.cpu(), "delta": delta.cpu(), "difference": difference.cpu()},
-                   ctx.out_dir / "attributions.pt")
+        tensors = io.BytesIO()
+        torch.save({"maps": maps.cpu(), "delta": delta.cpu(), "difference": difference.cpu()}, tensors)
+        ctx.save_file("attributions.pt", tensors.getvalue())

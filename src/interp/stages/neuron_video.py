@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from ..data import Data
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
 from .neurons import first_layer_tiles, neuron_grid
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..analysis.runner import StageContext
+    from ..analysis.sink import Sink
+    from ..data import Data
 
 
 def _gif_only() -> list[Literal["gif", "mp4"]]:
@@ -35,6 +39,8 @@ class NeuronVideoStage(Stage):
     description = ("the first layer's weight images (the neurons grid) every K training steps → "
                    "animations/neuron_video.gif (and .mp4)")
     Options = NeuronVideoOptions
+    needs = frozenset({"images", "training"})
+    default = False
 
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)
@@ -50,15 +56,10 @@ class NeuronVideoStage(Stage):
             self.frames = self.frames[:1] + self.frames[2::2]
 
     def run(self, ctx: StageContext) -> None:
-        if ctx.tag:  # `interp analyze`: there is no training to film
-            if not self.skip_noticed:
-                ctx.notice("neuron_video: records during `interp train` only; nothing to do here")
-                self.skip_noticed = True
-            return
         if ctx.epoch == 0 and not self.frames:
             self.capture(ctx.model, 0, 0)  # the untrained weights open the video
 
-    def on_step(self, model: nn.Module, step: int, epoch: int, run_dir: Path) -> None:
+    def on_step(self, model: nn.Module, step: int, epoch: int) -> None:
         if step % self.options.every == 0:
             self.capture(model, step, epoch)
 
@@ -83,12 +84,10 @@ class NeuronVideoStage(Stage):
             frames.append(captioned_frame(rgb, caption, frame_size))
         return frames
 
-    def on_train_end(self, model: nn.Module, run_dir: Path, notice: Callable[[str], None]) -> None:
-        from ..animate.video import write_video
-
+    def on_train_end(self, model: nn.Module, sink: Sink, notice: Callable[[str], None]) -> None:
         if len(self.frames) < 2:
             notice("neuron_video: fewer than two frames captured; lower neuron_video.every")
             return
-        paths = write_video(self.render_frames(), run_dir / "animations" / "neuron_video", self.options.fps,
-                            self.options.formats)
+        paths = sink.video("animations/neuron_video", self.render_frames(), self.options.fps,
+                           list(self.options.formats))
         notice(f"neuron_video: {len(self.frames)} frames → {', '.join(str(p) for p in paths)}")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from ..models import first_weight_layer
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..analysis.runner import StageContext
 
 
 class NeuronsOptions(BaseModel):
@@ -20,6 +24,10 @@ class NeuronsOptions(BaseModel):
 
 def first_layer_tiles(model: nn.Module, input_shape: tuple[int, ...], max_units: int) -> np.ndarray:
     """The first layer's weights as tiles: (units, h, w) for one input channel, (units, h, w, 3) for RGB."""
+    from torch import nn
+
+    from ..models import first_weight_layer
+
     layer = first_weight_layer(model)
     weight = layer.weight.detach().cpu().float()
     if isinstance(layer, nn.Linear):
@@ -55,7 +63,9 @@ class NeuronsStage(Stage):
 
     def run(self, ctx: StageContext) -> None:
         import matplotlib
+        from torch import nn
 
+        from ..models import first_weight_layer
         from ..plotting import BORDER_COLOUR, SIGNED_CMAP, figure
 
         tiles = first_layer_tiles(ctx.model, ctx.data.input_shape, self.options.max_units)

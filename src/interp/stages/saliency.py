@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..attribution import saliency, smoothgrad, to_map
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from ..analysis.runner import StageContext
 
 
 class SaliencyOptions(BaseModel):
@@ -23,6 +27,7 @@ class SaliencyStage(Stage):
     Options = SaliencyOptions
 
     def run(self, ctx: StageContext) -> None:
+        from ..attribution import saliency, smoothgrad, to_map
         from ..plotting import TileSheet, grey_rgb, overlay_rgb, signed_rgb, unsigned_rgb
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import Tensor, nn
 
-from ..attribution import METHODS
-from ..models import last_conv_block
-from ..trust import (
-    CORRELATION_LIMIT,
-    Cascade,
-    auc,
-    perturbation_curves,
-    random_rankings,
-    randomisation_cascade,
-    rank_pixels,
-    verdict,
-)
-from .base import Stage, StageContext, register_stage
+from .base import Stage, Summary, register_stage
 
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from ..analysis.runner import StageContext
+    from ..trust import Cascade
+
+# The attribution methods the stage can score (interp.attribution.METHODS computes them).
+METHOD_NAMES = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
+CORRELATION_LIMIT = 0.5  # the same as interp.trust.CORRELATION_LIMIT (checked by a test)
 COMPLETENESS_LIMIT = 0.05
 COLOURS = {"saliency": "C0", "smoothgrad": "C1", "integrated_gradients": "C3", "gradcam": "C2"}
 COLUMNS = ["method", "deletion\nAUC ↓", "insertion\nAUC ↑", "random\ndel.", "random\nins.", "ρ random\nweights ↓",
@@ -46,8 +40,8 @@ class TrustOptions(BaseModel):
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:
         for name in value or []:
-            if name not in METHODS:
-                raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+            if name not in METHOD_NAMES:
+                raise ValueError(f"unknown method {name!r} (known: {', '.join(METHOD_NAMES)})")
         return value
 
 
@@ -57,18 +51,23 @@ class TrustStage(Stage):
     description = ("a number beside every map: deletion/insertion AUC against random pixel orders every epoch, "
                    "and the model-randomisation check at the final epoch; a verdict table")
     Options = TrustOptions
+    runs_after = ("saliency", "integrated_gradients", "gradcam")  # scores the maps they drew
 
     def methods(self, ctx: StageContext) -> list[str]:
+        from ..models import last_spatial_layer
+
         if self.options.methods:
             chosen = list(self.options.methods)
         else:
             shared = ctx.shared.get("maps", {})
-            chosen = [m for m in METHODS if m in shared] or ["saliency", "integrated_gradients", "gradcam"]
-        if last_conv_block(ctx.model) is None and "gradcam" in chosen:
+            chosen = [m for m in METHOD_NAMES if m in shared] or ["saliency", "integrated_gradients", "gradcam"]
+        if last_spatial_layer(ctx.model) is None and "gradcam" in chosen:
             chosen.remove("gradcam")
         return chosen
 
     def compute(self, method: str, model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor) -> Tensor:
+        from ..attribution import METHODS
+
         options: dict[str, Any] = {"steps": self.options.ig_steps, "smoothgrad_samples": 8}
         return METHODS[method].compute(model, x, y, baseline, options).detach()
 
@@ -78,7 +77,11 @@ class TrustStage(Stage):
 
         return compute
 
-    def run(self, ctx: StageContext) -> None:
+    def run(self, ctx: StageContext) -> Summary:
+        import torch
+
+        from ..trust import auc, perturbation_curves, random_rankings, randomisation_cascade, rank_pixels
+
         n = min(self.options.images or len(ctx.probe.x), len(ctx.probe.x))
         model, x, y = ctx.model, ctx.probe.x[:n], ctx.probe.y[:n]
         baseline = ctx.data.black(x)
@@ -114,10 +117,13 @@ class TrustStage(Stage):
         self.draw_curves(ctx, results)
         if cascades:
             self.draw_cascades(ctx, cascades)
-        self.summarise(ctx, results, cascades)
+        return self.summarise(ctx, results, cascades)
 
     # -- output ----------------------------------------------------------------------------------
-    def summarise(self, ctx: StageContext, results: dict[str, dict[str, Any]], cascades: dict[str, Cascade]) -> None:
+    def summarise(self, ctx: StageContext, results: dict[str, dict[str, Any]],
+                  cascades: dict[str, Cascade]) -> Summary:
+        from ..trust import verdict
+
         random = results["random"]
         completeness = ctx.numbers.get("integrated_gradients/completeness_error")
         rows, report, doubts = [], {}, []
@@ -148,13 +154,13 @@ class TrustStage(Stage):
         if not cascades:
             notes.append("the randomisation check runs at the final epoch (trust: {randomisation: always} for every "
                          "epoch)")
-        ctx.shared.setdefault("summaries", {})["trust"] = {"columns": COLUMNS, "rows": rows, "notes": notes,
-                                                           "epoch": ctx.epoch}
         curves = {m: {mode: r[mode].mean(0).tolist() for mode in ("deletion", "insertion")} for m, r in results.items()}
-        (ctx.out_dir / "trust.json").write_text(json.dumps(_plain({"epoch": ctx.epoch, "methods": report,
-                                                                   "curves": curves}), indent=1))
+        ctx.save_json("trust.json", _plain({"epoch": ctx.epoch, "methods": report, "curves": curves}))
+        return Summary("Can you trust the maps?", COLUMNS, rows, notes)
 
     def draw_curves(self, ctx: StageContext, results: dict[str, dict[str, Any]]) -> None:
+        import torch
+
         from ..plotting import figure
 
         fig, axes = figure(1, 2, panel=3.4)

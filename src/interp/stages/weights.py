@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Stage, StageContext, register_stage
+from .base import Stage, register_stage
+
+if TYPE_CHECKING:
+    from ..analysis.runner import StageContext
 
 
 class WeightsOptions(BaseModel):
@@ -22,26 +26,26 @@ class WeightsStage(Stage):
     description = ("per-layer weight and gradient histograms (TensorBoard); epoch 0 vs now for every "
                    "weight tensor (PNG)")
     Options = WeightsOptions
-    needs_images = False
-    needs_classes = False
+    needs = frozenset()
 
     def run(self, ctx: StageContext) -> None:
+        import torch
         from matplotlib.ticker import MaxNLocator
 
+        from ..analysis.evaluation import item_losses
         from ..plotting import figure, grid_shape
-        from ..train import loss_function
 
         params = [(name, p) for name, p in ctx.model.named_parameters() if p.requires_grad]
         for name, p in params:
-            ctx.writer.add_histogram(f"{ctx.tag}weights/{name}", p.detach(), ctx.step)
+            ctx.histogram(f"weights/{name}", p.detach())
         ctx.record("weight_norm", float(torch.stack([(p.detach() ** 2).sum() for _, p in params]).sum().sqrt()))
         if self.options.gradients:
             n = self.options.gradient_batch
             x = ctx.data.normalise(ctx.data.eval_x[:n])
-            loss = loss_function(ctx.data)(ctx.model(x), ctx.data.eval_y[:n])
+            loss = item_losses(ctx.model(x), ctx.data.eval_y[:n], ctx.data.task).mean()
             grads = torch.autograd.grad(loss, [p for _, p in params])  # leaves the training .grad alone
             for (name, _), g in zip(params, grads, strict=True):
-                ctx.writer.add_histogram(f"{ctx.tag}gradients/{name}", g, ctx.step)
+                ctx.histogram(f"gradients/{name}", g)
             ctx.record("gradient_norm", float(torch.stack([(g ** 2).sum() for g in grads]).sum().sqrt()))
 
         matrices = [(name, p.detach().cpu().numpy().ravel()) for name, p in params if p.dim() > 1]

@@ -1,0 +1,188 @@
+"""Analysis from any training loop: :class:`Analysis` (the stages of one run, as the trainer uses them)
+and :class:`Analyzer`, the Python API for a loop of your own.
+
+```python
+from interp import Analyzer
+analyzer = Analyzer("save/mine", eval_data=(x_eval, y_eval), classes=[str(c) for c in range(10)],
+                    mean=(0.1307,), std=(0.3081,), stages=["confusion", "saliency", "trust"])
+analyzer.run(model, epoch=0)        # before training; then after every epoch of your loop
+analyzer.close()
+```
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data import Data, Probe, select_probe
+from ..errors import UserError
+from ..stages import Stage, Summary, check_stages
+from .evaluation import Evaluation, evaluate, logits_model
+from .runner import StageContext, StageResults, run_stages
+from .sink import Sink
+
+__all__ = ["Analysis", "Analyzer", "AnalyzerResult"]
+
+
+class Analysis:
+    """The configured stages of one run, their sink and the weights at epoch 0; runs them on an
+    :class:`Evaluation` into a folder of the run. Used by ``interp train``, ``interp analyze``, the
+    :class:`Analyzer` and the Lightning callback alike."""
+
+    def __init__(self, stages: list[Stage], sink: Sink, *, notice: Callable[[str], None] = lambda m: None,
+                 initial_state: dict[str, Tensor] | None = None, during_training: bool = True):
+        self.stages = stages
+        self.sink = sink
+        self.notice = notice
+        self.initial_state = initial_state
+        self.during_training = during_training
+        self.summaries: dict[str, Summary] = {}
+
+    @property
+    def wants_features(self) -> bool:
+        return any("features" in stage.needs for stage in self.stages)
+
+    def prepare(self, model: nn.Module, data: Data) -> None:
+        for stage in self.stages:
+            stage.prepare(model, data)
+
+    def step_stages(self) -> list[Stage]:
+        """The stages that want to see every optimiser step."""
+        return [s for s in self.stages if type(s).on_step is not Stage.on_step]
+
+    def run(self, evaluation: Evaluation, folder: str, tag: str = "") -> StageResults:
+        ctx = StageContext(evaluation=evaluation, sink=self.sink, folder=folder, tag=tag,
+                           initial_state=self.initial_state, notice=self.notice,
+                           during_training=self.during_training)
+        results = run_stages(self.stages, ctx)
+        self.summaries.update(results.summaries)
+        return results
+
+    def end(self, model: nn.Module) -> None:
+        for stage in self.stages:
+            stage.on_train_end(model, self.sink, self.notice)
+
+
+@dataclass
+class AnalyzerResult:
+    """What one :meth:`Analyzer.run` wrote: the metrics.jsonl row and the stages' summary tables."""
+
+    row: dict[str, Any]
+    summaries: dict[str, Summary] = field(default_factory=dict)
+
+
+def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: Sequence[float] | None,
+                 std: Sequence[float] | None) -> Data:
+    if not isinstance(x_eval, Tensor) or not isinstance(y_eval, Tensor):
+        raise UserError("eval_data: expected a pair of tensors (x_eval, y_eval)")
+    if len(x_eval) != len(y_eval) or len(x_eval) == 0:
+        raise UserError(f"eval_data: {len(x_eval)} inputs and {len(y_eval)} labels; expected the same, at least one")
+    if (mean is None) != (std is None):
+        raise UserError("give both mean and std (the normalisation x_eval went through), or neither")
+    if mean is not None and x_eval.dim() == 4 and len(mean) != x_eval.shape[1]:
+        raise UserError(f"mean has {len(mean)} values for {x_eval.shape[1]} channels")
+    labels = y_eval.long()
+    if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
+        raise UserError(f"y_eval holds labels {int(labels.min())}…{int(labels.max())}, but there are "
+                        f"{len(classes)} classes")
+    empty = x_eval[:0]
+    return Data(name="eval_data", task="classification", train_x=empty, train_y=labels[:0], eval_x=x_eval.float(),
+                eval_y=labels, classes=[str(c) for c in classes], mean=tuple(mean or ()), std=tuple(std or ()),
+                normalised=True)
+
+
+class Analyzer:
+    """The analysis stages for a training loop of your own.
+
+    ``eval_data`` is ``(x_eval, y_eval)``: inputs as your model consumes them (already normalised) and
+    integer labels. ``mean``/``std`` are the normalisation the inputs went through (for drawing the
+    images and for the black baseline); without them each image is scaled to its own range for display
+    and the baseline is an all-zero input. ``stages``: names or ``{name: {options}}`` (default: the
+    default stages). ``epochs``: the last epoch, whose analysis is the final one (the randomisation
+    check, t-SNE); or pass ``final=True`` to :meth:`run`.
+
+    Writes what ``interp train`` writes for those stages into ``folder`` (an existing run folder is never
+    reused: ``-2``, ``-3`` … is appended, see :attr:`folder`): ``epoch_NNN/<stage>/``, metrics.jsonl rows
+    and TensorBoard events, so ``interp report`` and TensorBoard work on it.
+    """
+
+    def __init__(self, folder: str | Path, *, eval_data: tuple[Tensor, Tensor], classes: Sequence[str],
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 stages: list[Any] | None = None, epochs: int | None = None, probe_per_class: int = 1,
+                 seed: int = 0, batch_size: int = 1000, features_layer: str | None = None,
+                 device: str | torch.device | None = None, notice: Callable[[str], None] = print):
+        from ..run import Run
+
+        self._stages = check_stages(stages, "stages")
+        self.data = _tensor_data(eval_data[0], eval_data[1], classes, mean, std)
+        self.device = torch.device(device) if device is not None else eval_data[0].device
+        self.data = self.data.to(self.device)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.features_layer = features_layer
+        self.probe: Probe = select_probe(self.data, probe_per_class, seed)
+        path = Path(folder)
+        self.run_folder, moved = Run.create(path.parent, path.name)
+        if moved:
+            notice(moved)
+        self.folder = self.run_folder.path
+        self.notice = notice
+        self.analysis = Analysis(self._stages, self.run_folder.sink, notice=notice)
+        self._prepared = False
+
+    def run(self, model: nn.Module, epoch: int, *, final: bool | None = None, train_loss: float | None = None,
+            train_accuracy: float | None = None) -> AnalyzerResult:
+        """Evaluate ``model`` on the evaluation data and run the stages for ``epoch`` (0 = before
+        training); appends one row to metrics.jsonl. The model's mode and the RNG are left as they were."""
+        was_training = model.training
+        model.eval()
+        try:
+            analysed = logits_model(model, self.probe.x)
+            if not self._prepared:
+                from ..models import check_model
+
+                check_model(analysed, type(model).__name__, self.probe.x, len(self.data.classes))
+                self.analysis.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()} \
+                    if epoch == 0 else None
+                self.analysis.prepare(analysed, self.data)
+                self._prepared = True
+            is_final = final if final is not None else (self.epochs is not None and epoch >= self.epochs)
+            started = time.perf_counter()
+            evaluation = evaluate(analysed, self.data, self.probe, epoch, final=is_final, batch_size=self.batch_size,
+                                  features=self.analysis.wants_features, features_layer=self.features_layer)
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "eval_loss": evaluation.loss,
+                                   "train_accuracy": train_accuracy, "eval_accuracy": evaluation.accuracy,
+                                   "seconds": round(time.perf_counter() - started, 3)}
+            sink = self.analysis.sink
+            for tag, key in (("loss/train", "train_loss"), ("loss/eval", "eval_loss"),
+                             ("accuracy/train", "train_accuracy"), ("accuracy/eval", "eval_accuracy")):
+                if row[key] is not None:
+                    sink.scalar(tag, row[key], epoch)
+            results = self.analysis.run(evaluation, f"epoch_{epoch:03d}")
+        finally:
+            model.train(was_training)
+        row.update(results.numbers)
+        self.run_folder.append_metrics(row)
+        return AnalyzerResult(row=row, summaries=results.summaries)
+
+    @property
+    def summaries(self) -> dict[str, Summary]:
+        """The latest summary table of each stage that returned one (the trust table …)."""
+        return dict(self.analysis.summaries)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard files."""
+        self.run_folder.close()
+
+    def __enter__(self) -> Analyzer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,184 @@
+"""One epoch's evaluation, computed once and queried by every stage.
+
+:func:`evaluate` runs the model over the evaluation set once — the trainer's own evaluation pass — and
+keeps the logits, the per-item losses and (when a stage wants them) the penultimate features, caught by
+a forward hook on one layer. Stages ask the :class:`Evaluation` for them instead of running the model
+again: ``logits()``, ``probs()``, ``predictions()``, ``losses()``, ``features()``, ``top_losses(k)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Data, Probe
+from ..errors import UserError
+
+__all__ = ["Evaluation", "LogitsOnly", "evaluate", "features_layer", "logits_of", "logits_model"]
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in what a model's forward returned: a tensor, the first item of a tuple or list, or
+    ``output["logits"]``."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    raise TypeError(f"the model returned {type(output).__name__}; expected logits: a tensor, a tuple with the "
+                    "logits first, or a dict with 'logits'")
+
+
+class LogitsOnly(nn.Module):
+    """A model whose forward returns only the logits (for Captum, which wants a tensor out)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.model(x))
+
+
+def logits_model(model: nn.Module, example: Tensor) -> nn.Module:
+    """``model`` itself if its forward returns a tensor, else the model wrapped in :class:`LogitsOnly`."""
+    if isinstance(model, LogitsOnly):
+        return model
+    with torch.no_grad():
+        output = model(example[:1])
+    return model if isinstance(output, Tensor) else LogitsOnly(model)
+
+
+def features_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The layer whose *input* is the penultimate representation: ``name`` when given, else the last
+    ``nn.Linear`` or 1×1 ``nn.Conv2d`` of the model (its classifier)."""
+    from ..models import resolve_layer
+
+    if name:
+        return resolve_layer(model, name)
+    found = None
+    for full, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+            found = (full, module)
+    if found is None:
+        raise UserError("analysis.features_layer: the model has no Linear or 1×1 conv classifier to take "
+                        "features from; name the layer whose input is the penultimate representation")
+    return found
+
+
+@contextlib.contextmanager
+def _capture_input(module: nn.Module | None) -> Iterator[list[Tensor]]:
+    caught: list[Tensor] = []
+    if module is None:
+        yield caught
+        return
+
+    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        caught.append(inputs[0].detach().flatten(1))  # (B, D)
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield caught
+    finally:
+        handle.remove()
+
+
+@dataclass
+class Evaluation:
+    """A model's results on the evaluation data at one epoch, plus the fixed probe batch.
+
+    ``model`` returns logits (see :func:`logits_model`) and is in eval mode while stages run."""
+
+    model: nn.Module
+    data: Data
+    probe: Probe
+    epoch: int
+    final: bool
+    batch_size: int = 1000
+    features_layer: str | None = None
+    _logits: Tensor | None = None
+    _losses: Tensor | None = None
+    _features: Tensor | None = None
+
+    # -- what stages ask for ----------------------------------------------------------------------
+    def logits(self) -> Tensor:
+        """(N, classes) for the whole evaluation set."""
+        if self._logits is None:
+            self._compute(with_features=False)
+        assert self._logits is not None
+        return self._logits
+
+    def probs(self) -> Tensor:
+        return torch.softmax(self.logits(), dim=1)
+
+    def predictions(self) -> Tensor:
+        return self.logits().argmax(dim=1)
+
+    def losses(self) -> Tensor:
+        """Per-item loss (N,): cross-entropy for classes, squared error summed over outputs otherwise."""
+        if self._losses is None:
+            self._losses = item_losses(self.logits(), self.data.eval_y, self.data.task)
+        return self._losses
+
+    def features(self) -> Tensor:
+        """Penultimate features (N, D): from the evaluation pass when it kept them, else one pass here."""
+        if self._features is None:
+            self._compute(with_features=True)
+        assert self._features is not None
+        return self._features
+
+    def top_losses(self, k: int) -> tuple[Tensor, Tensor]:
+        """The ``k`` largest per-item losses and their positions in the evaluation set."""
+        return self.losses().topk(min(k, len(self.losses())))
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses().mean())
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.data.task != "classification":
+            return None
+        return int((self.predictions() == self.data.eval_y).sum()) / len(self.data.eval_y)
+
+    # -- computing ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _compute(self, with_features: bool, advance: Callable[[int], None] = lambda n: None) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        layer = features_layer(self.model, self.features_layer)[1] if with_features else None
+        outputs = []
+        try:
+            with _capture_input(layer) as caught:
+                for x, _ in self.data.eval_batches(self.batch_size):
+                    outputs.append(logits_of(self.model(x)))
+                    advance(1)
+        finally:
+            self.model.train(was_training)
+        self._logits = torch.cat(outputs)
+        self._losses = None
+        if with_features:
+            self._features = torch.cat(caught)
+
+
+def item_losses(logits: Tensor, targets: Tensor, task: str) -> Tensor:
+    if task == "classification":
+        return F.cross_entropy(logits, targets, reduction="none")
+    return ((logits - targets) ** 2).flatten(1).mean(dim=1)
+
+
+def evaluate(model: nn.Module, data: Data, probe: Probe, epoch: int, *, final: bool = False,
+             batch_size: int = 1000, features: bool = False, features_layer: str | None = None,
+             advance: Callable[[int], None] = lambda n: None) -> Evaluation:
+    """One pass over the evaluation set (keeping penultimate features when ``features``)."""
+    evaluation = Evaluation(model=model, data=data, probe=probe, epoch=epoch, final=final, batch_size=batch_size,
+                            features_layer=features_layer)
+    evaluation._compute(with_features=features, advance=advance)
+    return evaluation

@@ -1,0 +1,185 @@
+"""The stage runner: what a stage receives (:class:`StageContext`), and running stages in order.
+
+The runner skips the stages a run cannot serve (with one notice per run), orders them so a stage runs
+after the ones it reads from, times each, keeps the training RNG and the model's mode untouched, and
+collects the numbers and summary tables the stages produce.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data import Data, Probe
+from ..stages.base import Stage, Summary
+from .evaluation import Evaluation
+from .sink import Sink
+
+__all__ = ["StageContext", "StageResults", "order_stages", "run_stages"]
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use: the epoch's :class:`Evaluation`, and the sink to write to.
+
+    ``folder`` is where this analysis point's files go, relative to the run (``epoch_003``,
+    ``analysis/best``); ``tag`` prefixes TensorBoard tags (``""``, ``"analysis/best/"``)."""
+
+    evaluation: Evaluation
+    sink: Sink
+    folder: str
+    tag: str = ""
+    initial_state: dict[str, Tensor] | None = None  # the weights at epoch 0, when known
+    notice: Callable[[str], None] = print
+    numbers: dict[str, float] = field(default_factory=dict)  # → metrics.jsonl and TensorBoard scalars
+    shared: dict[str, Any] = field(default_factory=dict)  # results one stage leaves for a later one
+    stage: str = ""
+    during_training: bool = True
+
+    # -- the evaluation, for short -----------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.evaluation.model
+
+    @property
+    def data(self) -> Data:
+        return self.evaluation.data
+
+    @property
+    def probe(self) -> Probe:
+        return self.evaluation.probe
+
+    @property
+    def epoch(self) -> int:
+        return self.evaluation.epoch
+
+    @property
+    def final(self) -> bool:
+        return self.evaluation.final
+
+    @property
+    def device(self) -> torch.device:
+        return self.evaluation.data.device
+
+    @property
+    def step(self) -> int:
+        return self.epoch
+
+    # -- writing -------------------------------------------------------------------------------------
+    def record(self, key: str, value: float) -> None:
+        """A number for metrics.jsonl (``<stage>/<key>``) and a TensorBoard scalar."""
+        name = f"{self.stage}/{key}"
+        self.numbers[name] = float(value)
+        self.sink.scalar(f"{self.tag}{name}", float(value), self.step)
+
+    def save_figure(self, fig: Any, name: str) -> None:
+        """Render ``fig`` once (or take PNG bytes, e.g. from a tile sheet): ``<stage>/<name>.png`` in this
+        point's folder and the same image in TensorBoard."""
+        from ..plotting import render
+
+        png = fig if isinstance(fig, bytes) else render(fig)
+        self.sink.image(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}", png, self.step)
+
+    def save_file(self, name: str, content: bytes | str) -> None:
+        """A file beside the stage's figures (JSON, CSV, tensors)."""
+        self.sink.file(f"{self.folder}/{self.stage}/{name}", content)
+
+    def save_json(self, name: str, value: Any) -> None:
+        self.save_file(name, json.dumps(value, indent=1))
+
+    def histogram(self, name: str, values: Any) -> None:
+        self.sink.histogram(f"{self.tag}{name}", values, self.step)
+
+    def video(self, name: str, frames: list[np.ndarray], fps: float, formats: list[str]) -> None:
+        self.sink.video(f"{self.folder}/{self.stage}/{name}", frames, fps, formats)
+
+    # -- small helpers for drawing -------------------------------------------------------------------
+    def eval_logits(self) -> Tensor:
+        return self.evaluation.logits()
+
+    def eval_features(self) -> Tensor:
+        return self.evaluation.features()
+
+    def title(self, i: int, probs: Tensor) -> str:
+        """'true 7 · pred 7 (0.98)' for probe item ``i`` given softmax probabilities (B, classes)."""
+        classes = self.data.classes
+        pred = int(probs[i].argmax())
+        return f"true {classes[int(self.probe.y[i])]} · pred {classes[pred]} ({float(probs[i, pred]):.2f})"
+
+    def probe_probs(self) -> Tensor:
+        with torch.no_grad():
+            return torch.softmax(self.model(self.probe.x), dim=1)
+
+    def pixels(self, i: int) -> np.ndarray:
+        return self.probe.pixels[i].detach().cpu().numpy()
+
+
+@dataclass
+class StageResults:
+    numbers: dict[str, float]
+    summaries: dict[str, Summary]
+
+
+def order_stages(stages: list[Stage]) -> list[Stage]:
+    """Config order, except that a stage moves after every listed stage it ``runs_after``."""
+    remaining = list(stages)
+    ordered: list[Stage] = []
+    while remaining:
+        names = {s.name for s in remaining}
+        ready = next((s for s in remaining if not (set(s.runs_after) & (names - {s.name}))), remaining[0])
+        ordered.append(ready)
+        remaining.remove(ready)
+    return ordered
+
+
+def run_stages(stages: list[Stage], ctx: StageContext) -> StageResults:
+    """Run each stage on ``ctx`` in eval mode, leaving the training RNG and mode untouched.
+
+    Returns the numbers the stages recorded plus ``seconds/<stage>`` for each stage that ran, and the
+    summary tables they returned (also written as ``<stage>/summary.json``)."""
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    summaries: dict[str, Summary] = {}
+    try:
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            for stage in order_stages(stages):
+                reason = stage.skip_reason(model, ctx.data)
+                if reason is None and "training" in stage.needs and not ctx.during_training:
+                    reason = "records during `interp train` only"
+                if reason:
+                    if not stage.skip_noticed:  # once per run, not every epoch
+                        ctx.notice(f"{stage.name}: skipped ({reason})")
+                        stage.skip_noticed = True
+                    continue
+                start = time.perf_counter()
+                ctx.stage = stage.name
+                summary = stage.run(ctx)
+                if summary is not None:
+                    summary.epoch = ctx.epoch if summary.epoch is None else summary.epoch
+                    summaries[stage.name] = summary
+                    ctx.save_json("summary.json", _plain(summary.to_json()))
+                ctx.numbers[f"seconds/{stage.name}"] = round(time.perf_counter() - start, 4)
+    finally:
+        model.train(was_training)
+    return StageResults(ctx.numbers, summaries)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become null."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,157 @@
+"""Where stages write: one sink per run, for scalars, images, histograms, embeddings and files.
+
+:class:`RunSink` writes files under a folder and everything TensorBoard shows to one SummaryWriter,
+which it opens on first use and owns. :class:`NullSink` writes nothing (tests, dry runs). Stages and
+the trainer only ever call these methods; nothing else opens a writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["NullSink", "RunSink", "Sink"]
+
+
+class Sink(Protocol):
+    """What the run offers stages and the trainer to write to. Paths are relative to the run folder."""
+
+    def scalar(self, tag: str, value: float, step: int) -> None: ...
+
+    def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None: ...
+
+    def histogram(self, tag: str, values: Any, step: int) -> None: ...
+
+    def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
+                  thumbnails: Any, step: int) -> None: ...
+
+    def file(self, path: str, content: bytes | str) -> Path | None: ...
+
+    def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """A sink that writes nothing and remembers what it was given (``scalars``, ``files`` …)."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, dict[int, float]] = {}
+        self.images: dict[str, bytes] = {}
+        self.files: dict[str, bytes | str] = {}
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.setdefault(tag, {})[step] = float(value)
+
+    def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None:
+        self.images[path] = png
+        return None
+
+    def histogram(self, tag: str, values: Any, step: int) -> None:
+        pass
+
+    def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
+                  thumbnails: Any, step: int) -> None:
+        pass
+
+    def file(self, path: str, content: bytes | str) -> Path | None:
+        self.files[path] = content
+        return None
+
+    def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]:
+        return []
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunSink:
+    """Files under ``root``; TensorBoard events in ``root`` (``purge_step``: drop steps a resume redoes)."""
+
+    def __init__(self, root: Path, purge_step: int | None = None):
+        self.root = Path(root)
+        self._purge_step = purge_step
+        self._writer: Any = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.root), purge_step=self._purge_step)
+            self._keep_projector_config(self._writer)
+        return self._writer
+
+    def _keep_projector_config(self, writer: Any) -> None:
+        """A new writer rewrites projector_config.pbtxt with only its own embeddings; start it from the
+        file's entries instead (minus the steps a resumed run redoes), so earlier epochs stay visible."""
+        path = self.root / "projector_config.pbtxt"
+        if not path.is_file():
+            return
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+        config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
+        if self._purge_step is not None:
+            keep = [e for e in config.embeddings if int(e.tensor_name.rsplit(":", 1)[-1]) < self._purge_step]
+            del config.embeddings[:]
+            config.embeddings.extend(keep)
+        writer._projector_config = config
+
+    def _path(self, path: str) -> Path:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, float(value), step)
+
+    def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None:
+        """PNG bytes to ``path`` and, as they are (no decode and re-encode), to TensorBoard."""
+        import struct
+
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        target = self._path(path)
+        target.write_bytes(png)
+        width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+        channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        return target
+
+    def histogram(self, tag: str, values: Any, step: int) -> None:
+        self.writer.add_histogram(tag, values, step)
+
+    def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
+                  thumbnails: Any, step: int) -> None:
+        self.writer.add_embedding(features, metadata=metadata, metadata_header=header, label_img=thumbnails,
+                                  global_step=step, tag=tag)
+
+    def file(self, path: str, content: bytes | str) -> Path | None:
+        target = self._path(path)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content, encoding="utf-8")
+        return target
+
+    def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]:
+        from ..animate.video import write_video
+
+        return write_video(frames, self._path(path), fps, formats)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,111 @@
+"""The callbacks ``interp train`` runs: the analysis stages, the metrics log, and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..analysis.api import Analysis
+from ..analysis.evaluation import Evaluation
+from ..checkpoint import save_checkpoint
+from ..run import Run
+from .loop import Callback, Trainer
+
+__all__ = ["AnalysisCallback", "CheckpointCallback", "RunLogger"]
+
+
+class AnalysisCallback(Callback):
+    """Runs the stages at epoch 0, every ``every`` epochs and at the last epoch, adding their numbers
+    to the epoch's row; forwards optimiser steps and the end of training to the stages that want them."""
+
+    def __init__(self, analysis: Analysis, every: int = 1):
+        self.analysis = analysis
+        self.every = every
+        self._step_stages = analysis.step_stages()
+
+    def due(self, trainer: Trainer, epoch: int) -> bool:
+        return epoch == 0 or epoch % self.every == 0 or epoch == trainer.epochs
+
+    def wants_features(self, trainer: Trainer, epoch: int) -> bool:
+        return self.analysis.wants_features and self.due(trainer, epoch)
+
+    def on_step(self, trainer: Trainer) -> None:
+        for stage in self._step_stages:
+            stage.on_step(trainer.model, trainer.global_step, trainer.epoch)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
+        if self.due(trainer, row["epoch"]):
+            row.update(self.analysis.run(evaluation, f"epoch_{row['epoch']:03d}").numbers)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.analysis.end(trainer.model)
+
+
+class RunLogger(Callback):
+    """Losses, accuracies and the learning rate to TensorBoard; the row to metrics.jsonl; the epoch line."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
+        sink, epoch = self.run.sink, row["epoch"]
+        for tag, key in (("loss/train", "train_loss"), ("loss/eval", "eval_loss"),
+                         ("accuracy/train", "train_accuracy"), ("accuracy/eval", "eval_accuracy")):
+            if row[key] is not None:
+                sink.scalar(tag, row[key], epoch)
+        if epoch > 0:
+            sink.scalar("lr", trainer.optimizer.param_groups[0]["lr"], epoch)
+        self.run.append_metrics(row)
+        trainer.reporter.epoch(row, trainer.epochs)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    if best is None:
+        return True
+    if row["eval_accuracy"] is not None:
+        return bool((row["eval_accuracy"], -row["eval_loss"]) > (best["eval_accuracy"], -best["eval_loss"]))
+    return bool(row["eval_loss"] < best["eval_loss"])
+
+
+class CheckpointCallback(Callback):
+    """last.pt after every epoch and best.pt when the evaluation improved (atomic writes); the state
+    holds the model, the optimiser, the epoch, the RNG states and the config."""
+
+    def __init__(self, run: Run, config: dict[str, Any], best: dict[str, Any] | None = None):
+        self.run = run
+        self.config = config
+        self.best = best
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
+        epoch = row["epoch"]
+        summary = {"epoch": epoch, "eval_loss": row["eval_loss"], "eval_accuracy": row["eval_accuracy"]}
+        improved = is_better(summary, self.best)
+        self.best = summary if improved else self.best
+        state = {
+            "format": 1,
+            "epoch": epoch,
+            "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "rng": _rng_state(trainer.generator),  # the stages run under fork_rng, so this is training's own
+            "config": self.config,
+            "metrics": summary,
+            "best": self.best,
+        }
+        save_checkpoint(state, self.run.checkpoints / "last.pt")
+        if improved:
+            save_checkpoint(state, self.run.checkpoints / "best.pt")

@@ -1,0 +1,163 @@
+"""``fit``: build a run from a config — data, model, optimiser, run folder — and train it with the
+analysis, logging and checkpoint callbacks; ``load_model`` rebuilds a run's model from a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..analysis.api import Analysis
+from ..analysis.evaluation import logits_model
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import Config, load_config, save_config
+from ..data import Data, load_data, select_probe
+from ..data.sources import check_sources
+from ..errors import UserError
+from ..models import build_model, check_model
+from ..run import Run
+from ..stages import Summary, check_stages, default_stage_specs
+from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, set_rng_state
+from .loop import Reporter, SilentReporter, Trainer
+
+__all__ = ["TrainResult", "fit", "load_model", "make_optimizer", "resolve_device"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    best_epoch: int
+    summaries: dict[str, Summary] = field(default_factory=dict)  # the stages' latest tables (trust …)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but no CUDA device is available (use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"train.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device is {name!r} but MPS is not available (use auto or cpu)")
+    return device
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def loss_function(data: Data) -> nn.Module:
+    return nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
+
+
+def load_model(run: Run, checkpoint: str | Path = "best", device: torch.device | str = "cpu"):  # type: ignore[no-untyped-def]
+    """Rebuild a run's model from its config.yaml and load a checkpoint (``best``, ``last`` or a path).
+
+    Returns ``(config, model, data, checkpoint_state, checkpoint_path)``; the model is in eval mode.
+    """
+    cfg = load_config(run.config_path)
+    path = run.checkpoints / f"{checkpoint}.pt" if str(checkpoint) in ("best", "last", "init") else Path(checkpoint)
+    state = load_checkpoint(path)
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_outputs)
+    _load_weights(model, state["model"], path, cfg)
+    check_model(model, cfg.model.arch, data.normalise(data.eval_x[:2]), data.num_outputs)
+    device = torch.device(device)
+    return cfg, model.to(device).eval(), data.to(device), state, path
+
+
+def _load_weights(model: nn.Module, weights: dict[str, Tensor], path: Path, cfg: Config) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail.split(":", 1)[-1].strip()[:200]
+        raise UserError(f"checkpoint {path} does not fit the model in config.yaml "
+                        f"(arch {cfg.model.arch}): {detail}") from None
+
+
+def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, resume: Path | str | None = None,
+        reporter: Reporter | None = None) -> TrainResult:
+    """Train ``cfg``'s model on its dataset, running the analysis stages at epoch 0 and after epochs.
+
+    Writes ``save/<run>/`` (config.yaml, metrics.jsonl, checkpoints, TensorBoard events, stage figures).
+    With ``resume`` (a run folder) training continues from its last.pt to ``cfg.train.epochs``.
+    """
+    reporter = reporter or SilentReporter()
+    check_sources(cfg.data)
+    stages = check_stages(cfg.analysis.stages)
+    if cfg.analysis.stages is None:  # the saved config names the stages that ran
+        cfg = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"stages": default_stage_specs()})})
+    device = resolve_device(cfg.train.device)
+
+    resume_state = None
+    if resume is not None:
+        Run.open(Path(resume))  # clear error for a missing run
+        resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, cfg.seed).to(device)
+    probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_outputs).to(device)
+    check_model(model, cfg.model.arch, probe.x, data.num_outputs)
+    optimizer = make_optimizer(cfg, model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    analysed = logits_model(model, probe.x)
+    for stage in stages:
+        stage.prepare(analysed, data)
+
+    if resume_state is not None:
+        start_epoch = int(resume_state["epoch"])
+        run = Run.open(Path(resume), purge_step=start_epoch + 1)  # type: ignore[arg-type]
+        _load_weights(model, resume_state["model"], run.checkpoints / "last.pt", cfg)
+        optimizer.load_state_dict(resume_state["optimizer"])
+        set_rng_state(resume_state["rng"], generator)
+        best = resume_state.get("best")
+        run.keep_metrics_through(start_epoch)
+        save_config(cfg, run.config_path)
+        if start_epoch >= cfg.train.epochs:
+            reporter.notice(f"{run.path} already has {start_epoch} epochs (train.epochs is {cfg.train.epochs}); "
+                            "nothing to do — raise it with --set train.epochs=N")
+        else:
+            reporter.notice(f"resuming {run.path} after epoch {start_epoch}")
+    else:
+        start_epoch = 0
+        run, moved = Run.create(Path(save_dir), name or cfg.name, exact=name is not None)
+        if moved:
+            reporter.notice(moved)
+        save_config(cfg, run.config_path)
+        best = None
+
+    init_path = run.checkpoints / "init.pt"
+    if not init_path.exists() and resume_state is None:
+        save_checkpoint({"model": model.state_dict(), "epoch": 0}, init_path)
+    initial_state = load_checkpoint(init_path, map_location=device)["model"] if init_path.exists() else None
+
+    analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state)
+    checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
+    trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
+                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+                      callbacks=[AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints],
+                      reporter=reporter, analysed=analysed, features_layer=cfg.analysis.features_layer)
+    try:
+        trainer.fit(start_epoch)
+    finally:
+        run.close()
+    return TrainResult(run_dir=run.path, metrics=run.read_metrics(), best_epoch=(checkpoints.best or {}).get("epoch", 0),
+                       summaries=analysis.summaries)

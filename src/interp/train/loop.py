@@ -1,0 +1,162 @@
+"""The training loop: epochs over in-memory tensors, and the events it emits to callbacks.
+
+:class:`Trainer` knows nothing of run folders, stages or checkpoints. It trains, evaluates, and tells
+its callbacks: ``on_start``, ``on_step`` (after every optimiser step), ``on_epoch_end`` (epoch 0 is the
+evaluation before training, and goes through the same code as every later epoch) and ``on_end``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..analysis.evaluation import Evaluation, evaluate, logits_of
+from ..data import Data, Probe
+
+__all__ = ["Callback", "Reporter", "SilentReporter", "Trainer", "train_epoch"]
+
+
+class Reporter(Protocol):
+    """Where training reports progress. The CLI passes a rich one; the default says nothing."""
+
+    def progress(self, description: str, total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+        ...
+
+    def epoch(self, row: dict[str, Any], epochs: int) -> None:
+        ...
+
+    def notice(self, message: str) -> None:
+        ...
+
+
+class SilentReporter:
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n: None
+
+    def epoch(self, row: dict[str, Any], epochs: int) -> None:
+        pass
+
+    def notice(self, message: str) -> None:
+        pass
+
+
+class Callback:
+    """Override the events you need. ``row`` is the epoch's metrics.jsonl row: callbacks earlier in the
+    list may add numbers to it for later ones."""
+
+    def on_start(self, trainer: Trainer) -> None:
+        pass
+
+    def wants_features(self, trainer: Trainer, epoch: int) -> bool:
+        """Whether this epoch's evaluation pass should keep the penultimate features."""
+        return False
+
+    def on_step(self, trainer: Trainer) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer) -> None:
+        pass
+
+
+def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
+                on_step: Callable[[], None] | None = None) -> tuple[float, float | None]:
+    """One pass over the training tensors in a random order; returns (mean loss, accuracy or None)."""
+    model.train()
+    n = len(data.train_x)
+    order = torch.randperm(n, generator=generator).to(data.device)
+    losses, predictions = [], []  # kept on the device; summed once at the end (no per-step sync)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        x = data.normalise(data.train_x[index])
+        y = data.train_y[index]
+        logits = logits_of(model(x))
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        predictions.append(logits.detach())
+        if on_step is not None:
+            on_step()
+        advance(1)
+    sizes = torch.tensor([min(batch_size, n - s) for s in range(0, n, batch_size)], device=data.device)
+    mean_loss = float((torch.stack(losses) * sizes).sum()) / n
+    if data.task != "classification":
+        return mean_loss, None
+    predicted = torch.cat([p.argmax(dim=1) for p in predictions])
+    return mean_loss, int((predicted == data.train_y[order]).sum()) / n
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` and emits events. ``analysed`` is the model as the evaluation sees it
+    (the same module, or one returning only the logits)."""
+
+    def __init__(self, model: nn.Module, data: Data, probe: Probe, optimizer: torch.optim.Optimizer,
+                 loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
+                 eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
+                 analysed: nn.Module | None = None, features_layer: str | None = None):
+        self.model = model
+        self.analysed = analysed or model
+        self.data = data
+        self.probe = probe
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.generator = generator
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.callbacks = callbacks
+        self.reporter: Reporter = reporter or SilentReporter()
+        self.features_layer = features_layer
+        self.epoch = 0
+        self.global_step = 0
+        self.steps_per_epoch = -(-len(data.train_x) // batch_size)
+
+    def fit(self, start_epoch: int = 0) -> None:
+        """Epoch 0 (evaluation only) unless resuming, then epochs ``start_epoch + 1 … epochs``."""
+        self.epoch = start_epoch
+        self.global_step = start_epoch * self.steps_per_epoch
+        for callback in self.callbacks:
+            callback.on_start(self)
+        first = start_epoch + 1 if start_epoch > 0 else 0
+        for epoch in range(first, self.epochs + 1):
+            self.run_epoch(epoch)
+        for callback in self.callbacks:
+            callback.on_end(self)
+
+    def run_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        started = time.perf_counter()
+        train_loss = train_accuracy = None
+        if epoch > 0:
+            step_callbacks = [c for c in self.callbacks if type(c).on_step is not Callback.on_step]
+            with self.reporter.progress("training", self.steps_per_epoch) as advance:
+                train_loss, train_accuracy = train_epoch(
+                    self.model, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
+                    (lambda: self._step(step_callbacks)) if step_callbacks else None)
+        features = any(c.wants_features(self, epoch) for c in self.callbacks)
+        eval_steps = -(-len(self.data.eval_x) // self.eval_batch_size)
+        with self.reporter.progress("evaluation", eval_steps) as advance:
+            evaluation = evaluate(self.analysed, self.data, self.probe, epoch, final=epoch == self.epochs,
+                                  batch_size=self.eval_batch_size, features=features,
+                                  features_layer=self.features_layer, advance=advance)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "eval_loss": evaluation.loss,
+                               "train_accuracy": train_accuracy, "eval_accuracy": evaluation.accuracy,
+                               "seconds": round(time.perf_counter() - started, 3) if epoch else 0.0}
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, row, evaluation)
+
+    def _step(self, callbacks: list[Callback]) -> None:
+        self.global_step += 1
+        for callback in callbacks:
+            callback.on_step(self)
