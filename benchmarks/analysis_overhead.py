@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import write_tiled_mnist  # noqa: E402
 
-from interp.config import DEFAULT_STAGES, load_config  # noqa: E402
+from interp.config import load_config  # noqa: E402
+from interp.stages import default_stage_specs  # noqa: E402
 from interp.train import fit  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main() -> None:
         base = ["model.arch=allconv", f"model.width={args.width}", "data.dataset=mnist", f"data.root={root}",
                 "data.download=false", "train.device=cpu", f"train.epochs={args.epochs}"]
         runs = {}
-        for label, stages in (("no stages", "[]"), ("default stages", str(DEFAULT_STAGES).replace("'", ""))):
+        for label, stages in (("no stages", "[]"), ("default stages", str(default_stage_specs()).replace("'", ""))):
             cfg = load_config(None, [*base, f"analysis.stages={stages}"])
             runs[label] = fit(cfg, save_dir=Path(tmp) / label.replace(" ", "-")).metrics
 

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from interp.analysis.evaluation import Evaluation
+from interp.analysis.runner import StageContext
+from interp.analysis.runner import run_stages as _run_stages
 from interp.config import DataConfig, ModelConfig
 from interp.data import load_data, select_probe
 from interp.models import build_model
 from interp.run import Run
-from interp.analysis.evaluation import Evaluation
-from interp.analysis.runner import StageContext
-from interp.analysis.runner import run_stages as _run_stages
 from interp.stages import STAGES
 
 

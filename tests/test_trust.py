@@ -13,13 +13,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
+from interp.analysis.evaluation import Evaluation
+from interp.analysis.runner import StageContext, run_stages
 from interp.attribution import integrated_gradients, saliency, target_logits, to_map
 from interp.config import DataConfig, ModelConfig
 from interp.data import load_data, select_probe
 from interp.models import build_model
 from interp.run import Run
-from interp.analysis.evaluation import Evaluation
-from interp.analysis.runner import StageContext, run_stages
 from interp.stages import STAGES
 from interp.trust import (
     auc,
