@@ -36,6 +36,9 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     from .train import load_model, resolve_device
 
     run = Run.open(Path(run_dir))
+    if not run.config_path.is_file():
+        raise UserError(f"run {run.path} has no config.yaml (it was written by the Python API), so its model "
+                        "cannot be rebuilt; call Analyzer.run on your model instead")
     cfg = load_config(run.config_path)
     check_stages(cfg.analysis.stages, f"{run.config_path}: analysis.stages")
     target = resolve_device(device or cfg.train.device)

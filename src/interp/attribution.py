@@ -98,18 +98,19 @@ def _ig_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: d
     return to_map(attributions, signed=True)
 
 
-def gradcam_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """The layer Grad-CAM looks at: ``name`` (short or full), else the last block with spatial output."""
+def gradcam_layer(model: nn.Module, name: str | None = None, example: Tensor | None = None) -> tuple[str, nn.Module]:
+    """The layer Grad-CAM looks at: ``name`` (short or full), else the last block with spatial output
+    (larger than 1×1 for ``example``, when given)."""
     from .models import last_spatial_layer, resolve_layer
 
-    found = resolve_layer(model, name) if name else last_spatial_layer(model)
+    found = resolve_layer(model, name) if name else last_spatial_layer(model, example)
     if found is None:
         raise ValueError("Grad-CAM needs a convolutional layer; the model has none")
     return found
 
 
 def _gradcam_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    return gradcam(model, gradcam_layer(model, options.get("layer"))[1], x, y)[:, 0]
+    return gradcam(model, gradcam_layer(model, options.get("layer"), x)[1], x, y)[:, 0]
 
 
 METHODS: dict[str, Method] = {

@@ -265,23 +265,38 @@ def first_weight_layer(model: nn.Module) -> nn.Linear | nn.Conv2d:
     raise ValueError("model has no Linear or Conv2d layer")
 
 
-def last_spatial_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+def last_spatial_layer(model: nn.Module, example: Tensor | None = None) -> tuple[str, nn.Module] | None:
     """The last block with spatial output (for Grad-CAM); None for models without convolutions.
 
     Blocks are the children of ``model.features`` when it is a Sequential (``features.conv8``), else the
     model's own children (``layer4`` in a ResNet), looking through single-child wrappers; the last one
-    holding a Conv2d is chosen."""
+    holding a Conv2d is chosen. Given an ``example`` input, blocks whose output is only 1×1 for it (a
+    ResNet's layer4 on 28×28 images) are passed over while an earlier block has a larger map."""
     prefix, root = "", model
     while len(children := list(root.named_children())) == 1 and not isinstance(children[0][1], nn.Conv2d):
         prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
     features = getattr(root, "features", None)
     if isinstance(features, nn.Sequential):
         prefix, root = f"{prefix}features.", features
-    found: tuple[str, nn.Module] | None = None
-    for name, block in root.named_children():
-        if any(isinstance(m, nn.Conv2d) for m in block.modules()):
-            found = (f"{prefix}{name}", block)
-    return found
+    candidates = [(f"{prefix}{name}", block) for name, block in root.named_children()
+                  if any(isinstance(m, nn.Conv2d) for m in block.modules())]
+    if example is not None and len(candidates) > 1:
+        sizes: dict[str, int] = {}
+        handles = [block.register_forward_hook(
+            lambda _m, _i, out, key=name: sizes.__setitem__(key, out.shape[-2] * out.shape[-1])
+            if isinstance(out, Tensor) and out.dim() == 4 else None) for name, block in candidates]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(example[:1])
+        finally:
+            model.train(was_training)
+            for handle in handles:
+                handle.remove()
+        spatial = [c for c in candidates if sizes.get(c[0], 0) > 1]
+        candidates = spatial or candidates
+    return candidates[-1] if candidates else None
 
 
 def feature_blocks(model: nn.Module) -> list[str]:

@@ -56,9 +56,10 @@ class Run:
 
     @classmethod
     def open(cls, path: Path, purge_step: int | None = None) -> Run:
-        """An existing run folder (one with a config.yaml)."""
+        """An existing run folder: one with a config.yaml (``interp train``) or a metrics.jsonl (the Python
+        API, which has no config)."""
         path = Path(path)
-        if not (path / "config.yaml").is_file():
+        if not (path / "config.yaml").is_file() and not (path / "metrics.jsonl").is_file():
             what = "is not a run folder (no config.yaml)" if path.is_dir() else "does not exist"
             raise UserError(f"run {path} {what}")
         return cls(path, purge_step)

@@ -51,8 +51,13 @@ def logits_model(model: nn.Module, example: Tensor) -> nn.Module:
     """``model`` itself if its forward returns a tensor, else the model wrapped in :class:`LogitsOnly`."""
     if isinstance(model, LogitsOnly):
         return model
-    with torch.no_grad():
-        output = model(example[:1])
+    was_training = model.training
+    model.eval()  # no batch-norm statistics are touched
+    try:
+        with torch.no_grad():
+            output = model(example[:1])
+    finally:
+        model.train(was_training)
     return model if isinstance(output, Tensor) else LogitsOnly(model)
 
 

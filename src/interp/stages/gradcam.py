@@ -37,7 +37,7 @@ class GradCamStage(Stage):
         from ..attribution import gradcam, gradcam_layer
         from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
 
-        name, layer = gradcam_layer(ctx.model, self.options.layer)
+        name, layer = gradcam_layer(ctx.model, self.options.layer, ctx.probe.x)
         cams = gradcam(ctx.model, layer, ctx.probe.x, ctx.probe.y)[:, 0]  # (B, H, W)
         ctx.shared.setdefault("maps", {})["gradcam"] = cams
         arrays = cams.cpu().numpy()
