@@ -2,7 +2,7 @@
 
 One run trains twice on the same data, model and seed: once with the default stages, once with none.
 Prints seconds per epoch (train + evaluate + stages) side by side, their ratio (target ≤ 1.10), and
-each stage's seconds. The last epoch is shown apart: t-SNE and the trust stage's randomisation check run
+each stage's seconds. The last epoch is shown apart: t-SNE and the trust stage's randomization check run
 only there.
 
     python benchmarks/analysis_overhead.py                 # width 16, 3 epochs

@@ -43,7 +43,7 @@ def write_tiled_mnist(root: Path, images: int) -> None:
 
 
 def plain_loop(cfg, epochs: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """The plainest tensor loop: pre-normalised float tensors, randperm batches, no logging."""
+    """The plainest tensor loop: pre-normalized float tensors, randperm batches, no logging."""
     data = load_data(cfg.data)
     mean, std = data.mean[0], data.std[0]
     train_x = (data.train_x.float() / 255 - mean) / std

@@ -61,8 +61,8 @@ def test_the_analyzer_writes_what_interp_train_writes(both: tuple[Path, Path]) -
     # the numbers are the model's own: the confusion stage's accuracy is the evaluation accuracy
     assert all(r["confusion/accuracy"] == pytest.approx(r["eval_accuracy"]) for r in api_rows)
     assert api_rows[-1]["eval_accuracy"] > 0.8
-    assert "trust/saliency/randomisation_correlation" in api_rows[-1]  # epochs=2: the last run is final
-    assert "trust/saliency/randomisation_correlation" not in api_rows[1]
+    assert "trust/saliency/randomization_correlation" in api_rows[-1]  # epochs=2: the last run is final
+    assert "trust/saliency/randomization_correlation" not in api_rows[1]
 
 
 def test_report_works_on_an_analyzer_folder(both: tuple[Path, Path]) -> None:

@@ -89,14 +89,14 @@ def test_failed_cifar_download_keeps_existing_folder(tmp_path: Path, monkeypatch
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
 
 
-def test_normalise_and_black_baseline() -> None:
+def test_normalize_and_black_baseline() -> None:
     data = load_data(DataConfig(dataset="mnist-sample"))
-    x = data.normalise(data.train_x[:64])
+    x = data.normalize(data.train_x[:64])
     expected = (data.train_x[:64].float() / 255 - 0.1307) / 0.3081
     assert torch.allclose(x, expected, atol=1e-6)
-    assert torch.allclose(data.denormalise(x), data.train_x[:64].float() / 255, atol=1e-6)
+    assert torch.allclose(data.denormalize(x), data.train_x[:64].float() / 255, atol=1e-6)
     black = data.black(x)
-    assert torch.allclose(data.denormalise(black), torch.zeros_like(black), atol=1e-6)
+    assert torch.allclose(data.denormalize(black), torch.zeros_like(black), atol=1e-6)
 
 
 def test_probe_is_fixed_per_seed_and_covers_every_class() -> None:

@@ -82,7 +82,7 @@ def user_module(tmp_path: Path, monkeypatch) -> str:
     sys.modules.pop(name, None)
 
 
-def test_user_factory_from_yaml_trains_and_is_analysed(user_module: str, tmp_path: Path) -> None:
+def test_user_factory_from_yaml_trains_and_is_analyzed(user_module: str, tmp_path: Path) -> None:
     config = tmp_path / "mine.yaml"
     config.write_text(textwrap.dedent(f"""
         name: mine
@@ -175,7 +175,7 @@ def test_torchvision_resnet18_writes_every_applicable_stage(tmp_path: Path, monk
     assert figures == {"confusion/confusion.png", "saliency/saliency.png",
                        "integrated_gradients/integrated_gradients.png", "gradcam/gradcam.png", "weights/weights.png",
                        "neurons/neurons.png", "activations/activations.png", "embeddings/embeddings.png",
-                       "trust/deletion_insertion.png", "trust/randomisation.png", "trust/randomisation_maps.png"}
+                       "trust/deletion_insertion.png", "trust/randomization.png", "trust/randomization_maps.png"}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert 0 <= rows[1]["gradcam/zero_maps"] <= 1 and "trust/gradcam/deletion_auc" in rows[1]
     tensors = next((run / "00001").rglob("tensors.tsv")).read_text().splitlines()

@@ -286,7 +286,7 @@ def test_projector_features_come_from_the_evaluation_pass(tmp_path: Path) -> Non
     _, model, data, _, _ = load_model(RunFolder(result.run_dir), "last")
     index = torch.randperm(len(data.eval_x), generator=torch.Generator().manual_seed(0))[:50].sort().values
     with torch.no_grad():
-        _, expected = model.forward_features(data.normalise(data.eval_x[index]))
+        _, expected = model.forward_features(data.normalize(data.eval_x[index]))
     saved = np.loadtxt(result.run_dir / "00002" / "embeddings" / "tensors.tsv", delimiter="\t")
     assert saved.shape == (50, expected.shape[1])
     assert np.allclose(saved, expected.numpy(), atol=1e-4)

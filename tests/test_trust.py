@@ -1,4 +1,4 @@
-"""The trust numbers against known answers: linear models, a model that ignores its input, randomisation."""
+"""The trust numbers against known answers: linear models, a model that ignores its input, randomization."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from interp.trust import (
     cascade_layers,
     perturbation_curves,
     random_rankings,
-    randomisation_cascade,
+    randomization_cascade,
     rank_pixels,
     verdict,
 )
@@ -42,7 +42,7 @@ def fitted(model: nn.Module, data, steps: int = 150) -> nn.Module:
     """``model`` trained for a few Adam steps on 1,000 sample digits (seeded)."""
     torch.manual_seed(0)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = data.normalise(data.train_x[:1000]), data.train_y[:1000]
+    x, y = data.normalize(data.train_x[:1000]), data.train_y[:1000]
     for _ in range(steps):
         optimiser.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
@@ -132,12 +132,12 @@ def test_the_exact_contribution_map_of_a_linear_model_beats_random(linear, data)
                    None) == "trust"
 
 
-def test_randomising_all_layers_drives_the_saliency_correlation_down(data) -> None:
+def test_randomizing_all_layers_drives_the_saliency_correlation_down(data) -> None:
     torch.manual_seed(0)
     model = fitted(build_model(ModelConfig(arch="mlp", hidden=[64, 32]), data.input_shape, 10), data)
     probe = select_probe(data, 1, 0)
     trained = to_map(saliency(model, probe.x, probe.y), signed=False)
-    cascade = randomisation_cascade(model, lambda m: to_map(saliency(m, probe.x, probe.y), signed=False), trained)
+    cascade = randomization_cascade(model, lambda m: to_map(saliency(m, probe.x, probe.y), signed=False), trained)
     assert cascade.layers == cascade_layers(model) == ["head", "features.fc2.0", "features.fc1.0"]
     assert cascade.final < 0.2 < 0.5, cascade.correlations
     # the trained model itself is untouched by the check
@@ -167,8 +167,8 @@ def test_trust_stage_records_numbers_figures_and_a_table(data, tmp_path: Path) -
         for mode in ("deletion", "insertion"):
             assert 0.0 <= numbers[f"trust/{method}/{mode}_auc"] <= 1.0
     for method in methods:
-        assert -1.0 <= numbers[f"trust/{method}/randomisation_correlation"] <= 1.0 or \
-            math.isnan(numbers[f"trust/{method}/randomisation_correlation"])
+        assert -1.0 <= numbers[f"trust/{method}/randomization_correlation"] <= 1.0 or \
+            math.isnan(numbers[f"trust/{method}/randomization_correlation"])
     table = results.summaries["trust"]
     assert [row[0] for row in table.rows] == methods
     written = json.loads((tmp_path / "epoch_003" / "trust" / "summary.json").read_text())
@@ -180,7 +180,7 @@ def test_trust_stage_records_numbers_figures_and_a_table(data, tmp_path: Path) -
     assert len(saved["curves"]["random"]["deletion"]) == 9
     logged = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     logged.Reload()
-    assert {"trust/deletion_insertion", "trust/randomisation", "trust/randomisation_maps"} <= set(
+    assert {"trust/deletion_insertion", "trust/randomization", "trust/randomization_maps"} <= set(
         logged.Tags()["images"])
     assert logged.Scalars("trust/saliency/deletion_auc")[0].value == pytest.approx(
         numbers["trust/saliency/deletion_auc"], rel=1e-6)
@@ -203,12 +203,12 @@ def test_training_prints_the_trust_table_and_logs_every_epoch(tmp_path: Path) ->
     assert [m["epoch"] for m in metrics] == [0, 1, 2]
     for row in metrics:
         assert "trust/integrated_gradients/deletion_auc" in row and "trust/random/insertion_auc" in row
-        # the randomisation check costs the most, so it runs at the final epoch only
-        assert ("trust/saliency/randomisation_correlation" in row) == (row["epoch"] == 2)
+        # the randomization check costs the most, so it runs at the final epoch only
+        assert ("trust/saliency/randomization_correlation" in row) == (row["epoch"] == 2)
 
 
-def test_smoothgrad_noise_is_the_same_for_trained_and_randomised_maps(data) -> None:
-    """Only the weights may differ between the maps compared: re-initialising a layer the forward pass
+def test_smoothgrad_noise_is_the_same_for_trained_and_randomized_maps(data) -> None:
+    """Only the weights may differ between the maps compared: re-initializing a layer the forward pass
     never uses must leave a noisy method's map exactly as it was (ρ = 1)."""
     from interp.attribution import smoothgrad
 
@@ -216,7 +216,7 @@ def test_smoothgrad_noise_is_the_same_for_trained_and_randomised_maps(data) -> N
         def __init__(self) -> None:
             super().__init__()
             self.linear = nn.Linear(784, 10)
-            self.unused = nn.Linear(3, 3)  # registered, re-initialised by the cascade, never called
+            self.unused = nn.Linear(3, 3)  # registered, re-initialized by the cascade, never called
 
         def forward(self, x: Tensor) -> Tensor:
             return self.linear(x.flatten(1))
@@ -224,7 +224,7 @@ def test_smoothgrad_noise_is_the_same_for_trained_and_randomised_maps(data) -> N
     torch.manual_seed(0)
     model = WithSpare()
     probe = select_probe(data, 1, 0)
-    cascade = randomisation_cascade(model, lambda m: smoothgrad(m, probe.x, probe.y, samples=4).sum(dim=1),
+    cascade = randomization_cascade(model, lambda m: smoothgrad(m, probe.x, probe.y, samples=4).sum(dim=1),
                                     layers=["unused", "linear"])
     assert cascade.correlations[0] == pytest.approx(1.0)
     assert torch.equal(cascade.maps[0], cascade.trained)

@@ -58,15 +58,15 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     cfg, model, data, state, path = load_model(run, checkpoint, target)
     label = checkpoint if checkpoint in ("best", "last", "init") else Path(checkpoint).stem
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
-    analysed = logits_model(model, probe.x)
+    analyzed = logits_model(model, probe.x)
     init = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init, map_location=target)["model"] if init.is_file() else None
     analysis = Analysis(stage_list, run.sink, notice=notice, initial_state=initial_state, during_training=False)
-    analysis.prepare(analysed, data)
+    analysis.prepare(analyzed, data)
     epoch = int(state.get("epoch", 0))
     folder = f"analysis/{label}"
     try:
-        evaluation = evaluate(analysed, data, probe, epoch, final=True, batch_size=cfg.data.eval_batch_size,
+        evaluation = evaluate(analyzed, data, probe, epoch, final=True, batch_size=cfg.data.eval_batch_size,
                               features=analysis.wants_features, features_layer=cfg.analysis.features_layer)
         results = analysis.run(evaluation, folder, tag=f"{folder}/")
     finally:

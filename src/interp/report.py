@@ -223,7 +223,7 @@ def build_report(run_dir: Path | str) -> Path:
                         if (d / stage / name).is_file()]
                 if len(pair) == 2 and pair[0][0] == pair[1][0]:
                     pair = pair[:1]
-                if not pair:  # drawn only at some epochs (e.g. the final randomisation check)
+                if not pair:  # drawn only at some epochs (e.g. the final randomization check)
                     pair = [(e, d / stage / name) for e, d in epochs if (d / stage / name).is_file()][-1:]
                 figures.append({
                     "name": name,

@@ -5,7 +5,7 @@
   probability of the true class. A faithful map makes the deletion curve fall faster, and the insertion
   curve rise faster, than a random ranking does. The area under each curve (trapezoid rule over the
   fraction perturbed, both ends included) sums it up.
-- **Model randomisation** (Adebayo et al. 2018): re-initialise the layers from the top down and
+- **Model randomization** (Adebayo et al. 2018): re-initialize the layers from the top down and
   recompute the map. A map that still looks the same (high Spearman rank correlation of |map|) does not
   depend on what the network learned.
 """
@@ -29,12 +29,12 @@ __all__ = [
     "perturbation_curves",
     "random_rankings",
     "rank_pixels",
-    "randomisation_cascade",
+    "randomization_cascade",
     "spearman",
     "verdict",
 ]
 
-CORRELATION_LIMIT = 0.5  # above this after full randomisation, a map ignores the learned weights
+CORRELATION_LIMIT = 0.5  # above this after full randomization, a map ignores the learned weights
 
 
 def rank_pixels(maps: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -96,7 +96,7 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 
 def cascade_layers(model: nn.Module) -> list[str]:
-    """Names of the linear and conv layers, from the output back to the input (normalisation layers keep
+    """Names of the linear and conv layers, from the output back to the input (normalization layers keep
     their weights: they rescale, they do not decide)."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
     names = [name for name, module in model.named_modules() if isinstance(module, kinds)]
@@ -105,23 +105,23 @@ def cascade_layers(model: nn.Module) -> list[str]:
 
 @dataclass
 class Cascade:
-    """The randomisation check of one method: after each step, the layers randomised so far and the
+    """The randomization check of one method: after each step, the layers randomized so far and the
     mean (over images) Spearman correlation of |map| with the trained network's |map|."""
 
-    layers: list[str]  # layer randomised at each step, top first
+    layers: list[str]  # layer randomized at each step, top first
     correlations: list[float]  # one per step
     maps: list[Tensor]  # (B, H, W) after each step (for the figure)
     trained: Tensor  # (B, H, W): the map every step is compared with
 
     @property
     def final(self) -> float:
-        """Correlation with every layer randomised."""
+        """Correlation with every layer randomized."""
         return self.correlations[-1] if self.correlations else math.nan
 
 
-def randomisation_cascade(model: nn.Module, compute: Callable[[nn.Module], Tensor], trained: Tensor | None = None,
+def randomization_cascade(model: nn.Module, compute: Callable[[nn.Module], Tensor], trained: Tensor | None = None,
                           seed: int = 0, layers: list[str] | None = None) -> Cascade:
-    """Re-initialise ``layers`` (default :func:`cascade_layers`) one after another on a copy of ``model``,
+    """Re-initialize ``layers`` (default :func:`cascade_layers`) one after another on a copy of ``model``,
     cumulatively from the top, recomputing ``compute(copy) → (B, H, W)`` after each step and comparing
     abs(map) with abs(``trained``) by Spearman correlation, image by image.
 
@@ -131,7 +131,7 @@ def randomisation_cascade(model: nn.Module, compute: Callable[[nn.Module], Tenso
     modules = dict(clone.named_modules())
     names = layers if layers is not None else cascade_layers(clone)
     generator_state = torch.random.get_rng_state()
-    weights = torch.Generator().manual_seed(seed)  # the re-initialisations' own random stream
+    weights = torch.Generator().manual_seed(seed)  # the re-initializations' own random stream
 
     def seeded(net: nn.Module) -> Tensor:
         torch.manual_seed(seed + 1)

@@ -85,7 +85,7 @@ def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: S
     if len(x_eval) != len(y_eval) or len(x_eval) == 0:
         raise UserError(f"eval_data: {len(x_eval)} inputs and {len(y_eval)} labels; expected the same, at least one")
     if (mean is None) != (std is None):
-        raise UserError("give both mean and std (the normalisation x_eval went through), or neither")
+        raise UserError("give both mean and std (the normalization x_eval went through), or neither")
     if mean is not None and x_eval.dim() == 4 and len(mean) != x_eval.shape[1]:
         raise UserError(f"mean has {len(mean)} values for {x_eval.shape[1]} channels")
     labels = y_eval.long()
@@ -95,17 +95,17 @@ def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: S
     empty = x_eval[:0]
     return Data(name="eval_data", task="classification", train_x=empty, train_y=labels[:0], eval_x=x_eval.float(),
                 eval_y=labels, classes=[str(c) for c in classes], mean=tuple(mean or ()), std=tuple(std or ()),
-                normalised=True)
+                normalized=True)
 
 
 class Analyzer:
     """The analysis stages for a training loop of your own.
 
-    ``eval_data`` is ``(x_eval, y_eval)``: inputs as your model consumes them (already normalised) and
-    integer labels. ``mean``/``std`` are the normalisation the inputs went through (for drawing the
+    ``eval_data`` is ``(x_eval, y_eval)``: inputs as your model consumes them (already normalized) and
+    integer labels. ``mean``/``std`` are the normalization the inputs went through (for drawing the
     images and for the black baseline); without them each image is scaled to its own range for display
     and the baseline is an all-zero input. ``stages``: names or ``{name: {options}}`` (default: the
-    default stages). ``epochs``: the last epoch, whose analysis is the final one (the randomisation
+    default stages). ``epochs``: the last epoch, whose analysis is the final one (the randomization
     check, t-SNE); or pass ``final=True`` to :meth:`run`.
 
     Writes what ``interp train`` writes for those stages into ``folder`` (an existing run folder is never
@@ -144,18 +144,18 @@ class Analyzer:
         was_training = model.training
         model.eval()
         try:
-            analysed = logits_model(model, self.probe.x)
+            analyzed = logits_model(model, self.probe.x)
             if not self._prepared:
                 from ..models import check_model
 
-                check_model(analysed, type(model).__name__, self.probe.x, len(self.data.classes))
+                check_model(analyzed, type(model).__name__, self.probe.x, len(self.data.classes))
                 self.analysis.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()} \
                     if epoch == 0 else None
-                self.analysis.prepare(analysed, self.data)
+                self.analysis.prepare(analyzed, self.data)
                 self._prepared = True
             is_final = final if final is not None else (self.epochs is not None and epoch >= self.epochs)
             started = time.perf_counter()
-            evaluation = evaluate(analysed, self.data, self.probe, epoch, final=is_final, batch_size=self.batch_size,
+            evaluation = evaluate(analyzed, self.data, self.probe, epoch, final=is_final, batch_size=self.batch_size,
                                   features=self.analysis.wants_features, features_layer=self.features_layer)
             row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "eval_loss": evaluation.loss,
                                    "train_accuracy": train_accuracy, "eval_accuracy": evaluation.accuracy,

@@ -1,7 +1,7 @@
-"""A dataset as in-memory tensors, per-batch normalisation, and the fixed probe batch.
+"""A dataset as in-memory tensors, per-batch normalization, and the fixed probe batch.
 
 Images are decoded once into uint8 tensors (N, C, H, W) and kept in memory (on the GPU when training
-there). Batches are cut with ``randperm`` and normalised on the device, so the training loop does no
+there). Batches are cut with ``randperm`` and normalized on the device, so the training loop does no
 per-item Python or PIL work.
 """
 
@@ -30,8 +30,8 @@ class Data:
     classes: list[str]
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    # True when the images are already normalised floats (the Python API's eval_data), not uint8 pixels.
-    normalised: bool = False
+    # True when the images are already normalized floats (the Python API's eval_data), not uint8 pixels.
+    normalized: bool = False
     _affine: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -51,23 +51,23 @@ class Data:
         return self.train_x.device
 
     def to(self, device: torch.device | str) -> Data:
-        """The same data on ``device`` (images stay uint8 until a batch is normalised)."""
+        """The same data on ``device`` (images stay uint8 until a batch is normalized)."""
         device = torch.device(device)
         moved = [t.to(device) for t in (self.train_x, self.train_y, self.eval_x, self.eval_y)]
         return replace(self, train_x=moved[0], train_y=moved[1], eval_x=moved[2], eval_y=moved[3], _affine=None)
 
-    def normalise(self, x: Tensor) -> Tensor:
+    def normalize(self, x: Tensor) -> Tensor:
         """uint8 pixels (B, C, H, W) → float ``(x / 255 - mean) / std``; toy features pass as float."""
-        if not self.is_image or self.normalised:
+        if not self.is_image or self.normalized:
             return x.float()
         scale, shift = self._scale_shift(x.device)
         return x.float().mul_(scale).add_(shift)
 
-    def denormalise(self, x: Tensor) -> Tensor:
-        """Normalised images → pixel values in [0, 1] (for drawing)."""
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Normalized images → pixel values in [0, 1] (for drawing)."""
         if not self.is_image:
             return x
-        if not self.mean:  # normalisation unknown: each image scaled to its own range, for display only
+        if not self.mean:  # normalization unknown: each image scaled to its own range, for display only
             low = x.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
             high = x.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
             return ((x - low) / (high - low).clamp(min=1e-12)).clamp(0.0, 1.0)
@@ -75,8 +75,8 @@ class Data:
         return ((x - shift) / scale / 255.0).clamp(0.0, 1.0)
 
     def black(self, like: Tensor) -> Tensor:
-        """An all-black image (pixel value 0) in normalised space, shaped like ``like`` (an all-zero input
-        when the normalisation is unknown)."""
+        """An all-black image (pixel value 0) in normalized space, shaped like ``like`` (an all-zero input
+        when the normalization is unknown)."""
         if not self.mean:
             return torch.zeros_like(like)
         _, shift = self._scale_shift(like.device)
@@ -90,9 +90,9 @@ class Data:
         return self._affine
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalised evaluation batches, in order."""
+        """Normalized evaluation batches, in order."""
         for start in range(0, len(self.eval_x), batch_size):
-            yield self.normalise(self.eval_x[start:start + batch_size]), self.eval_y[start:start + batch_size]
+            yield self.normalize(self.eval_x[start:start + batch_size]), self.eval_y[start:start + batch_size]
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Probe:
     """The fixed probe batch: the same evaluation images every epoch, a few per class."""
 
     indices: Tensor  # (B,) positions in the evaluation set
-    x: Tensor  # (B, C, H, W) normalised
+    x: Tensor  # (B, C, H, W) normalized
     y: Tensor  # (B,)
     pixels: Tensor  # (B, C, H, W) in [0, 1], for drawing
 
@@ -116,5 +116,5 @@ def select_probe(data: Data, per_class: int, seed: int) -> Probe:
     else:
         indices = torch.randperm(len(labels), generator=generator)[: per_class * 10]
     indices = indices.to(data.device)
-    x = data.normalise(data.eval_x[indices])
-    return Probe(indices=indices, x=x, y=data.eval_y[indices], pixels=data.denormalise(x))
+    x = data.normalize(data.eval_x[indices])
+    return Probe(indices=indices, x=x, y=data.eval_y[indices], pixels=data.denormalize(x))

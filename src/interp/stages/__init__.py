@@ -41,7 +41,7 @@ def default_stage_specs() -> list[str]:
 
 
 def parse_stage_specs(specs: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Normalise ``[name | {name: {options}}]`` to ``[(name, options)]``; raises ValueError on bad shapes."""
+    """Normalize ``[name | {name: {options}}]`` to ``[(name, options)]``; raises ValueError on bad shapes."""
     parsed: list[tuple[str, dict[str, Any]]] = []
     for i, spec in enumerate(specs):
         if isinstance(spec, str):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Confusion(Stage):
     name = "confusion"
     needs = frozenset({"classes"})  # the matrix needs classes, not pictures
-    description = "confusion matrix on the evaluation set (raw and row-normalised) + per-class precision/recall/F1"
+    description = "confusion matrix on the evaluation set (raw and row-normalized) + per-class precision/recall/F1"
 
     def run(self, ctx: StageContext) -> None:
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
@@ -31,7 +31,7 @@ class Confusion(Stage):
         y_pred = ctx.eval_logits().argmax(dim=1).cpu().numpy()
         matrix = confusion_matrix(y_true, y_pred, labels=labels)  # (true, predicted)
         support = matrix.sum(axis=1, keepdims=True)
-        normalised = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)
+        normalized = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)
         precision, recall, f1, counts = precision_recall_fscore_support(
             y_true, y_pred, labels=labels, zero_division=0)
         accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
@@ -45,7 +45,7 @@ class Confusion(Stage):
         ctx.save_file("per_class.csv", table.getvalue())
         ctx.save_json("confusion.json", {
             "epoch": ctx.epoch, "classes": classes, "rows": "true class", "columns": "predicted class",
-            "matrix": matrix.tolist(), "row_normalised": normalised.round(6).tolist(),
+            "matrix": matrix.tolist(), "row_normalized": normalized.round(6).tolist(),
             "accuracy": accuracy, "per_class": rows,
         })
         ctx.record("accuracy", accuracy)
@@ -56,7 +56,7 @@ class Confusion(Stage):
         fig, axes = figure(1, 2, panel=panel)
         for ax, values, title, fmt in (
             (axes[0, 0], matrix, "counts", "d"),
-            (axes[0, 1], normalised, "row-normalised\n(recall on the diagonal)", ".2f"),
+            (axes[0, 1], normalized, "row-normalized\n(recall on the diagonal)", ".2f"),
         ):
             image = ax.imshow(values, cmap="Blues", vmin=0)
             ax.set_title(title)

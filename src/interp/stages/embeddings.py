@@ -43,12 +43,12 @@ class EmbeddingsStage(Stage):
         index = torch.randperm(len(data.eval_x), generator=generator)[:count].sort().values.to(data.device)
         features = ctx.eval_features()[index].flatten(1).float().cpu()  # (N, D), no second forward pass
         logits = ctx.eval_logits()[index]
-        x = data.normalise(data.eval_x[index])
+        x = data.normalize(data.eval_x[index])
         labels = data.eval_y[index].cpu().numpy()
         predicted = logits.argmax(dim=1).cpu().numpy()
         names = data.classes
         metadata = [[names[t], names[p]] for t, p in zip(labels, predicted, strict=True)]
-        thumbnails = data.denormalise(x).cpu()
+        thumbnails = data.denormalize(x).cpu()
         side = math.ceil(math.sqrt(count)) * thumbnails.shape[-1]
         if side > SPRITE_LIMIT:
             size = SPRITE_LIMIT // math.ceil(math.sqrt(count))

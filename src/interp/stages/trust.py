@@ -1,4 +1,4 @@
-"""Whether each attribution map deserves belief: deletion/insertion against random, and randomisation."""
+"""Whether each attribution map deserves belief: deletion/insertion against random, and randomization."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ class TrustOptions(BaseModel):
     steps: int = Field(20, ge=2)  # perturbation steps from 0 to 100 % of the pixels
     images: int | None = Field(None, ge=1)  # probe images scored (default: the whole probe batch)
     random_rankings: int = Field(4, ge=1)  # random orders averaged for the "random" reference
-    randomisation: Literal["final", "always", "never"] = "final"
+    randomization: Literal["final", "always", "never"] = "final"
     ig_steps: int = Field(50, ge=2)  # integrated-gradients steps when a map is recomputed
-    seed: int = 0  # random rankings and re-initialised weights
+    seed: int = 0  # random rankings and re-initialized weights
 
     @field_validator("methods")
     @classmethod
@@ -49,7 +49,7 @@ class TrustOptions(BaseModel):
 class TrustStage(Stage):
     name = "trust"
     description = ("a number beside every map: deletion/insertion AUC against random pixel orders every epoch, "
-                   "and the model-randomisation check at the final epoch; a verdict table")
+                   "and the model-randomization check at the final epoch; a verdict table")
     Options = TrustOptions
     runs_after = ("saliency", "integrated_gradients", "gradcam")  # scores the maps they drew
 
@@ -80,7 +80,7 @@ class TrustStage(Stage):
     def run(self, ctx: StageContext) -> Summary:
         import torch
 
-        from ..trust import auc, perturbation_curves, random_rankings, randomisation_cascade, rank_pixels
+        from ..trust import auc, perturbation_curves, random_rankings, randomization_cascade, rank_pixels
 
         n = min(self.options.images or len(ctx.probe.x), len(ctx.probe.x))
         model, x, y = ctx.model, ctx.probe.x[:n], ctx.probe.y[:n]
@@ -107,20 +107,20 @@ class TrustStage(Stage):
                 ctx.record(f"{method}/{mode}_auc", result[f"{mode}_auc"])
 
         cascades: dict[str, Cascade] = {}
-        if self.options.randomisation == "always" or (self.options.randomisation == "final" and ctx.final):
+        if self.options.randomization == "always" or (self.options.randomization == "final" and ctx.final):
             for method in maps:
-                # the reference map is recomputed inside, from the same noise as the randomised ones
-                cascades[method] = randomisation_cascade(model, self._recompute(method, x, y, baseline),
+                # the reference map is recomputed inside, from the same noise as the randomized ones
+                cascades[method] = randomization_cascade(model, self._recompute(method, x, y, baseline),
                                                          seed=self.options.seed)
-                ctx.record(f"{method}/randomisation_correlation", cascades[method].final)
+                ctx.record(f"{method}/randomization_correlation", cascades[method].final)
 
         self.draw_curves(ctx, results)
         if cascades:
             self.draw_cascades(ctx, cascades)
-        return self.summarise(ctx, results, cascades)
+        return self.summarize(ctx, results, cascades)
 
     # -- output ----------------------------------------------------------------------------------
-    def summarise(self, ctx: StageContext, results: dict[str, dict[str, Any]],
+    def summarize(self, ctx: StageContext, results: dict[str, dict[str, Any]],
                   cascades: dict[str, Cascade]) -> Summary:
         from ..trust import verdict
 
@@ -142,17 +142,17 @@ class TrustStage(Stage):
                 doubts.append(f"{method}: doubt ({said.removeprefix('doubt: ')})")
             report[method] = {"deletion_auc": result["deletion_auc"], "insertion_auc": result["insertion_auc"],
                               "random_deletion_auc": random["deletion_auc"],
-                              "random_insertion_auc": random["insertion_auc"], "randomisation_correlation": correlation,
+                              "random_insertion_auc": random["insertion_auc"], "randomization_correlation": correlation,
                               "completeness_error": error, "verdict": said}
             if method in cascades:
                 report[method]["cascade"] = dict(zip(cascades[method].layers, cascades[method].correlations,
                                                      strict=True))
         notes = [f"trust (epoch {ctx.epoch}, {len(next(iter(results.values()))['deletion'])} probe images): "
                  "deletion should fall below random, insertion rise above it; ρ is the rank correlation of |map| "
-                 f"with every layer re-initialised (flagged above {CORRELATION_LIMIT})"]
+                 f"with every layer re-initialized (flagged above {CORRELATION_LIMIT})"]
         notes += doubts
         if not cascades:
-            notes.append("the randomisation check runs at the final epoch (trust: {randomisation: always} for every "
+            notes.append("the randomization check runs at the final epoch (trust: {randomization: always} for every "
                          "epoch)")
         curves = {m: {mode: r[mode].mean(0).tolist() for mode in ("deletion", "insertion")} for m, r in results.items()}
         ctx.save_json("trust.json", _plain({"epoch": ctx.epoch, "methods": report, "curves": curves}))
@@ -198,12 +198,12 @@ class TrustStage(Stage):
                       fontsize=8)
         ax.set_ylim(-0.3, 1.05)
         ax.set_ylabel("Spearman ρ of |map| with trained")
-        ax.set_xlabel("layers re-initialised, top down (cumulative)")
+        ax.set_xlabel("layers re-initialized, top down (cumulative)")
         ax.legend(fontsize=7.5)
         ax.grid(alpha=0.3)
-        ax.set_title(f"model randomisation, epoch {ctx.epoch} (a map that stays above {CORRELATION_LIMIT} "
+        ax.set_title(f"model randomization, epoch {ctx.epoch} (a map that stays above {CORRELATION_LIMIT} "
                      "ignores the weights)", fontsize=9)
-        ctx.save_figure(fig, "randomisation")
+        ctx.save_figure(fig, "randomization")
 
         tile = (int(ctx.probe.x.shape[-2]), int(ctx.probe.x.shape[-1]))
         sheet = TileSheet(len(cascades), len(layers) + 2, tile, zoom=max(1, 112 // max(tile)))
@@ -213,8 +213,8 @@ class TrustStage(Stage):
             for col, (layer, values, rho) in enumerate(zip(cascade.layers, cascade.maps, cascade.correlations,
                                                            strict=True), start=2):
                 sheet.put(row, col, unsigned_rgb(values[0].abs().numpy()), f"−{short(layer)}\nρ {rho:.2f}")
-        ctx.save_figure(sheet.png(f"|map| of probe image 0 as layers are re-initialised from the top, epoch "
-                                     f"{ctx.epoch} (ρ: mean over probe images)"), "randomisation_maps")
+        ctx.save_figure(sheet.png(f"|map| of probe image 0 as layers are re-initialized from the top, epoch "
+                                     f"{ctx.epoch} (ρ: mean over probe images)"), "randomization_maps")
 
 
 def short(layer: str) -> str:

@@ -41,7 +41,7 @@ class WeightsStage(Stage):
         ctx.record("weight_norm", float(torch.stack([(p.detach() ** 2).sum() for _, p in params]).sum().sqrt()))
         if self.options.gradients:
             n = self.options.gradient_batch
-            x = ctx.data.normalise(ctx.data.eval_x[:n])
+            x = ctx.data.normalize(ctx.data.eval_x[:n])
             loss = item_losses(ctx.model(x), ctx.data.eval_y[:n], ctx.data.task).mean()
             grads = torch.autograd.grad(loss, [p for _, p in params])  # leaves the training .grad alone
             for (name, _), g in zip(params, grads, strict=True):

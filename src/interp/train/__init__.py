@@ -1,5 +1,5 @@
 """Training: a short loop that emits events to callbacks (:mod:`.loop`), the callbacks that log,
-analyse and checkpoint (:mod:`.callbacks`), and :func:`fit`, which builds a run from a config (:mod:`.fit`)."""
+analyze and checkpoint (:mod:`.callbacks`), and :func:`fit`, which builds a run from a config (:mod:`.fit`)."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def load_model(run: Run, checkpoint: str | Path = "best", device: torch.device |
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_outputs)
     _load_weights(model, state["model"], path, cfg)
-    check_model(model, cfg.model.arch, data.normalise(data.eval_x[:2]), data.num_outputs)
+    check_model(model, cfg.model.arch, data.normalize(data.eval_x[:2]), data.num_outputs)
     device = torch.device(device)
     return cfg, model.to(device).eval(), data.to(device), state, path
 
@@ -118,9 +118,9 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     check_model(model, cfg.model.arch, probe.x, data.num_outputs)
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator().manual_seed(cfg.seed)
-    analysed = logits_model(model, probe.x)
+    analyzed = logits_model(model, probe.x)
     for stage in stages:
-        stage.prepare(analysed, data)
+        stage.prepare(analyzed, data)
 
     if resume_state is not None:
         start_epoch = int(resume_state["epoch"])
@@ -154,7 +154,7 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=[AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints],
-                      reporter=reporter, analysed=analysed, features_layer=cfg.analysis.features_layer)
+                      reporter=reporter, analyzed=analyzed, features_layer=cfg.analysis.features_layer)
     try:
         trainer.fit(start_epoch)
     finally:

@@ -77,7 +77,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     losses, predictions = [], []  # kept on the device; summed once at the end (no per-step sync)
     for start in range(0, n, batch_size):
         index = order[start:start + batch_size]
-        x = data.normalise(data.train_x[index])
+        x = data.normalize(data.train_x[index])
         y = data.train_y[index]
         logits = logits_of(model(x))
         loss = loss_fn(logits, y)
@@ -98,15 +98,15 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` and emits events. ``analysed`` is the model as the evaluation sees it
+    """Trains ``model`` on ``data`` and emits events. ``analyzed`` is the model as the evaluation sees it
     (the same module, or one returning only the logits)."""
 
     def __init__(self, model: nn.Module, data: Data, probe: Probe, optimizer: torch.optim.Optimizer,
                  loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
-                 analysed: nn.Module | None = None, features_layer: str | None = None):
+                 analyzed: nn.Module | None = None, features_layer: str | None = None):
         self.model = model
-        self.analysed = analysed or model
+        self.analyzed = analyzed or model
         self.data = data
         self.probe = probe
         self.optimizer = optimizer
@@ -147,7 +147,7 @@ class Trainer:
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         eval_steps = -(-len(self.data.eval_x) // self.eval_batch_size)
         with self.reporter.progress("evaluation", eval_steps) as advance:
-            evaluation = evaluate(self.analysed, self.data, self.probe, epoch, final=epoch == self.epochs,
+            evaluation = evaluate(self.analyzed, self.data, self.probe, epoch, final=epoch == self.epochs,
                                   batch_size=self.eval_batch_size, features=features,
                                   features_layer=self.features_layer, advance=advance)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "eval_loss": evaluation.loss,
