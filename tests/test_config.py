@@ -47,7 +47,7 @@ def test_override_creates_nested_keys_and_rejects_bad_shapes() -> None:
     [
         ("model:\n  hiden: [3]\n", r"bad.yaml: model.hiden: unknown key"),
         ("train:\n  epochs: many\n", r"bad.yaml: train.epochs: Input should be a valid integer.*'many'"),
-        ("data:\n  dataset: imagenet\n", r"bad.yaml: data.dataset: Input should be 'mnist-sample'"),
+        ("data:\n  dataset: imagenet\n", r"bad.yaml: data.dataset: expected one of mnist-sample, mnist, fashion-mnist"),
         ("train:\n  device: tpu\n", r"bad.yaml: train.device: expected auto, cpu, cuda, cuda:N or mps"),
         ("analysis:\n  stages: [confusion, saliencyy]\n", r"bad.yaml: analysis.stages: entry 1: unknown stage 'saliencyy'"),
         ("analysis:\n  stages: [{confusion: {bins: 3}}]\n", r"entry 0 \(confusion\): bins: unknown option"),

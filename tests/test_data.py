@@ -116,7 +116,10 @@ def test_train_limit_cuts_training_set_only() -> None:
 def test_offline_check_fails_before_any_heavy_work(tmp_path: Path, monkeypatch) -> None:
     from interp.data import sources
 
-    monkeypatch.setattr(sources, "_HOSTS", {"mnist": (("127.0.0.1", 9),), "cifar10": (("127.0.0.1", 9),)})
+    from dataclasses import replace
+
+    for name in ("mnist", "cifar10"):
+        monkeypatch.setitem(sources.DOWNLOADS, name, replace(sources.DOWNLOADS[name], hosts=(("127.0.0.1", 9),)))
     cfg = DataConfig(dataset="mnist", root=str(tmp_path / "data"), download=True)
     started = time.perf_counter()
     with pytest.raises(UserError, match=r"download failed \(no network: 127.0.0.1"):

@@ -38,14 +38,16 @@ __all__ = [
     "save_config",
 ]
 
-DATASETS = ("mnist-sample", "mnist", "cifar10", "rings", "polynomial")
+DATASETS = ("mnist-sample", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "rings", "polynomial")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(_Section):
-    dataset: Literal["mnist-sample", "mnist", "cifar10", "rings", "polynomial"] = "mnist-sample"
+    # One of DATASETS, or "package.module:factory" for your own (see interp.data.custom).
+    dataset: str = "mnist-sample"
+    # Where the downloadable datasets are kept; for `folder`, the folder with train/<class>/ (and val/<class>/).
     root: str = "data"
     download: bool = True
     batch_size: PositiveInt = 128
@@ -57,6 +59,27 @@ class DataConfig(_Section):
     points: PositiveInt | None = None
     # rings: standard deviation of the Gaussian noise around each circle.
     noise: NonNegativeFloat = 0.005
+    # folder: resize every image to this size (one number: square; or [height, width]); None = keep sizes
+    # (then every image must have the same size).
+    image_size: PositiveInt | list[PositiveInt] | None = None
+    # folder without val/: this fraction of the images, drawn with the seed, is held out for evaluation.
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    # Keyword arguments for a "package.module:factory" dataset.
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS and ":" not in value:
+            raise ValueError(f"expected one of {', '.join(DATASETS)}, or package.module:factory; got {value!r}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _two_sizes(cls, value: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError("expected one size or [height, width]")
+        return value
 
 
 class ModelConfig(_Section):

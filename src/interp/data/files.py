@@ -1,5 +1,6 @@
 """Dataset files on disk → :class:`~interp.data.tensors.Data`: the bundled MNIST sample, torchvision's
-MNIST and CIFAR-10 (downloaded by torchvision, read here as data only), and the toy problems.
+MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 (downloaded by torchvision, read here as data only), image
+folders (:mod:`.folder`), your own factories (:mod:`.custom`) and the toy problems.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 import gzip
 import io
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -18,23 +20,45 @@ from torch import Tensor
 
 from ..config import DataConfig
 from ..errors import UserError
-from .sources import CIFAR10_FILES, MNIST_FILES, folder_of, missing_message
+from .sources import DOWNLOADS, MNIST_FILES, folder_of, missing_message
 from .tensors import Data
 
-__all__ = ["load_data"]
+__all__ = ["Progress", "load_data"]
 
-_MNIST_STATS = ((0.1307,), (0.3081,))
-_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+# Per-channel mean and std of the training images (the usual published values).
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
 
 
-def load_data(cfg: DataConfig, seed: int = 0) -> Data:
-    """Load the dataset ``cfg.dataset`` into memory (on the CPU; call ``.to(device)`` after)."""
+@contextlib.contextmanager
+def _no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
+def load_data(cfg: DataConfig, seed: int = 0, progress: Progress | None = None,
+              notice: Callable[[str], None] = lambda message: None) -> Data:
+    """Load the dataset ``cfg.dataset`` into memory (on the CPU; call ``.to(device)`` after).
+
+    ``progress(description, total)`` gives a progress bar for slow loads (decoding an image folder)."""
     if cfg.dataset == "mnist-sample":
         data = _mnist_sample()
-    elif cfg.dataset == "mnist":
-        data = _mnist(cfg)
-    elif cfg.dataset == "cifar10":
-        data = _cifar10(cfg)
+    elif cfg.dataset in ("mnist", "fashion-mnist"):
+        data = _idx_dataset(cfg)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        data = _cifar(cfg)
+    elif cfg.dataset == "folder":
+        from .folder import load_folder
+
+        data = load_folder(cfg, seed, progress or _no_progress, notice)
+    elif ":" in cfg.dataset:
+        from .custom import load_custom
+
+        data = load_custom(cfg, seed)
     else:
         from . import toy
 
@@ -60,7 +84,9 @@ def _mnist_sample() -> Data:
     return _mnist_data("mnist-sample", *parts)
 
 
-def _mnist_data(name: str, train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tensor) -> Data:
+def _mnist_data(name: str, train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tensor,
+                classes: list[str] | None = None) -> Data:
+    stats = _STATS["fashion-mnist" if name == "fashion-mnist" else "mnist"]
     return Data(
         name=name,
         task="classification",
@@ -68,19 +94,22 @@ def _mnist_data(name: str, train_x: Tensor, train_y: Tensor, eval_x: Tensor, eva
         train_y=train_y.long(),
         eval_x=eval_x.unsqueeze(1).contiguous(),
         eval_y=eval_y.long(),
-        classes=[str(d) for d in range(10)],
-        mean=_MNIST_STATS[0],
-        std=_MNIST_STATS[1],
+        classes=classes or [str(d) for d in range(10)],
+        mean=stats[0],
+        std=stats[1],
     )
 
 
-def _mnist(cfg: DataConfig) -> Data:
-    from torchvision.datasets import MNIST
+def _idx_dataset(cfg: DataConfig) -> Data:
+    """MNIST or Fashion-MNIST: four IDX files (torchvision downloads them when they are missing)."""
+    from torchvision.datasets import MNIST, FashionMNIST
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
+    cls = FashionMNIST if cfg.dataset == "fashion-mnist" else MNIST
+    label = DOWNLOADS[cfg.dataset].label
     folder = folder_of(cfg)
     if not all((folder / name).is_file() for name in MNIST_FILES):
-        _torchvision(MNIST, cfg, True)  # downloads (and unpacks) the raw files, or says why not
+        _torchvision(cls, cfg, True)  # downloads (and unpacks) the raw files, or says why not
     parts = []
     for name, reader in zip(MNIST_FILES, (read_image_file, read_label_file) * 2, strict=True):
         path = folder / name
@@ -90,42 +119,48 @@ def _mnist(cfg: DataConfig) -> Data:
         try:
             parts.append(reader(str(path)))
         except Exception as exc:  # torchvision asserts on a bad magic number or shape
-            raise UserError(f"{path}: not an MNIST IDX file ({_reason(exc)})") from None
+            raise UserError(f"{path}: not an {label} IDX file ({_reason(exc)})") from None
     (train_x, train_y, eval_x, eval_y) = parts
     for images, labels, split in ((train_x, train_y, "train"), (eval_x, eval_y, "t10k")):
         if images.dim() != 3 or len(images) != len(labels) or (len(labels) and int(labels.max()) > 9):
             raise UserError(f"{folder}: the {split} images ({tuple(images.shape)}) and labels "
                             f"({len(labels)}, values 0–9) do not match")
-    return _mnist_data("mnist", train_x, train_y, eval_x, eval_y)
+    classes = list(cls.classes) if cfg.dataset == "fashion-mnist" else None
+    return _mnist_data(cfg.dataset, train_x, train_y, eval_x, eval_y, classes)
 
 
-def _cifar10(cfg: DataConfig) -> Data:
-    from torchvision.datasets import CIFAR10
+def _cifar(cfg: DataConfig) -> Data:
+    """CIFAR-10 or CIFAR-100, the python version (torchvision downloads it when it is missing)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
+    cls = CIFAR100 if cfg.dataset == "cifar100" else CIFAR10
+    label = DOWNLOADS[cfg.dataset].label
+    count = 100 if cfg.dataset == "cifar100" else 10
+    labels_key = "fine_labels" if cfg.dataset == "cifar100" else "labels"
     folder = folder_of(cfg)
-    if not all((folder / name).is_file() for name in CIFAR10_FILES):
+    if not all((folder / name).is_file() for name in DOWNLOADS[cfg.dataset].files):
         if not cfg.download:
             raise UserError(missing_message(cfg))
-        _download_cifar10(cfg, CIFAR10)
+        _download_cifar(cfg, cls)
     # The batches are read by a restricted unpickler that admits only arrays, lists and strings: a
     # file that asks to run code is refused, whoever made it; honest re-packed batches still load.
-    train = [_cifar_batch(folder / name) for name, _ in CIFAR10.train_list]
-    test = _cifar_batch(folder / CIFAR10.test_list[0][0])
-    meta = _cifar_meta(folder / CIFAR10.meta["filename"], CIFAR10.meta["key"])
+    train = [_cifar_batch(folder / name, label, labels_key, count) for name, _ in cls.train_list]
+    test = _cifar_batch(folder / cls.test_list[0][0], label, labels_key, count)
+    meta = _cifar_meta(folder / cls.meta["filename"], cls.meta["key"], label, count)
 
     def images(rows: Tensor) -> Tensor:
         return rows.view(-1, 3, 32, 32).contiguous()  # rows: R plane, G plane, B plane → (N, 3, 32, 32)
 
     return Data(
-        name="cifar10",
+        name=cfg.dataset,
         task="classification",
         train_x=images(torch.cat([x for x, _ in train])),
         train_y=torch.cat([y for _, y in train]),
         eval_x=images(test[0]),
         eval_y=test[1],
         classes=meta,
-        mean=_CIFAR10_STATS[0],
-        std=_CIFAR10_STATS[1],
+        mean=_STATS[cfg.dataset][0],
+        std=_STATS[cfg.dataset][1],
     )
 
 
@@ -147,14 +182,15 @@ def _unpickle(path: Path, what: str) -> Any:
         raise UserError(f"{path}: not a {what} ({_reason(exc)})") from None
 
 
-def _cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
+def _cifar_batch(path: Path, label: str = "CIFAR-10", labels_key: str = "labels",
+                 count: int = 10) -> tuple[Tensor, Tensor]:
     """One CIFAR python batch → uint8 rows (N, 3072) and labels (N,), checked."""
     import numpy as np
 
-    batch = _unpickle(path, "CIFAR-10 python batch")
-    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise UserError(f"{path}: not a CIFAR-10 python batch (expected a dict with 'data' and 'labels')")
-    rows, labels = batch["data"], batch["labels"]
+    batch = _unpickle(path, f"{label} python batch")
+    if not isinstance(batch, dict) or "data" not in batch or labels_key not in batch:
+        raise UserError(f"{path}: not a {label} python batch (expected a dict with 'data' and '{labels_key}')")
+    rows, labels = batch["data"], batch[labels_key]
     if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3072:
         shape = getattr(rows, "shape", None)
         raise UserError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
@@ -165,20 +201,20 @@ def _cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
         raise UserError(f"{path}: 'labels' must be a list of integers") from None
     if label_array.shape != (len(rows),):
         raise UserError(f"{path}: {len(rows)} images but {label_array.size} labels")
-    if len(label_array) and (label_array.min() < 0 or label_array.max() > 9):
-        raise UserError(f"{path}: labels must lie in 0–9 (found {label_array.min()}…{label_array.max()})")
+    if len(label_array) and (label_array.min() < 0 or label_array.max() >= count):
+        raise UserError(f"{path}: labels must lie in 0–{count - 1} (found {label_array.min()}…{label_array.max()})")
     return torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(label_array)
 
 
-def _cifar_meta(path: Path, key: str) -> list[str]:
-    meta = _unpickle(path, "CIFAR-10 batches.meta file")
+def _cifar_meta(path: Path, key: str, label: str = "CIFAR-10", count: int = 10) -> list[str]:
+    meta = _unpickle(path, f"{label} {path.name} file")
     names = meta.get(key) if isinstance(meta, dict) else None
-    if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, str) for n in names):
-        raise UserError(f"{path}: not a CIFAR-10 batches.meta file (expected '{key}': ten class names)")
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: not a {label} {path.name} file (expected '{key}': {count} class names)")
     return names
 
 
-def _download_cifar10(cfg: DataConfig, cls: Any) -> None:
+def _download_cifar(cfg: DataConfig, cls: Any) -> None:
     """torchvision's download of the official archive (MD5-checked), then unpacked into ``data.root``."""
     from torchvision.datasets.utils import download_and_extract_archive
 

@@ -112,7 +112,7 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
         resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
 
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, cfg.seed).to(device)
+    data = load_data(cfg.data, cfg.seed, progress=reporter.progress, notice=reporter.notice).to(device)
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_outputs).to(device)
     check_model(model, cfg.model.arch, probe.x, data.num_outputs)
