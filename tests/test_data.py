@@ -114,9 +114,9 @@ def test_train_limit_cuts_training_set_only() -> None:
 
 
 def test_offline_check_fails_before_any_heavy_work(tmp_path: Path, monkeypatch) -> None:
-    from interp.data import sources
-
     from dataclasses import replace
+
+    from interp.data import sources
 
     for name in ("mnist", "cifar10"):
         monkeypatch.setitem(sources.DOWNLOADS, name, replace(sources.DOWNLOADS[name], hosts=(("127.0.0.1", 9),)))

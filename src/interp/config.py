@@ -63,7 +63,7 @@ class DataConfig(_Section):
     # (then every image must have the same size).
     image_size: PositiveInt | list[PositiveInt] | None = None
     # folder without val/: this fraction of the images, drawn with the seed, is held out for evaluation.
-    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Keyword arguments for a "package.module:factory" dataset.
     args: dict[str, Any] = Field(default_factory=dict)
 
@@ -144,7 +144,7 @@ class AnimateConfig(_Section):
 class Config(_Section):
     name: str = Field("mnist-mlp", pattern=r"^[A-Za-z0-9._-]+$")  # run folder name prefix
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)

@@ -143,6 +143,12 @@ class Analyzer:
         training); appends one row to metrics.jsonl. The model's mode and the RNG are left as they were."""
         was_training = model.training
         model.eval()
+        # gradients are needed even when called under no_grad or inside Lightning's validation
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._run(model, epoch, final, train_loss, train_accuracy, was_training)
+
+    def _run(self, model: nn.Module, epoch: int, final: bool | None, train_loss: float | None,
+             train_accuracy: float | None, was_training: bool) -> AnalyzerResult:
         try:
             analyzed = logits_model(model, self.probe.x)
             if not self._prepared:

@@ -80,8 +80,8 @@ def _read_idx_gz(raw: bytes) -> Tensor:
 
 def _mnist_sample() -> Data:
     folder = resources.files("interp") / "mnist_sample"
-    parts = [_read_idx_gz((folder / f"{name}.gz").read_bytes()) for name in MNIST_FILES]
-    return _mnist_data("mnist-sample", *parts)
+    train_x, train_y, eval_x, eval_y = (_read_idx_gz((folder / f"{name}.gz").read_bytes()) for name in MNIST_FILES)
+    return _mnist_data("mnist-sample", train_x, train_y, eval_x, eval_y)
 
 
 def _mnist_data(name: str, train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tensor,
