@@ -177,7 +177,7 @@ def test_activation_hooks_are_removed_even_when_the_stage_fails(data, tmp_path: 
         return sum(len(m._forward_hooks) for m in model.modules())
 
     stage = STAGES["activations"](STAGES["activations"].Options())
-    ctx, run, _ = make_context(data, "allconv", tmp_path)
+    ctx, run, notices = make_context(data, "allconv", tmp_path)
     run_stages([stage], ctx)
     assert hooks(ctx.model) == 0
     names, outputs, _ = stage.capture(ctx)
@@ -191,10 +191,20 @@ def test_activation_hooks_are_removed_even_when_the_stage_fails(data, tmp_path: 
 
     monkeypatch.setattr(interp.plotting, "mosaic", broken)
     with pytest.raises(RuntimeError, match="drawing failed"):
-        run_stages([stage], ctx)
-    run.close()
+        _run_stages([stage], ctx, strict=True)  # analysis.strict: the failure stops the run
     assert hooks(ctx.model) == 0
     assert ctx.model.training is False  # run_stages put the mode back
+    run.close()
+    # without strict: one notice, the traceback in errors.log, the other stages go on
+    ctx, run, notices = make_context(data, "allconv", tmp_path)
+    results = _run_stages([stage, STAGES["confusion"]()], ctx)
+    run.close()
+    assert hooks(ctx.model) == 0
+    assert results.failed == {"activations": "RuntimeError: drawing failed"}
+    assert "seconds/confusion" in results.numbers and "seconds/activations" not in results.numbers
+    assert any(n.startswith("activations: failed at epoch 1 (RuntimeError: drawing failed)") for n in notices)
+    log = (tmp_path / "errors.log").read_text()
+    assert "stage activations · epoch 1" in log and "Traceback" in log and "drawing failed" in log
 
 
 def test_neuron_tiles_are_the_first_layer_weights(data) -> None:

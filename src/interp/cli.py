@@ -40,19 +40,38 @@ SaveDirOpt = Annotated[Path, typer.Option("--save-dir", help="Folder that holds 
 
 
 def _user_errors(func: F) -> F:
-    """Turn a UserError into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+    """One line on stderr and an exit code instead of a traceback: 2 for a UserError or a file that cannot
+    be written, 3 for a non-finite loss, 130 for Ctrl-C and 143 for SIGTERM (with the resume command
+    when there is something to resume)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import NonFiniteLoss
+        from .interrupts import exit_code, terminate_as_exception
+
         try:
-            return func(*args, **kwargs)
+            with terminate_as_exception():
+                return func(*args, **kwargs)
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted; the last finished epoch is in checkpoints/last.pt (continue with --resume)",
-                       err=True)
-            raise typer.Exit(130) from None
+        except NonFiniteLoss as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(3) from None
+        except OSError as exc:  # a full disk, a read-only or missing folder …
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {where}{exc.strerror or exc} (check the disk's free space and the folder's "
+                       "permissions)", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            resume = getattr(exc, "resume", None)
+            what = "stopped (SIGTERM)" if exit_code(exc) == 143 else "interrupted"
+            if resume:
+                typer.echo(f"{what}; the last finished epoch is saved: continue with interp train --resume {resume}",
+                           err=True)
+            else:
+                typer.echo(f"{what}; {getattr(exc, 'detail', 'the command stopped before it finished')}", err=True)
+            raise typer.Exit(exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -6,17 +6,15 @@ names the file and the key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -40,6 +38,12 @@ __all__ = [
 
 DATASETS = ("mnist-sample", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "rings", "polynomial")
 
+MAX_SET_LENGTH = 10_000  # characters in one --set
+MAX_CONFIG_BYTES = 1_000_000
+Units = Annotated[int, Field(ge=1, le=65_536)]
+Size = Annotated[int, Field(ge=1, le=4096)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -50,18 +54,18 @@ class DataConfig(_Section):
     # Where the downloadable datasets are kept; for `folder`, the folder with train/<class>/ (and val/<class>/).
     root: str = "data"
     download: bool = True
-    batch_size: PositiveInt = 128
+    batch_size: int = Field(default=128, ge=1, le=1_000_000)
     # Evaluation runs without gradients, so it can take far bigger batches than training.
-    eval_batch_size: PositiveInt = 1000
+    eval_batch_size: int = Field(default=1000, ge=1, le=1_000_000)
     # Train on the first N training items only (quick experiments); None = all.
     train_limit: PositiveInt | None = None
     # Toy datasets: points per ring (rings, default 20,000) or training points (polynomial, 4,000).
-    points: PositiveInt | None = None
+    points: int | None = Field(default=None, ge=1, le=5_000_000)
     # rings: standard deviation of the Gaussian noise around each circle.
-    noise: NonNegativeFloat = 0.005
+    noise: float = Field(default=0.005, ge=0, le=100)
     # folder: resize every image to this size (one number: square; or [height, width]); None = keep sizes
     # (then every image must have the same size).
-    image_size: PositiveInt | list[PositiveInt] | None = None
+    image_size: Size | list[Size] | None = None
     # folder without val/: this fraction of the images, drawn with the seed, is held out for evaluation.
     eval_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Keyword arguments for a "package.module:factory" dataset.
@@ -71,7 +75,7 @@ class DataConfig(_Section):
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         if value not in DATASETS and ":" not in value:
-            raise ValueError(f"expected one of {', '.join(DATASETS)}, or package.module:factory; got {value!r}")
+            raise ValueError(f"expected one of {', '.join(DATASETS)}, or package.module:factory")
         return value
 
     @field_validator("image_size")
@@ -88,37 +92,39 @@ class ModelConfig(_Section):
     # in_channels and input_shape, plus everything in `args`.
     arch: str = "mlp"
     args: dict[str, Any] = Field(default_factory=dict)
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [128])
+    hidden: list[Units] = Field(default_factory=lambda: [128], max_length=64)
     activation: Literal["relu", "sigmoid", "tanh", "elu"] = "relu"
     # allconv: channels of the first block; the second block has twice as many (96 → 192 in All-CNN-C).
-    width: PositiveInt = 96
+    width: int = Field(default=96, ge=1, le=4096)
     # allconv: batch norm after each conv. Not in the 2014 paper, but it makes Adam at 1e-3 train reliably.
     batchnorm: bool = True
 
 
 class TrainConfig(_Section):
-    epochs: NonNegativeInt = 5
+    epochs: int = Field(default=5, ge=0, le=1_000_000)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: PositiveFloat = 0.001
-    momentum: NonNegativeFloat = 0.9  # sgd only
-    weight_decay: NonNegativeFloat = 0.0
+    lr: float = Field(default=0.001, gt=0, le=1e6)
+    momentum: float = Field(default=0.9, ge=0, le=1)  # sgd only
+    weight_decay: float = Field(default=0.0, ge=0, le=1e6)
     # auto = cuda, then mps, then cpu; or name one: cpu, cuda, cuda:1, mps.
     device: str = "auto"
+    # What a NaN or infinite training loss does: stop (exit code 3, checkpoints keep the last good epoch)
+    # or skip_batch (that batch's step is left out and counted in metrics.jsonl as skipped_batches).
+    on_nan: Literal["stop", "skip_batch"] = "stop"
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        kind = value.split(":", 1)[0]
-        if kind not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,2})?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return value
 
 
 class AnalysisConfig(_Section):
     # Run the stages at epoch 0, every `every` epochs, and at the last epoch.
-    every: PositiveInt = 1
+    every: int = Field(default=1, ge=1, le=1_000_000)
     # Probe batch: this many evaluation images per class, chosen once with the run's seed.
-    probe_per_class: PositiveInt = 1
+    probe_per_class: int = Field(default=1, ge=1, le=100)
     # Each entry is a stage name, {name: {option: value}}, or "package.module:Class" for a stage of your
     # own; None = every stage that is on by default (`interp stages` lists them). The stages package
     # checks the entries (interp.stages.check_stages), right after the config is loaded.
@@ -126,24 +132,28 @@ class AnalysisConfig(_Section):
     # The layer whose input is the penultimate representation (embeddings); None = the classifier,
     # i.e. the last Linear or 1×1 conv.
     features_layer: str | None = None
+    # A stage that fails is reported (traceback in errors.log) and training goes on; true: stop instead
+    # (for CI and debugging).
+    strict: bool = False
 
 
 class AnimateConfig(_Section):
     # One animation panel per hidden-layer shape, trained side by side on the same data and seed.
-    hidden: list[list[PositiveInt]] = Field(default_factory=lambda: [[1, 2], [2, 2], [3, 2], [4, 2]])
-    frames: PositiveInt = 40
+    hidden: list[Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=16)]] = Field(
+        default_factory=lambda: [[1, 2], [2, 2], [3, 2], [4, 2]], max_length=16)
+    frames: int = Field(default=40, ge=1, le=2000)
     # Training steps between frames; None = one epoch per frame.
-    steps_per_frame: PositiveInt | None = None
-    fps: PositiveInt = 8
+    steps_per_frame: int | None = Field(default=None, ge=1, le=1_000_000)
+    fps: int = Field(default=8, ge=1, le=60)
     # gif is always written; mp4 adds a video next to it.
     format: Literal["gif", "mp4"] = "gif"
     # Points drawn per class in the hidden-space panel (training uses all of them).
-    display_points: PositiveInt = 1500
+    display_points: int = Field(default=1500, ge=1, le=20_000)
 
 
 class Config(_Section):
-    name: str = Field("mnist-mlp", pattern=r"^[A-Za-z0-9._-]+$")  # run folder name prefix
-    seed: int = 0
+    name: str = Field("mnist-mlp", pattern=r"^[A-Za-z0-9._-]+$", max_length=100)  # run folder name prefix
+    seed: int = Field(default=0, ge=0, lt=2**63)
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -163,12 +173,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
+        shown = item if len(item) <= 80 else item[:77] + "…"
         if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set train.epochs=3")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise UserError(f"--set {item!r}: the value is not valid YAML ({_first_line(exc)})") from None
+            raise UserError(f"--set {shown!r}: expected key.path=value, e.g. --set train.epochs=3")
+        if len(item) > MAX_SET_LENGTH:
+            raise UserError(f"--set {key}=…: {len(item):,} characters; at most {MAX_SET_LENGTH:,} (put long values "
+                            "in a config file)")
+        value = _parse_yaml(text, f"--set {shown!r}: the value") if text.strip() else ""
+        item = shown
         node = raw
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -191,9 +203,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not file.is_file():
             raise UserError(f"config file {source} not found")
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise UserError(f"{source}: not valid YAML ({_first_line(exc)})") from None
+            data = file.read_bytes()
+        except OSError as exc:
+            raise UserError(f"config file {source} cannot be read ({exc.strerror or exc})") from None
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UserError(f"{source}: {len(data):,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{source}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+        loaded = _parse_yaml(text, source)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -218,7 +237,8 @@ def validate_config(raw: dict[str, Any], source: str) -> Config:
         else:
             message = first["msg"].removeprefix("Value error, ")
             if "input" in first and not isinstance(first["input"], dict | list):
-                message += f" (got {first['input']!r})"
+                got = repr(first["input"])
+                message += f" (got {got if len(got) <= 60 else got[:57] + '…'})"
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise UserError(f"{source}: {loc}: {message}{more}") from None
 
@@ -230,4 +250,14 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def _first_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
+    return " ".join(str(exc).split())[:200]
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with its failures (bad syntax, nesting too deep) as one UserError line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source}: not valid YAML ({_first_line(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a config") from None

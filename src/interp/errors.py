@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["NonFiniteLoss", "Terminated", "UserError"]
 
 
 class UserError(Exception):
@@ -11,3 +11,11 @@ class UserError(Exception):
     The command line prints its message as one line and exits with code 2. Library code raises it
     instead of printing or exiting, so it stays usable from Python.
     """
+
+
+class NonFiniteLoss(Exception):
+    """Training met a NaN or infinite loss and stopped (``train.on_nan: stop``). Exit code 3."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` runs. Exit code 143."""

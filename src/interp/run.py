@@ -19,7 +19,20 @@ from .errors import UserError
 if TYPE_CHECKING:
     from .analysis.sink import RunSink
 
-__all__ = ["Run"]
+__all__ = ["Run", "strict_json"]
+
+
+def strict_json(value: Any) -> Any:
+    """A copy that strict JSON parsers accept: NaN and infinities become null."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class Run:
@@ -30,6 +43,7 @@ class Run:
         self.path = Path(path)
         self._purge_step = purge_step
         self._sink: RunSink | None = None
+        self._lock: Any = None
 
     # -- creating and finding runs ---------------------------------------------------------------
     @classmethod
@@ -88,6 +102,11 @@ class Run:
     def epoch_dir(self, epoch: int) -> Path:
         return self.path / f"epoch_{epoch:03d}"
 
+    def purge_from(self, step: int) -> None:
+        """TensorBoard steps from ``step`` on will be written again (a resumed run redoes them)."""
+        self.close_sink()
+        self._purge_step = step
+
     # -- the sink: files and TensorBoard -----------------------------------------------------------
     @property
     def sink(self) -> RunSink:
@@ -98,25 +117,64 @@ class Run:
             self._sink = RunSink(self.path, purge_step=self._purge_step)
         return self._sink
 
-    def close(self) -> None:
+    def close_sink(self) -> None:
         if self._sink is not None:
             self._sink.close()
             self._sink = None
 
+    def close(self) -> None:
+        self.close_sink()
+        self.unlock()
+
     # -- metrics.jsonl ---------------------------------------------------------------------------
     def append_metrics(self, row: dict[str, Any]) -> None:
+        """One strict-JSON line (a NaN or an infinity is written as null)."""
         with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl that are JSON objects with an integer epoch; a line cut short (a full
+        disk, a killed process) or anything else is passed over."""
         if not self.metrics_path.is_file():
             return []
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool):
+                rows.append(row)
+        return rows
 
     def keep_metrics_through(self, epoch: int) -> None:
-        """Drop rows after ``epoch`` (a resumed run redoes them), replacing the file atomically."""
-        rows = [row for row in self.read_metrics() if row.get("epoch", 0) <= epoch]
+        """Keep the good rows up to ``epoch`` (a resumed run redoes the later ones), replacing the file
+        atomically: a cut or broken line is repaired on the way."""
+        rows = [row for row in self.read_metrics() if row["epoch"] <= epoch]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(strict_json(row), allow_nan=False) + "\n" for row in rows), encoding="utf-8")
         os.replace(tmp, self.metrics_path)
+
+    # -- one process at a time ---------------------------------------------------------------------
+    def lock(self) -> None:
+        """Keep other interp processes off this run until :meth:`close` (an advisory lock on ``.lock``)."""
+        import fcntl
+
+        handle = (self.path / ".lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"run {self.path} is in use by {holder}; wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"interp process {os.getpid()}")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None

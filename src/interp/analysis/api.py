@@ -37,8 +37,10 @@ class Analysis:
     :class:`Analyzer` and the Lightning callback alike."""
 
     def __init__(self, stages: list[Stage], sink: Sink, *, notice: Callable[[str], None] = lambda m: None,
-                 initial_state: dict[str, Tensor] | None = None, during_training: bool = True):
+                 initial_state: dict[str, Tensor] | None = None, during_training: bool = True, strict: bool = False):
         self.stages = stages
+        self.strict = strict
+        self.failed: dict[str, str] = {}  # stage → its latest failure
         self.sink = sink
         self.notice = notice
         self.initial_state = initial_state
@@ -61,8 +63,9 @@ class Analysis:
         ctx = StageContext(evaluation=evaluation, sink=self.sink, folder=folder, tag=tag,
                            initial_state=self.initial_state, notice=self.notice,
                            during_training=self.during_training)
-        results = run_stages(self.stages, ctx)
+        results = run_stages(self.stages, ctx, self.strict)
         self.summaries.update(results.summaries)
+        self.failed.update(results.failed)
         return results
 
     def end(self, model: nn.Module) -> None:

@@ -92,7 +92,10 @@ class StageContext:
         self.sink.file(f"{self.folder}/{self.stage}/{name}", content)
 
     def save_json(self, name: str, value: Any) -> None:
-        self.save_file(name, json.dumps(value, indent=1))
+        """Strict JSON: a NaN or an infinity is written as null."""
+        from ..run import strict_json
+
+        self.save_file(name, json.dumps(strict_json(value), indent=1, allow_nan=False))
 
     def histogram(self, name: str, values: Any) -> None:
         self.sink.histogram(f"{self.tag}{name}", values, self.step)
@@ -125,6 +128,7 @@ class StageContext:
 class StageResults:
     numbers: dict[str, float]
     summaries: dict[str, Summary]
+    failed: dict[str, str] = field(default_factory=dict)  # stage → "ErrorType: message"
 
 
 def order_stages(stages: list[Stage]) -> list[Stage]:
@@ -139,15 +143,18 @@ def order_stages(stages: list[Stage]) -> list[Stage]:
     return ordered
 
 
-def run_stages(stages: list[Stage], ctx: StageContext) -> StageResults:
+def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> StageResults:
     """Run each stage on ``ctx`` in eval mode, leaving the training RNG and mode untouched.
 
     Returns the numbers the stages recorded plus ``seconds/<stage>`` for each stage that ran, and the
-    summary tables they returned (also written as ``<stage>/summary.json``)."""
+    summary tables they returned (also written as ``<stage>/summary.json``). A stage that fails is
+    reported in one notice, its traceback appended to ``errors.log``, and the others go on; with
+    ``strict`` the failure is raised instead."""
     model = ctx.model
     was_training = model.training
     model.eval()
     summaries: dict[str, Summary] = {}
+    failed: dict[str, str] = {}
     try:
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             for stage in order_stages(stages):
@@ -161,25 +168,31 @@ def run_stages(stages: list[Stage], ctx: StageContext) -> StageResults:
                     continue
                 start = time.perf_counter()
                 ctx.stage = stage.name
-                summary = stage.run(ctx)
+                try:
+                    summary = stage.run(ctx)
+                except Exception as exc:
+                    if strict:
+                        raise
+                    failed[stage.name] = _report_failure(ctx, stage.name, exc)
+                    continue
                 if summary is not None:
                     summary.epoch = ctx.epoch if summary.epoch is None else summary.epoch
                     summaries[stage.name] = summary
-                    ctx.save_json("summary.json", _plain(summary.to_json()))
+                    ctx.save_json("summary.json", summary.to_json())
                 ctx.numbers[f"seconds/{stage.name}"] = round(time.perf_counter() - start, 4)
     finally:
         model.train(was_training)
-    return StageResults(ctx.numbers, summaries)
+    return StageResults(ctx.numbers, summaries, failed)
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become null."""
-    import math
+def _report_failure(ctx: StageContext, name: str, exc: Exception) -> str:
+    import datetime
+    import traceback
 
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    text = "".join(traceback.format_exception(exc))
+    ctx.sink.append("errors.log", f"--- {stamp} · stage {name} · epoch {ctx.epoch} ({ctx.folder})\n{text}\n")
+    ctx.notice(f"{name}: failed at epoch {ctx.epoch} ({what}); training goes on, the traceback is in errors.log "
+               "(analysis.strict: true stops instead)")
+    return what

@@ -28,11 +28,25 @@ class Sink(Protocol):
 
     def file(self, path: str, content: bytes | str) -> Path | None: ...
 
+    def append(self, path: str, text: str) -> None: ...
+
     def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]: ...
 
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _write_atomic(target: Path, content: bytes) -> None:
+    import os
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class NullSink:
@@ -60,6 +74,9 @@ class NullSink:
     def file(self, path: str, content: bytes | str) -> Path | None:
         self.files[path] = content
         return None
+
+    def append(self, path: str, text: str) -> None:
+        self.files[path] = str(self.files.get(path, "")) + text
 
     def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]:
         return []
@@ -119,7 +136,7 @@ class RunSink:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         target = self._path(path)
-        target.write_bytes(png)
+        _write_atomic(target, png)
         width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
         channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
         image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
@@ -135,12 +152,14 @@ class RunSink:
                                   global_step=step, tag=tag)
 
     def file(self, path: str, content: bytes | str) -> Path | None:
+        """Written whole or not at all (a temporary file, then renamed)."""
         target = self._path(path)
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content, encoding="utf-8")
+        _write_atomic(target, content.encode("utf-8") if isinstance(content, str) else content)
         return target
+
+    def append(self, path: str, text: str) -> None:
+        with self._path(path).open("a", encoding="utf-8") as handle:
+            handle.write(text)
 
     def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]:
         from ..animate.video import write_video

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,11 +23,11 @@ def _gif_only() -> list[Literal["gif", "mp4"]]:
 class ActivationGifOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layers: list[str] | None = None  # default: every block of the network, in order
-    image: int = Field(0, ge=0)  # which probe image
-    channels: int = Field(27, ge=1)  # first N channels per layer
+    image: int = Field(0, ge=0, le=10_000)  # which probe image
+    channels: int = Field(27, ge=1, le=1024)  # first N channels per layer
     formats: list[Literal["gif", "mp4"]] = Field(default_factory=_gif_only, min_length=1)
-    fps: float = Field(1.5, gt=0)
-    size: tuple[int, int] = (480, 508)  # frame width, height in pixels
+    fps: float = Field(1.5, gt=0, le=60)
+    size: tuple[Annotated[int, Field(ge=64, le=4096)], Annotated[int, Field(ge=64, le=4096)]] = (480, 508)  # frame width, height in pixels
 
 
 @register_stage

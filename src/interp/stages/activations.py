@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 class ActivationsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layers: list[str] | None = None  # default: three blocks spread through the net (conv3, conv6, conv8)
-    image: int = Field(0, ge=0)  # which probe image
-    channels: int = Field(27, ge=1)  # first N channels per layer (all if fewer)
+    image: int = Field(0, ge=0, le=10_000)  # which probe image
+    channels: int = Field(27, ge=1, le=1024)  # first N channels per layer (all if fewer)
 
 
 def default_layers(model: nn.Module) -> list[str]:

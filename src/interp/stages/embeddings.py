@@ -22,7 +22,7 @@ class EmbeddingsOptions(BaseModel):
     points: int = Field(1000, ge=10, le=PROJECTOR_POINT_LIMIT)
     # t-SNE costs seconds, so by default only the last epoch (and `interp analyze`) gets one.
     tsne: Literal["final", "always", "never"] = "final"
-    perplexity: float = Field(30.0, gt=1)
+    perplexity: float = Field(30.0, gt=1, le=1000)
 
 
 @register_stage

@@ -19,8 +19,8 @@ COMPLETENESS_WARNING = 0.05
 
 class IGOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(50, ge=2)  # points on the path from the baseline to the image
-    internal_batch_size: int = Field(256, ge=1)  # images per forward pass inside Captum (bounds memory)
+    steps: int = Field(50, ge=2, le=2000)  # points on the path from the baseline to the image
+    internal_batch_size: int = Field(256, ge=1, le=65_536)  # images per forward pass inside Captum (bounds memory)
 
 
 @register_stage

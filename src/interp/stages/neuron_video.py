@@ -25,12 +25,12 @@ def _gif_only() -> list[Literal["gif", "mp4"]]:
 
 class NeuronVideoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    every: int = Field(10, ge=1)  # capture a frame every K optimiser steps
+    every: int = Field(10, ge=1, le=1_000_000)  # capture a frame every K optimiser steps
     formats: list[Literal["gif", "mp4"]] = Field(default_factory=_gif_only, min_length=1)
-    fps: float = Field(10.0, gt=0)
-    max_units: int = Field(64, ge=1)  # units / filters per frame
-    max_frames: int = Field(400, ge=2)  # later frames are thinned to stay under this
-    size: int = Field(640, ge=64)  # longest side of the weight grid in pixels (enlarged by a whole factor)
+    fps: float = Field(10.0, gt=0, le=60)
+    max_units: int = Field(64, ge=1, le=4096)  # units / filters per frame
+    max_frames: int = Field(400, ge=2, le=5000)  # later frames are thinned to stay under this
+    size: int = Field(640, ge=64, le=4096)  # longest side of the weight grid in pixels (enlarged by a whole factor)
 
 
 @register_stage

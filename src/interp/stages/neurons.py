@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 class NeuronsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_units: int = Field(256, ge=1)  # draw at most this many units / filters
-    cols: int | None = Field(None, ge=1)  # tiles per row; default: as square as possible (8 × 8 for 64)
+    max_units: int = Field(256, ge=1, le=4096)  # draw at most this many units / filters
+    cols: int | None = Field(None, ge=1, le=4096)  # tiles per row; default: as square as possible (8 × 8 for 64)
 
 
 def first_layer_tiles(model: nn.Module, input_shape: tuple[int, ...], max_units: int) -> np.ndarray:

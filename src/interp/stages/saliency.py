@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 class SaliencyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     smoothgrad: bool = True  # add a SmoothGrad panel (Captum NoiseTunnel over Saliency)
-    smoothgrad_samples: int = Field(16, ge=1)
-    smoothgrad_noise: float = Field(0.15, gt=0)  # noise std as a fraction of the input range
+    smoothgrad_samples: int = Field(16, ge=1, le=1000)
+    smoothgrad_noise: float = Field(0.15, gt=0, le=10)  # noise std as a fraction of the input range
 
 
 @register_stage

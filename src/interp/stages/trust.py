@@ -29,11 +29,11 @@ class TrustOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Methods to score; default: every map the attribution stages drew this epoch.
     methods: list[str] | None = None
-    steps: int = Field(20, ge=2)  # perturbation steps from 0 to 100 % of the pixels
-    images: int | None = Field(None, ge=1)  # probe images scored (default: the whole probe batch)
-    random_rankings: int = Field(4, ge=1)  # random orders averaged for the "random" reference
+    steps: int = Field(20, ge=2, le=1000)  # perturbation steps from 0 to 100 % of the pixels
+    images: int | None = Field(None, ge=1, le=10_000)  # probe images scored (default: the whole probe batch)
+    random_rankings: int = Field(4, ge=1, le=100)  # random orders averaged for the "random" reference
     randomization: Literal["final", "always", "never"] = "final"
-    ig_steps: int = Field(50, ge=2)  # integrated-gradients steps when a map is recomputed
+    ig_steps: int = Field(50, ge=2, le=2000)  # integrated-gradients steps when a map is recomputed
     seed: int = 0  # random rankings and re-initialized weights
 
     @field_validator("methods")

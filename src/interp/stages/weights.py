@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 class WeightsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     gradients: bool = True  # also histograms of ∂loss/∂weights on a fixed batch of evaluation data
-    gradient_batch: int = Field(256, ge=1)
-    bins: int = Field(60, ge=5)
+    gradient_batch: int = Field(256, ge=1, le=65_536)
+    bins: int = Field(60, ge=5, le=1000)
 
 
 @register_stage

@@ -106,6 +106,8 @@ class CheckpointCallback(Callback):
             "metrics": summary,
             "best": self.best,
         }
-        save_checkpoint(state, self.run.checkpoints / "last.pt")
+        # best.pt first: a crash between the two writes never leaves last.pt naming a best epoch that
+        # best.pt does not hold (and a resume repeats the epoch and writes both again)
         if improved:
             save_checkpoint(state, self.run.checkpoints / "best.pt")
+        save_checkpoint(state, self.run.checkpoints / "last.pt")

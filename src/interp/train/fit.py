@@ -3,6 +3,7 @@ analysis, logging and checkpoint callbacks; ``load_model`` rebuilds a run's mode
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     best_epoch: int
     summaries: dict[str, Summary] = field(default_factory=dict)  # the stages' latest tables (trust …)
+    failed: dict[str, str] = field(default_factory=dict)  # stages that failed: stage → "ErrorType: message"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,9 +109,18 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     device = resolve_device(cfg.train.device)
 
     resume_state = None
+    resumed: Run | None = None
     if resume is not None:
-        Run.open(Path(resume))  # clear error for a missing run
-        resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+        resumed = Run.open(Path(resume))  # clear error for a missing run
+        resumed.lock()  # one process per run
+        try:
+            resume_state = _resume_state(resumed, cfg, reporter)
+        except BaseException:
+            resumed.close()
+            raise
+        if resume_state is None:  # nothing to do: nothing is written
+            resumed.close()
+            return TrainResult(run_dir=resumed.path, metrics=resumed.read_metrics(), best_epoch=-1)
 
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed, progress=reporter.progress, notice=reporter.notice).to(device)
@@ -122,23 +133,27 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     for stage in stages:
         stage.prepare(analyzed, data)
 
-    if resume_state is not None:
+    if resume_state is not None and resumed is not None:
         start_epoch = int(resume_state["epoch"])
-        run = Run.open(Path(resume), purge_step=start_epoch + 1)  # type: ignore[arg-type]
-        _load_weights(model, resume_state["model"], run.checkpoints / "last.pt", cfg)
-        optimizer.load_state_dict(resume_state["optimizer"])
-        set_rng_state(resume_state["rng"], generator)
+        run = resumed
+        run.purge_from(start_epoch + 1)
+        last = run.checkpoints / "last.pt"
+        _load_weights(model, resume_state["model"], last, cfg)
+        try:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            set_rng_state(resume_state["rng"], generator)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            run.close()
+            raise UserError(f"checkpoint {last}: its optimizer or random state does not fit this run "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
         best = resume_state.get("best")
         run.keep_metrics_through(start_epoch)
         save_config(cfg, run.config_path)
-        if start_epoch >= cfg.train.epochs:
-            reporter.notice(f"{run.path} already has {start_epoch} epochs (train.epochs is {cfg.train.epochs}); "
-                            "nothing to do — raise it with --set train.epochs=N")
-        else:
-            reporter.notice(f"resuming {run.path} after epoch {start_epoch}")
+        reporter.notice(f"resuming {run.path} after epoch {start_epoch}")
     else:
         start_epoch = 0
         run, moved = Run.create(Path(save_dir), name or cfg.name, exact=name is not None)
+        run.lock()
         if moved:
             reporter.notice(moved)
         save_config(cfg, run.config_path)
@@ -149,15 +164,72 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
         save_checkpoint({"model": model.state_dict(), "epoch": 0}, init_path)
     initial_state = load_checkpoint(init_path, map_location=device)["model"] if init_path.exists() else None
 
-    analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state)
+    analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state,
+                        strict=cfg.analysis.strict)
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
     trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=[AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints],
-                      reporter=reporter, analyzed=analyzed, features_layer=cfg.analysis.features_layer)
+                      reporter=reporter, analyzed=analyzed, features_layer=cfg.analysis.features_layer,
+                      on_nan=cfg.train.on_nan)
     try:
         trainer.fit(start_epoch)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say how to go on
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process at once
+        resumable = (run.checkpoints / "last.pt").is_file()
+        exc.resume = str(run.path) if resumable else None  # type: ignore[attr-defined]
+        exc.detail = f"no epoch had finished; {run.path} holds what was written"  # type: ignore[attr-defined]
+        raise
     finally:
         run.close()
+    if analysis.failed:
+        reporter.notice(f"stages that failed (tracebacks in {run.path / 'errors.log'}): "
+                        + "; ".join(f"{name}: {why}" for name, why in analysis.failed.items()))
     return TrainResult(run_dir=run.path, metrics=run.read_metrics(), best_epoch=(checkpoints.best or {}).get("epoch", 0),
-                       summaries=analysis.summaries)
+                       summaries=analysis.summaries, failed=dict(analysis.failed))
+
+
+# What a resumed run may change; everything else in the config must match the checkpoint's.
+_MAY_CHANGE = ("train.epochs", "train.device", "train.on_nan", "data.root", "data.download", "data.eval_batch_size",
+               "analysis.", "animate.", "name")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _resume_state(run: Run, cfg: Config, reporter: Reporter) -> dict[str, Any] | None:
+    """last.pt of ``run``, checked against ``cfg`` before anything is written; None when ``cfg`` asks for
+    no more epochs than the run has. Also removes temporary files a killed process left, and repairs a
+    best.pt that a crash left behind last.pt."""
+    from ..checkpoint import check_state, remove_stale_temporaries
+
+    for tmp in remove_stale_temporaries(run.checkpoints):
+        reporter.notice(f"removed {tmp} (left by an interrupted write)")
+    last = run.checkpoints / "last.pt"
+    state = load_checkpoint(last)
+    check_state(state, last, ("epoch", "optimizer", "rng", "config"))
+    saved, wanted = _flatten(state["config"]), _flatten(cfg.model_dump(mode="json"))
+    for key, old in saved.items():
+        if key.startswith(_MAY_CHANGE) or key not in wanted or wanted[key] == old:
+            continue
+        raise UserError(f"--resume: {key} is {wanted[key]!r} but the run was trained with {old!r}; a resumed run "
+                        "continues the same training (start a new run to change it)")
+    done = int(state["epoch"])
+    if done >= cfg.train.epochs:
+        reporter.notice(f"{run.path} already has {done} epochs (train.epochs is {cfg.train.epochs}); nothing to do "
+                        "— raise it with --set train.epochs=N")
+        return None
+    best = state.get("best")
+    best_path = run.checkpoints / "best.pt"
+    if isinstance(best, dict) and best.get("epoch") == done:
+        held = load_checkpoint(best_path).get("epoch") if best_path.is_file() else None
+        if held != done:  # the crash came between the two writes: last.pt is the best epoch
+            save_checkpoint(state, best_path)
+            reporter.notice(f"repaired {best_path}: it now holds epoch {done}, the best one, as last.pt says")
+    return state

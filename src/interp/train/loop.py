@@ -8,6 +8,7 @@ evaluation before training, and goes through the same code as every later epoch)
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..analysis.evaluation import Evaluation, evaluate, logits_of
 from ..data import Data, Probe
+from ..errors import NonFiniteLoss
 
 __all__ = ["Callback", "Reporter", "SilentReporter", "Trainer", "train_epoch"]
 
@@ -69,32 +71,49 @@ class Callback:
 
 def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                 batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
-                on_step: Callable[[], None] | None = None) -> tuple[float, float | None]:
-    """One pass over the training tensors in a random order; returns (mean loss, accuracy or None)."""
+                on_step: Callable[[], None] | None = None, on_nan: str = "stop",
+                epoch: int = 0) -> tuple[float | None, float | None, int]:
+    """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
+    number of batches skipped for a non-finite loss). With ``on_nan="stop"`` a NaN or infinite loss
+    raises :class:`NonFiniteLoss` before the step that would spread it into the weights."""
     model.train()
     n = len(data.train_x)
     order = torch.randperm(n, generator=generator).to(data.device)
-    losses, predictions = [], []  # kept on the device; summed once at the end (no per-step sync)
-    for start in range(0, n, batch_size):
+    losses, predictions, used = [], [], []  # kept on the device; summed once at the end
+    skipped = 0
+    for step, start in enumerate(range(0, n, batch_size), start=1):
         index = order[start:start + batch_size]
         x = data.normalize(data.train_x[index])
         y = data.train_y[index]
         logits = logits_of(model(x))
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(loss)):
+            if on_nan == "stop":
+                lr = optimizer.param_groups[0]["lr"]
+                raise NonFiniteLoss(f"the training loss is {float(loss)} at epoch {epoch}, step {step}; stopped "
+                                    f"before that step (checkpoints keep epoch {epoch - 1}). Lower train.lr (now "
+                                    f"{lr:g}), or set train.on_nan=skip_batch")
+            skipped += 1
+            advance(1)
+            continue
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
         predictions.append(logits.detach())
+        used.append(index)
         if on_step is not None:
             on_step()
         advance(1)
-    sizes = torch.tensor([min(batch_size, n - s) for s in range(0, n, batch_size)], device=data.device)
-    mean_loss = float((torch.stack(losses) * sizes).sum()) / n
+    if not used:
+        return None, None, skipped
+    sizes = torch.tensor([len(i) for i in used], device=data.device)
+    count = int(sizes.sum())
+    mean_loss = float((torch.stack(losses) * sizes).sum()) / count
     if data.task != "classification":
-        return mean_loss, None
+        return mean_loss, None, skipped
     predicted = torch.cat([p.argmax(dim=1) for p in predictions])
-    return mean_loss, int((predicted == data.train_y[order]).sum()) / n
+    return mean_loss, int((predicted == data.train_y[torch.cat(used)]).sum()) / count, skipped
 
 
 class Trainer:
@@ -104,7 +123,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Data, probe: Probe, optimizer: torch.optim.Optimizer,
                  loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
-                 analyzed: nn.Module | None = None, features_layer: str | None = None):
+                 analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop"):
         self.model = model
         self.analyzed = analyzed or model
         self.data = data
@@ -118,6 +137,7 @@ class Trainer:
         self.callbacks = callbacks
         self.reporter: Reporter = reporter or SilentReporter()
         self.features_layer = features_layer
+        self.on_nan = on_nan
         self.epoch = 0
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)
@@ -138,21 +158,29 @@ class Trainer:
         self.epoch = epoch
         started = time.perf_counter()
         train_loss = train_accuracy = None
+        skipped = 0
         if epoch > 0:
             step_callbacks = [c for c in self.callbacks if type(c).on_step is not Callback.on_step]
             with self.reporter.progress("training", self.steps_per_epoch) as advance:
-                train_loss, train_accuracy = train_epoch(
+                train_loss, train_accuracy, skipped = train_epoch(
                     self.model, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
-                    (lambda: self._step(step_callbacks)) if step_callbacks else None)
+                    (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         eval_steps = -(-len(self.data.eval_x) // self.eval_batch_size)
         with self.reporter.progress("evaluation", eval_steps) as advance:
             evaluation = evaluate(self.analyzed, self.data, self.probe, epoch, final=epoch == self.epochs,
                                   batch_size=self.eval_batch_size, features=features,
                                   features_layer=self.features_layer, advance=advance)
+        if not math.isfinite(evaluation.loss):
+            raise NonFiniteLoss(f"the evaluation loss is {evaluation.loss} at epoch {epoch}: the model's outputs are "
+                                f"not finite (checkpoints keep epoch {max(epoch - 1, 0)}). Lower train.lr (now "
+                                f"{self.optimizer.param_groups[0]['lr']:g})")
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "eval_loss": evaluation.loss,
                                "train_accuracy": train_accuracy, "eval_accuracy": evaluation.accuracy,
                                "seconds": round(time.perf_counter() - started, 3) if epoch else 0.0}
+        if skipped:
+            row["skipped_batches"] = skipped
+            self.reporter.notice(f"epoch {epoch}: {skipped} batch(es) skipped for a non-finite loss")
         for callback in self.callbacks:
             callback.on_epoch_end(self, row, evaluation)
 
