@@ -91,7 +91,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
         if not bool(torch.isfinite(loss)):
             if on_nan == "stop":
                 lr = optimizer.param_groups[0]["lr"]
-                raise NonFiniteLoss(f"the training loss is {float(loss)} at epoch {epoch}, step {step}; stopped "
+                raise NonFiniteLoss(f"the training loss is {float(loss.detach())} at epoch {epoch}, step {step}; stopped "
                                     f"before that step (checkpoints keep epoch {epoch - 1}). Lower train.lr (now "
                                     f"{lr:g}), or set train.on_nan=skip_batch")
             skipped += 1

@@ -1,0 +1,327 @@
+"""Nothing lost on interruption, NaN or a full disk; one line, never a traceback, for hostile input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import quick_config
+from interp.checkpoint import load_checkpoint, save_checkpoint
+from interp.cli import app
+from interp.train import fit
+
+runner = CliRunner()
+QUICK = ["--set", "data.train_limit=500", "--set", "train.device=cpu", "--set", "analysis.stages=[confusion]"]
+
+
+def interp(*args: str, cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "interp", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def one_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+# -- 1. Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_training_exits_with_the_resume_command(tmp_path: Path, sig: int, code: int) -> None:
+    """A slow step hook keeps the process in training; the signal arrives after the first checkpoint."""
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom interp.stages import Stage\n"
+        "class Slow(Stage):\n    name = 'slow'\n    description = 'sleeps'\n    needs = frozenset()\n"
+        "    def run(self, ctx):\n        if ctx.epoch >= 1:\n            open('sleeping', 'w').close()\n"
+        "            time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "interp", "train", "--set", "train.epochs=3", *QUICK[:4],
+                             "--set", "analysis.stages=['slow:Slow']"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    last = tmp_path / "save" / "mnist-mlp" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not (tmp_path / "sleeping").exists() and time.time() < deadline:  # in epoch 1's analysis
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    word = "interrupted" if sig == signal.SIGINT else "stopped (SIGTERM)"
+    assert err.strip().splitlines() == [f"{word}; the last finished epoch is saved: continue with interp train "
+                                        "--resume save/mnist-mlp"]
+    assert load_checkpoint(last)["epoch"] == 0
+    assert not list(last.parent.glob(".*.tmp"))
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path: Path, monkeypatch) -> None:
+    """The signal arrives in the middle of torch.save: the file is finished, then the interrupt is raised."""
+    path = tmp_path / "last.pt"
+    real_save = torch.save
+
+    def save_and_interrupt(obj, handle, *args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # delivered while the write is under way
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_and_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {"w": torch.arange(5.0)}, "epoch": 4}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 4  # whole, not cut
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_interrupt_before_the_first_epoch_says_there_is_nothing_to_resume(tmp_path: Path, monkeypatch) -> None:
+    from interp.train import loop
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "evaluate", interrupted)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", *QUICK])
+    line = one_line(result, 130)
+    assert line == f"interrupted; no epoch had finished; {Path('save') / 'mnist-mlp'} holds what was written"
+
+
+# -- 2. best.pt and last.pt ------------------------------------------------------------------------------
+def test_best_is_written_before_last_and_repaired_on_resume(tmp_path: Path) -> None:
+    run = fit(quick_config("train.epochs=2"), save_dir=tmp_path).run_dir
+    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    state = load_checkpoint(last)
+    assert state["best"]["epoch"] == load_checkpoint(best)["epoch"]
+    # a crash between the writes, in the old order: last.pt says epoch 2 is best, best.pt still holds epoch 1
+    if state["best"]["epoch"] != 2:
+        pytest.skip("epoch 2 was not the best one in this run")
+    old = load_checkpoint(best)
+    old["epoch"] = 1
+    save_checkpoint(old, best)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=3"])
+    assert result.exit_code == 0, result.output
+    assert f"repaired {best}: it now holds epoch 2" in result.output
+    assert load_checkpoint(best)["epoch"] in (2, 3)
+
+
+# -- 3. resume safety ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("change", "message"), [
+    ("train.optimizer=sgd", "--resume: train.optimizer is 'sgd' but the run was trained with 'adam'"),
+    ("train.lr=0.1", "--resume: train.lr is 0.1 but the run was trained with 0.001"),
+    ("model.hidden=[64]", "--resume: model.hidden is [64] but the run was trained with [128]"),
+])
+def test_a_refused_resume_changes_nothing(tmp_path: Path, change: str, message: str) -> None:
+    run = fit(quick_config("train.epochs=1"), save_dir=tmp_path).run_dir
+    before = {p: p.read_bytes() for p in [run / "config.yaml", run / "metrics.jsonl", *run.glob("checkpoints/*")]}
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", change, "--set", "train.epochs=3"])
+    assert one_line(result, 2) == f"error: {message}; a resumed run continues the same training (start a new run " \
+                                  "to change it)"
+    assert {p: p.read_bytes() for p in before} == before
+    again = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])  # still resumable
+    assert again.exit_code == 0, again.output
+
+
+def test_resuming_with_fewer_epochs_writes_nothing(tmp_path: Path) -> None:
+    run = fit(quick_config("train.epochs=2"), save_dir=tmp_path).run_dir
+    config = (run / "config.yaml").read_bytes()
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=1"])
+    assert result.exit_code == 0 and "already has 2 epochs" in result.output
+    assert (run / "config.yaml").read_bytes() == config
+
+
+def test_two_processes_cannot_train_one_run(tmp_path: Path) -> None:
+    from interp.errors import UserError
+    from interp.run import Run
+
+    run_dir = fit(quick_config("train.epochs=1"), save_dir=tmp_path).run_dir
+    holder = Run.open(run_dir)
+    holder.lock()
+    try:
+        with pytest.raises(UserError, match=r"is in use by interp process \d+; wait for it to finish"):
+            fit(quick_config("train.epochs=2"), resume=run_dir)
+    finally:
+        holder.close()
+    rows = fit(quick_config("train.epochs=2"), resume=run_dir).metrics
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # no duplicate rows
+
+
+def test_stale_temporaries_are_removed_on_resume(tmp_path: Path) -> None:
+    run = fit(quick_config("train.epochs=1"), save_dir=tmp_path).run_dir
+    stale = run / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
+    assert result.exit_code == 0 and f"removed {stale}" in result.output
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda s: s.update(model=[1, 2]), "'model' is not a dict of tensors"),
+    (lambda s: s.update(model=None), "'model' is not a dict of tensors"),
+    (lambda s: s.pop("epoch"), "'epoch' is missing"),
+    (lambda s: s.update(epoch="abc"), "'epoch' is a str"),
+    (lambda s: s.update(rng={"torch": 3}), "'rng' does not hold the random states"),
+])
+def test_checkpoints_of_the_wrong_structure(tmp_path: Path, damage, message: str) -> None:
+    run = fit(quick_config("train.epochs=1"), save_dir=tmp_path).run_dir
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    damage(state)
+    torch.save(state, run / "checkpoints" / "last.pt")
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
+    assert message in one_line(result, 2)
+
+
+def test_pickled_code_in_a_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, ("true",))
+
+    torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, tmp_path / "evil.pt")
+    from interp.errors import UserError
+
+    with pytest.raises(UserError, match=r"holds pickled code \((posix|os)\.system\)"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+# -- 4. non-finite loss ----------------------------------------------------------------------------------
+def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_epoch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--set", "train.optimizer=sgd", "--set", "train.lr=10000",
+                                 "--set", "train.epochs=3", *QUICK[:4],
+                                 "--set", "analysis.stages=[confusion, weights, embeddings]"])
+    line = one_line(result, 3)
+    import re
+
+    found = re.match(r"error: the training loss is (nan|inf) at epoch (\d), step (\d+); stopped before that step "
+                     r"\(checkpoints keep epoch (\d)\)\. Lower train.lr \(now 10000\), or set train.on_nan=skip_batch$",
+                     line)
+    assert found, line
+    epoch, kept = int(found.group(2)), int(found.group(4))
+    assert kept == epoch - 1
+    run = tmp_path / "save" / "mnist-mlp"
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] == kept and all(torch.isfinite(w).all() for w in last["model"].values())
+    assert not (run / f"epoch_{epoch:03d}").exists()  # no stage ran on the broken model
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(epoch))
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
+
+
+def test_skip_batch_leaves_bad_batches_out(tmp_path: Path, monkeypatch) -> None:
+    """One poisoned batch: its step is skipped and counted, the rest trains."""
+    from interp.train import loop
+
+    real = loop.logits_of
+    calls = {"n": 0}
+
+    def poisoned(output):  # type: ignore[no-untyped-def]
+        logits = real(output)
+        if logits.requires_grad:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return logits * float("nan")
+        return logits
+
+    monkeypatch.setattr(loop, "logits_of", poisoned)
+    rows = fit(quick_config("train.epochs=1", "train.on_nan=skip_batch"), save_dir=tmp_path).metrics
+    assert rows[1]["skipped_batches"] == 1 and rows[1]["eval_accuracy"] > 0.5
+    assert json.loads((tmp_path / "mnist-mlp" / "metrics.jsonl").read_text().splitlines()[1])["skipped_batches"] == 1
+
+
+def test_metrics_are_strict_json() -> None:
+    from interp.run import strict_json
+
+    assert json.dumps(strict_json({"a": float("nan"), "b": [float("inf"), 1.5]}), allow_nan=False) == \
+        '{"a": null, "b": [null, 1.5]}'
+
+
+# -- 5. a cut metrics.jsonl ------------------------------------------------------------------------------
+def test_a_cut_last_line_is_repaired_on_resume_and_read_by_the_report(tmp_path: Path) -> None:
+    from interp.report import build_report
+
+    run = fit(quick_config("train.epochs=2"), save_dir=tmp_path).run_dir
+    text = (run / "metrics.jsonl").read_text()
+    cut = text[: len(text) - 60]  # what a full disk leaves: the last row half written
+    (run / "metrics.jsonl").write_text(cut + '\n[1, 2]\n{"no": "epoch"}\n')
+    page = build_report(run).read_text()
+    assert "<td>0</td>" in page and "<td>1</td>" in page
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    state["epoch"] = 1  # as if the crash came before the epoch-2 checkpoint
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    rows = fit(quick_config("train.epochs=2"), resume=run).metrics
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all(line.startswith("{") for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+# -- 6. disk faults --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["file", "dangling"])
+def test_save_dir_that_cannot_be_a_folder(tmp_path: Path, where: str, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "save"
+    if where == "file":
+        target.write_text("a file, not a folder")
+    else:
+        target.symlink_to(tmp_path / "gone" / "away")
+    result = runner.invoke(app, ["train", "--save-dir", "save", *QUICK, "--set", "train.epochs=1"])
+    line = one_line(result, 2)
+    assert line.startswith("error: save") and ("File exists" in line or "No such file" in line), line
+
+
+def test_a_disk_that_fills_mid_run_keeps_the_old_checkpoint(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes every write past 200 kB fail (EFBIG), as a full disk does."""
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+            "from interp.cli import main; sys.argv = ['interp', *sys.argv[1:]]; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--set", "model.hidden=[256]", "--set",
+                           "train.epochs=2", *QUICK], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "(check the disk's free space and the folder's permissions)" in lines[0]
+    checkpoints = tmp_path / "save" / "mnist-mlp" / "checkpoints"
+    assert not list(checkpoints.glob(".*.tmp"))
+
+
+# -- 7, 9. hostile values --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "seed=9223372036854775808"], "seed: Input should be less than 9223372036854775808"),
+    (["--set", "train.device=cuda:abc"], "train.device: expected auto, cpu, cuda, cuda:N or mps"),
+    (["--set", "train.device=cpu:7"], "train.device: expected auto, cpu, cuda, cuda:N or mps"),
+    (["--set", "name=" + "x" * 300], "name: String should have at most 100 characters"),
+    (["--set", "data.points=100000000"], "data.points: Input should be less than or equal to 5000000"),
+    (["--set", "model.hidden=[10000000]"], "model.hidden.0: Input should be less than or equal to 65536"),
+    (["--set", "model.width=100000"], "model.width: Input should be less than or equal to 4096"),
+    (["--set", "data.eval_batch_size=10000000"], "data.eval_batch_size: Input should be less than or equal to 1000000"),
+    (["--set", "analysis.probe_per_class=1000"], "analysis.probe_per_class: Input should be less than or equal to 100"),
+    (["--set", "analysis.stages=[{weights: {bins: 100000}}]"], "bins: Input should be less than or equal to 1000"),
+    (["--set", "analysis.stages=[{integrated_gradients: {steps: 1000000}}]"], "steps: Input should be less than or equal to 2000"),
+    (["--set", "analysis.stages=[{trust: {random_rankings: 5000}}]"], "random_rankings: Input should be less than or equal to 100"),
+    (["--set", "analysis.stages=[{saliency: {smoothgrad_samples: 100000}}]"], "smoothgrad_samples: Input should be less than or equal to 1000"),
+    (["--set", "x=" + "y" * 100_000], "--set x=…: 100,002 characters; at most 10,000"),
+    (["--set", "train.lr=1e308"], "train.lr: Input should be less than or equal to 1000000"),
+])
+def test_hostile_values_are_refused_naming_the_limit(args: list[str], message: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = one_line(runner.invoke(app, ["train", *args]), 2)
+    assert message in line, line
+    assert not (tmp_path / "save").exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"name: \xff\xfe\n", "not UTF-8 text"),
+    (b"a: " + b"[" * 1000 + b"]" * 1000, "nested too deeply to be a config"),
+    (b"train: {epochs: 1", "not valid YAML"),
+])
+def test_hostile_config_files(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "bad.yaml").write_bytes(content)
+    assert message in one_line(runner.invoke(app, ["train", "-c", str(tmp_path / "bad.yaml")]), 2)
+
+
+def test_animate_frames_limit(tmp_path: Path) -> None:
+    line = one_line(runner.invoke(app, ["animate", "--frames", "100000", "--save-dir", str(tmp_path)]), 2)
+    assert "animate.frames: Input should be less than or equal to 2000" in line
