@@ -34,8 +34,11 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         except RuntimeError as exc:
             Path(tmp).unlink(missing_ok=True)
             if "PytorchStreamWriter" in str(exc) or "inline_container" in str(exc):  # torch's word for a failed write
-                raise OSError(errno.EIO, f"writing {path.name} failed (is the disk full?)", str(path)) from None
+                raise OSError(errno.EIO, "the write failed", str(path)) from None
             raise
+        except OSError as exc:  # name the checkpoint, not the temporary file
+            Path(tmp).unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror or "the write failed", str(path)) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -40,6 +40,7 @@ DATASETS = ("mnist-sample", "mnist", "fashion-mnist", "cifar10", "cifar100", "fo
 
 MAX_SET_LENGTH = 10_000  # characters in one --set
 MAX_CONFIG_BYTES = 1_000_000
+MAX_DEPTH = 32  # levels of nesting a config may have
 Units = Annotated[int, Field(ge=1, le=65_536)]
 Size = Annotated[int, Field(ge=1, le=4096)]
 
@@ -256,8 +257,23 @@ def _first_line(exc: Exception) -> str:
 def _parse_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load`` with its failures (bad syntax, nesting too deep) as one UserError line."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: not valid YAML ({_first_line(exc)})") from None
     except RecursionError:
         raise UserError(f"{source}: nested too deeply to be a config") from None
+    if _depth(value) > MAX_DEPTH:
+        raise UserError(f"{source}: nested more than {MAX_DEPTH} levels deep; that is not a config")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest (without recursion: a hostile document cannot blow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

@@ -54,6 +54,10 @@ class Run:
         save_dir = Path(save_dir)
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise UserError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only")
+        if save_dir.is_symlink() and not save_dir.exists():
+            raise UserError(f"save folder {save_dir} is a link to {os.readlink(save_dir)}, which does not exist")
+        if save_dir.exists() and not save_dir.is_dir():
+            raise UserError(f"save folder {save_dir} is a file, not a folder; pick another --save-dir")
         save_dir.mkdir(parents=True, exist_ok=True)
         for number in range(1, 10_000):
             candidate = save_dir / (name if number == 1 else f"{name}-{number}")
