@@ -10,8 +10,6 @@ accept the short name (``fc1``, ``conv3``) too.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -127,48 +125,18 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int
                         "torchvision:NAME, or package.module:factory)")
     if kind == "torchvision":
         return torchvision_model(attr, tuple(input_shape), num_outputs, dict(cfg.args))
-    return _call_factory(cfg.arch, _import_factory(cfg.arch), tuple(input_shape), num_outputs, dict(cfg.args))
+    return _call_factory(cfg.arch, tuple(input_shape), num_outputs, dict(cfg.args))
 
 
-def _import_factory(path: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr or not all(part.isidentifier() for part in module_name.split(".") + attr.split(".")):
-        raise UserError(f"model.arch {path!r}: expected package.module:factory (Python names separated by dots)")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ModuleNotFoundError, or the module failing as it is imported
-        raise UserError(f"model.arch {path!r}: cannot import module {module_name!r} "
-                        f"({type(exc).__name__}: {_one_line(exc)})") from None
-    found: Any = module
-    for part in attr.split("."):
-        if not hasattr(found, part):
-            raise UserError(f"model.arch {path!r}: module {module_name!r} has no attribute {attr!r}")
-        found = getattr(found, part)
-    if not callable(found):
-        raise UserError(f"model.arch {path!r}: {attr!r} is a {type(found).__name__}, not a function or class")
-    return found  # type: ignore[no-any-return]
-
-
-def _call_factory(path: str, factory: Callable[..., Any], input_shape: tuple[int, ...], num_outputs: int,
-                  args: dict[str, Any]) -> nn.Module:
-    """Call ``factory`` with the keywords its signature accepts among ``num_classes``, ``in_channels`` and
+def _call_factory(path: str, input_shape: tuple[int, ...], num_outputs: int, args: dict[str, Any]) -> nn.Module:
+    """Call the factory with the keywords its signature accepts among ``num_classes``, ``in_channels`` and
     ``input_shape``, plus ``model.args``."""
+    from .imports import call, import_path
+
     offered: dict[str, Any] = {"num_classes": num_outputs, "input_shape": input_shape}
     if len(input_shape) == 3:
         offered["in_channels"] = input_shape[0]
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        parameters = {}  # type: ignore[assignment]
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in offered.items() if takes_any or k in parameters}
-    kwargs.update(args)
-    try:
-        model = factory(**kwargs)
-    except Exception as exc:
-        called = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise UserError(f"model.arch {path!r}: the factory raised {type(exc).__name__} when called with "
-                        f"({called}): {_one_line(exc)}") from None
+    model = call(path, "model.arch", import_path(path, "model.arch"), offered, args)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.arch {path!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

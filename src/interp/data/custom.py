@@ -14,8 +14,6 @@ computed from the training images.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,26 +25,6 @@ from ..errors import UserError
 from .tensors import Data
 
 __all__ = ["load_custom"]
-
-
-def _import(path: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".") + attr.split(".")):
-        raise UserError(f"data.dataset {path!r}: expected package.module:factory")
-    import importlib
-
-    try:
-        found: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UserError(f"data.dataset {path!r}: cannot import module {module_name!r} ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:160]})") from None
-    for part in attr.split("."):
-        if not hasattr(found, part):
-            raise UserError(f"data.dataset {path!r}: module {module_name!r} has no attribute {attr!r}")
-        found = getattr(found, part)
-    if not callable(found):
-        raise UserError(f"data.dataset {path!r}: {attr!r} is a {type(found).__name__}, not a function")
-    return found  # type: ignore[no-any-return]
 
 
 def _as_uint8(images: Tensor, where: str) -> Tensor:
@@ -91,21 +69,10 @@ def _split(value: Any, where: str) -> tuple[Tensor, Tensor]:
 
 
 def load_custom(cfg: DataConfig, seed: int) -> Data:
-    factory = _import(cfg.dataset)
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        parameters = {}  # type: ignore[assignment]
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in {"root": cfg.root, "seed": seed}.items() if takes_any or k in parameters}
-    kwargs.update(cfg.args)
-    try:
-        result = factory(**kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"data.dataset {cfg.dataset!r}: the factory raised {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:160]}") from None
+    from ..imports import call, import_path
+
+    where = "data.dataset"
+    result = call(cfg.dataset, where, import_path(cfg.dataset, where), {"root": cfg.root, "seed": seed}, cfg.args)
     if isinstance(result, dict):
         parts = {k: result.get(k) for k in ("train", "eval", "classes", "mean", "std")}
     elif isinstance(result, tuple | list) and len(result) == 3:

@@ -63,11 +63,12 @@ def stage_class(name: str) -> type[Stage]:
         return cls
     if ":" not in name:
         raise ValueError(f"unknown stage {name!r} (known: {', '.join(STAGES)}, or package.module:Class)")
-    module_name, _, attr = name.partition(":")
+    from ..imports import import_path
+
     try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # ImportError, AttributeError, or the module failing as it is imported
-        raise ValueError(f"stage {name!r}: cannot import it ({type(exc).__name__}: {exc})") from None
+        found = import_path(name, "stage", "Class")
+    except UserError as exc:
+        raise ValueError(f"{exc} (cannot import it)") from None
     if not (isinstance(found, type) and issubclass(found, Stage)):
         raise ValueError(f"stage {name!r} is not a subclass of interp.stages.Stage")
     if getattr(found, "name", None) in (None, ""):
