@@ -334,3 +334,51 @@ def test_hostile_config_files(tmp_path: Path, content: bytes, message: str) -> N
 def test_animate_frames_limit(tmp_path: Path) -> None:
     line = one_line(runner.invoke(app, ["animate", "--frames", "100000", "--save-dir", str(tmp_path)]), 2)
     assert "animate.frames: Input should be less than or equal to 2000" in line
+
+
+# -- 8. corrupt dataset files ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("damage", "message"), [
+    ("magic", "train-images-idx3-ubyte: not an MNIST IDX file"),
+    ("truncated", "train-images-idx3-ubyte: not an MNIST IDX file"),
+    ("labels", "the t10k images ((100, 28, 28)) and labels (100, values 0–9) do not match"),
+    ("count", "the train images ((300, 28, 28)) and labels (299, values 0–9) do not match"),
+])
+def test_corrupt_mnist_files_are_named(tmp_path: Path, damage: str, message: str, monkeypatch) -> None:
+    import numpy as np
+
+    from conftest import make_mnist_raw, write_idx
+
+    make_mnist_raw(tmp_path / "data")
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    if damage == "magic":
+        data = bytearray((raw / "train-images-idx3-ubyte").read_bytes())
+        data[2] = 0x0D  # a float IDX file, not bytes
+        (raw / "train-images-idx3-ubyte").write_bytes(bytes(data))
+    elif damage == "truncated":
+        data = (raw / "train-images-idx3-ubyte").read_bytes()
+        (raw / "train-images-idx3-ubyte").write_bytes(data[: len(data) // 2])
+    elif damage == "labels":
+        write_idx(raw / "t10k-labels-idx1-ubyte", np.full(100, 12, dtype=np.uint8))
+    else:
+        write_idx(raw / "train-labels-idx1-ubyte", np.zeros(299, dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--set", "data.dataset=mnist", "--set", "data.download=false", *QUICK])
+    assert message in one_line(result, 2)
+    assert not (tmp_path / "save").exists()  # found before any run folder is made
+
+
+# -- Ctrl-C in the other commands ---------------------------------------------------------------------
+def test_ctrl_c_in_analyze_and_animate(tmp_path: Path, monkeypatch) -> None:
+    run = fit(quick_config("train.epochs=1"), save_dir=tmp_path).run_dir
+    import interp.analysis.runner as runner_module
+    import interp.animate.command as command
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "order_stages", interrupted)
+    assert one_line(runner.invoke(app, ["analyze", str(run)]), 130) == \
+        "interrupted; the command stopped before it finished"
+    monkeypatch.setattr(command, "_play", interrupted)
+    assert one_line(runner.invoke(app, ["animate", "--frames", "2", "--save-dir", str(tmp_path)]), 130) == \
+        "interrupted; the command stopped before it finished"
