@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,28 +50,30 @@ def _user_errors(func: F) -> F:
         from .errors import NonFiniteLoss
         from .interrupts import exit_code, terminate_as_exception
 
+        def say(line: str) -> None:
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for every rank
+                typer.echo(line, err=True)
+
         try:
             with terminate_as_exception():
                 return func(*args, **kwargs)
         except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            say(f"error: {exc}")
             raise typer.Exit(2) from None
         except NonFiniteLoss as exc:
-            typer.echo(f"error: {exc}", err=True)
+            say(f"error: {exc}")
             raise typer.Exit(3) from None
         except OSError as exc:  # a full disk, a read-only or missing folder …
             where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"error: {where}{exc.strerror or exc} (check the disk's free space and the folder's "
-                       "permissions)", err=True)
+            say(f"error: {where}{exc.strerror or exc} (check the disk's free space and the folder's permissions)")
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             resume = getattr(exc, "resume", None)
             what = "stopped (SIGTERM)" if exit_code(exc) == 143 else "interrupted"
             if resume:
-                typer.echo(f"{what}; the last finished epoch is saved: continue with interp train --resume {resume}",
-                           err=True)
+                say(f"{what}; the last finished epoch is saved: continue with interp train --resume {resume}")
             else:
-                typer.echo(f"{what}; {getattr(exc, 'detail', 'the command stopped before it finished')}", err=True)
+                say(f"{what}; {getattr(exc, 'detail', 'the command stopped before it finished')}")
             raise typer.Exit(exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -79,10 +82,10 @@ def _user_errors(func: F) -> F:
 class RichReporter:
     """Progress bars and per-epoch lines on the terminal."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         from rich.console import Console
 
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, quiet=quiet)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -137,8 +140,11 @@ def train(
 
     from .train import fit
 
-    reporter = RichReporter()
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
+    reporter = RichReporter(quiet=not main_rank)
     result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter)
+    if not main_rank:
+        return
     _print_summaries(reporter, result.summaries)
     reporter.notice(f"run saved in {result.run_dir} (best epoch {result.best_epoch}); "
                     f"view it with: tensorboard --logdir {result.run_dir.parent}")

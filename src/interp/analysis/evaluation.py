@@ -155,22 +155,30 @@ class Evaluation:
 
     # -- computing ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def _compute(self, with_features: bool, advance: Callable[[int], None] = lambda n: None) -> None:
+    def _compute(self, with_features: bool, advance: Callable[[int], None] = lambda n: None,
+                 dist: Any = None) -> None:
+        """One pass over the evaluation set; under torchrun (``dist``) each rank takes a contiguous part and
+        the parts are gathered, in order, on every rank."""
         was_training = self.model.training
         self.model.eval()
         layer = features_layer(self.model, self.features_layer)[1] if with_features else None
+        positions = torch.arange(len(self.data.eval_x), device=self.data.eval_x.device)
+        mine = dist.shard(positions) if dist is not None else positions
         outputs = []
         try:
             with _capture_input(layer) as caught:
-                for x, _ in self.data.eval_batches(self.batch_size):
+                for start in range(0, len(mine), self.batch_size):
+                    x = self.data.normalize(self.data.eval_x[mine[start:start + self.batch_size]])
                     outputs.append(logits_of(self.model(x)))
                     advance(1)
         finally:
             self.model.train(was_training)
-        self._logits = torch.cat(outputs)
+        logits = torch.cat(outputs) if outputs else torch.zeros(0, self.data.num_outputs, device=positions.device)
+        self._logits = dist.gather(logits) if dist is not None else logits
         self._losses = None
         if with_features:
-            self._features = torch.cat(caught)
+            features = torch.cat(caught) if caught else torch.zeros(0, 0, device=positions.device)
+            self._features = dist.gather(features) if dist is not None else features
 
 
 def item_losses(logits: Tensor, targets: Tensor, task: str) -> Tensor:
@@ -181,9 +189,11 @@ def item_losses(logits: Tensor, targets: Tensor, task: str) -> Tensor:
 
 def evaluate(model: nn.Module, data: Data, probe: Probe, epoch: int, *, final: bool = False,
              batch_size: int = 1000, features: bool = False, features_layer: str | None = None,
-             advance: Callable[[int], None] = lambda n: None) -> Evaluation:
-    """One pass over the evaluation set (keeping penultimate features when ``features``)."""
+             advance: Callable[[int], None] = lambda n: None, dist: Any = None) -> Evaluation:
+    """One pass over the evaluation set (keeping penultimate features when ``features``); sharded over
+    the ranks and gathered when ``dist`` (a :class:`interp.train.distributed.Dist`) is given."""
     evaluation = Evaluation(model=model, data=data, probe=probe, epoch=epoch, final=final, batch_size=batch_size,
                             features_layer=features_layer)
-    evaluation._compute(with_features=features, advance=advance)
+    evaluation._compute(with_features=features, advance=advance, dist=dist if dist is not None and dist.enabled
+                        else None)
     return evaluation

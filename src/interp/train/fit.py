@@ -4,6 +4,7 @@ analysis, logging and checkpoint callbacks; ``load_model`` rebuilds a run's mode
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from ..models import build_model, check_model
 from ..run import Run
 from ..stages import Summary, check_stages, default_stage_specs
 from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, set_rng_state
-from .loop import Reporter, SilentReporter, Trainer
+from .distributed import Dist, setup
+from .loop import Callback, Reporter, SilentReporter, Trainer
 
 __all__ = ["TrainResult", "fit", "load_model", "make_optimizer", "resolve_device"]
 
@@ -107,20 +109,60 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     if cfg.analysis.stages is None:  # the saved config names the stages that ran
         cfg = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"stages": default_stage_specs()})})
     device = resolve_device(cfg.train.device)
+    dist = setup(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if not dist.main:
+        reporter = SilentReporter()  # rank 0 speaks for all
+    try:
+        return _fit(cfg, stages, device, dist, Path(save_dir), name, resume, reporter)
+    finally:
+        if dist.enabled:
+            from torch import distributed as torch_distributed
 
-    resume_state = None
+            torch_distributed.destroy_process_group()
+
+
+def _on_main(dist: Dist, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0 only; its (picklable) result, or its failure as a UserError, on every rank."""
+    if not dist.enabled:
+        return work()
+    if dist.main:
+        try:
+            result = work()
+        except BaseException as exc:
+            dist.broadcast(("error", str(exc) if isinstance(exc, UserError) else f"rank 0 failed: {exc!r}"))
+            raise
+        dist.broadcast(("ok", result))
+        return result
+    kind, value = dist.broadcast(None)
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_dir: Path, name: str | None,
+         resume: Path | str | None, reporter: Reporter) -> TrainResult:
     resumed: Run | None = None
-    if resume is not None:
-        resumed = Run.open(Path(resume))  # clear error for a missing run
+
+    def check_resume() -> bool:
+        nonlocal resumed
+        resumed = Run.open(Path(resume))  # type: ignore[arg-type]  # clear error for a missing run
         resumed.lock()  # one process per run
         try:
-            resume_state = _resume_state(resumed, cfg, reporter)
+            go = _resume_state(resumed, cfg, reporter) is not None
         except BaseException:
             resumed.close()
             raise
-        if resume_state is None:  # nothing to do: nothing is written
+        if not go:  # nothing to do: nothing is written
             resumed.close()
-            return TrainResult(run_dir=resumed.path, metrics=resumed.read_metrics(), best_epoch=-1)
+        return go
+
+    resume_state = None
+    if resume is not None:
+        if not _on_main(dist, check_resume):
+            return TrainResult(run_dir=Path(resume), metrics=Run(Path(resume)).read_metrics(), best_epoch=-1)
+        resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")  # checked (and repaired) by rank 0
 
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed, progress=reporter.progress, notice=reporter.notice).to(device)
@@ -133,10 +175,21 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     for stage in stages:
         stage.prepare(analyzed, data)
 
-    if resume_state is not None and resumed is not None:
+    created: Run | None = None
+
+    def make_run() -> str:
+        nonlocal created
+        created, moved = Run.create(save_dir, name or cfg.name, exact=name is not None)
+        created.lock()
+        if moved:
+            reporter.notice(moved)
+        save_config(cfg, created.config_path)
+        save_checkpoint({"model": model.state_dict(), "epoch": 0}, created.checkpoints / "init.pt")
+        return str(created.path)
+
+    if resume_state is not None:
         start_epoch = int(resume_state["epoch"])
-        run = resumed
-        run.purge_from(start_epoch + 1)
+        run = resumed if resumed is not None else Run(Path(resume))  # type: ignore[arg-type]
         last = run.checkpoints / "last.pt"
         _load_weights(model, resume_state["model"], last, cfg)
         try:
@@ -147,33 +200,37 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
             raise UserError(f"checkpoint {last}: its optimizer or random state does not fit this run "
                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
         best = resume_state.get("best")
-        run.keep_metrics_through(start_epoch)
-        save_config(cfg, run.config_path)
+        if dist.main:
+            run.purge_from(start_epoch + 1)
+            run.keep_metrics_through(start_epoch)
+            save_config(cfg, run.config_path)
         reporter.notice(f"resuming {run.path} after epoch {start_epoch}")
     else:
         start_epoch = 0
-        run, moved = Run.create(Path(save_dir), name or cfg.name, exact=name is not None)
-        run.lock()
-        if moved:
-            reporter.notice(moved)
-        save_config(cfg, run.config_path)
+        run_dir = _on_main(dist, make_run)
+        run = created if created is not None else Run(Path(run_dir))
         best = None
 
     init_path = run.checkpoints / "init.pt"
-    if not init_path.exists() and resume_state is None:
-        save_checkpoint({"model": model.state_dict(), "epoch": 0}, init_path)
-    initial_state = load_checkpoint(init_path, map_location=device)["model"] if init_path.exists() else None
-
+    initial_state = load_checkpoint(init_path, map_location=device)["model"] \
+        if dist.main and init_path.exists() else None
     analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state,
                         strict=cfg.analysis.strict)
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
+    callbacks: list[Callback] = [AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints] \
+        if dist.main else []  # rank 0 writes the run; the others only train
+    trained: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-                      callbacks=[AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints],
-                      reporter=reporter, analyzed=analyzed, features_layer=cfg.analysis.features_layer,
-                      on_nan=cfg.train.on_nan)
+                      callbacks=callbacks, reporter=reporter, analyzed=analyzed,
+                      features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained)
     try:
         trainer.fit(start_epoch)
+        dist.barrier()  # the others wait for rank 0's last stages and checkpoint
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say how to go on
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process at once
         resumable = (run.checkpoints / "last.pt").is_file()

@@ -19,6 +19,7 @@ from torch import nn
 from ..analysis.evaluation import Evaluation, evaluate, logits_of
 from ..data import Data, Probe
 from ..errors import NonFiniteLoss
+from .distributed import Dist
 
 __all__ = ["Callback", "Reporter", "SilentReporter", "Trainer", "train_epoch"]
 
@@ -72,23 +73,29 @@ class Callback:
 def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                 batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
                 on_step: Callable[[], None] | None = None, on_nan: str = "stop",
-                epoch: int = 0) -> tuple[float | None, float | None, int]:
+                epoch: int = 0, dist: Dist | None = None) -> tuple[float | None, float | None, int]:
     """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
     number of batches skipped for a non-finite loss). With ``on_nan="stop"`` a NaN or infinite loss
-    raises :class:`NonFiniteLoss` before the step that would spread it into the weights."""
+    raises :class:`NonFiniteLoss` before the step that would spread it into the weights.
+
+    Under torchrun (``dist``) every rank draws the same order (the generator is seeded alike), takes its
+    part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks."""
+    dist = dist or Dist()
     model.train()
     n = len(data.train_x)
     order = torch.randperm(n, generator=generator).to(data.device)
     losses, predictions, used = [], [], []  # kept on the device; summed once at the end
     skipped = 0
     for step, start in enumerate(range(0, n, batch_size), start=1):
-        index = order[start:start + batch_size]
+        index = dist.shard(order[start:start + batch_size])
         x = data.normalize(data.train_x[index])
         y = data.train_y[index]
         logits = logits_of(model(x))
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(loss)):
+        finite = bool(torch.isfinite(loss)) if not dist.enabled else \
+            bool(dist.sum(torch.isfinite(loss).float().reshape(1)) == dist.world)  # every rank decides alike
+        if not finite:
             if on_nan == "stop":
                 lr = optimizer.param_groups[0]["lr"]
                 raise NonFiniteLoss(f"the training loss is {float(loss.detach())} at epoch {epoch}, step {step}; stopped "
@@ -108,12 +115,16 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     if not used:
         return None, None, skipped
     sizes = torch.tensor([len(i) for i in used], device=data.device)
-    count = int(sizes.sum())
-    mean_loss = float((torch.stack(losses) * sizes).sum()) / count
+    totals = [sizes.sum().double(), (torch.stack(losses) * sizes).sum().double()]
+    if data.task == "classification":
+        predicted = torch.cat([p.argmax(dim=1) for p in predictions])
+        totals.append((predicted == data.train_y[torch.cat(used)]).sum().double())
+    summed = dist.sum(torch.stack(totals)) if dist.enabled else torch.stack(totals)
+    count = int(summed[0])
+    mean_loss = float(summed[1]) / count
     if data.task != "classification":
         return mean_loss, None, skipped
-    predicted = torch.cat([p.argmax(dim=1) for p in predictions])
-    return mean_loss, int((predicted == data.train_y[torch.cat(used)]).sum()) / count, skipped
+    return mean_loss, int(summed[2]) / count, skipped
 
 
 class Trainer:
@@ -123,7 +134,8 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Data, probe: Probe, optimizer: torch.optim.Optimizer,
                  loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
-                 analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop"):
+                 analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop",
+                 dist: Dist | None = None, trained: nn.Module | None = None):
         self.model = model
         self.analyzed = analyzed or model
         self.data = data
@@ -138,6 +150,8 @@ class Trainer:
         self.reporter: Reporter = reporter or SilentReporter()
         self.features_layer = features_layer
         self.on_nan = on_nan
+        self.dist = dist or Dist()
+        self.trained = trained or model  # what the optimiser steps through (DistributedDataParallel under torchrun)
         self.epoch = 0
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)
@@ -163,14 +177,14 @@ class Trainer:
             step_callbacks = [c for c in self.callbacks if type(c).on_step is not Callback.on_step]
             with self.reporter.progress("training", self.steps_per_epoch) as advance:
                 train_loss, train_accuracy, skipped = train_epoch(
-                    self.model, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
-                    (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch)
+                    self.trained, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
+                    (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         eval_steps = -(-len(self.data.eval_x) // self.eval_batch_size)
         with self.reporter.progress("evaluation", eval_steps) as advance:
             evaluation = evaluate(self.analyzed, self.data, self.probe, epoch, final=epoch == self.epochs,
                                   batch_size=self.eval_batch_size, features=features,
-                                  features_layer=self.features_layer, advance=advance)
+                                  features_layer=self.features_layer, advance=advance, dist=self.dist)
         if not math.isfinite(evaluation.loss):
             raise NonFiniteLoss(f"the evaluation loss is {evaluation.loss} at epoch {epoch}: the model's outputs are "
                                 f"not finite (checkpoints keep epoch {max(epoch - 1, 0)}). Lower train.lr (now "

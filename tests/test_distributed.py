@@ -1,0 +1,75 @@
+"""interp train under torchrun: real processes, gloo on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import quick_config
+from interp.checkpoint import load_checkpoint
+from interp.train import fit
+
+HELPER = Path(__file__).parent / "helpers" / "ddp_train.py"
+ARGS = ["train", "--set", "train.device=cpu", "--set", "data.train_limit=2000", "--set", "analysis.stages=[confusion]"]
+
+
+def torchrun(tmp_path: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    out = tmp_path / "ranks"
+    out.mkdir(exist_ok=True)
+    env = {**os.environ, "INTERP_TEST_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["torchrun", "--standalone", "--nproc_per_node", str(nproc), str(HELPER), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_train_one_run(tmp_path: Path) -> None:
+    proc = torchrun(tmp_path, *ARGS, "--set", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in (tmp_path / "save").iterdir()]
+    assert [p.name for p in runs] == ["mnist-mlp"]  # exactly one run folder
+    assert proc.stdout.count("epoch 2/2") == 1  # one rank speaks
+    rank0, rank1 = (torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # identical parameters on every rank
+    last = load_checkpoint(runs[0] / "checkpoints" / "last.pt")
+    assert all(torch.equal(last["model"][k], rank0[k]) for k in rank0)
+    rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    # the evaluation was sharded and gathered: the confusion matrix covers all 1,000 images
+    confusion = json.loads((runs[0] / "epoch_002" / "confusion" / "confusion.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 1000
+    assert confusion["accuracy"] == pytest.approx(rows[-1]["eval_accuracy"])
+    # the same global batch in one process: accuracy within one point
+    single = fit(quick_config("train.epochs=2", "data.train_limit=2000"), save_dir=tmp_path / "single").metrics
+    assert abs(single[-1]["eval_accuracy"] - rows[-1]["eval_accuracy"]) <= 0.01
+
+
+def test_resume_under_torchrun_is_bit_exact(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = torchrun(tmp_path / "a", *ARGS, "--set", "train.epochs=2")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = torchrun(tmp_path / "b", *ARGS, "--set", "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun(tmp_path / "b", *ARGS, "--resume", "save/mnist-mlp", "--set", "train.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "a" / "save" / "mnist-mlp" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "save" / "mnist-mlp" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_mistake_under_torchrun_is_one_line(tmp_path: Path) -> None:
+    proc = torchrun(tmp_path, *ARGS, "--set", "model.arch=nosuchmodule:build")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: model.arch 'nosuchmodule:build': cannot import module 'nosuchmodule' "
+                      "(ModuleNotFoundError: No module named 'nosuchmodule')"]
+    assert "interp/" not in proc.stderr  # no traceback through interp's code (torchrun reports the exit itself)
