@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--save-dir", default="save")
+    parser.add_argument("--devices", type=int, default=1, help="CPU processes (Lightning's DDP strategy when > 1)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -69,9 +70,11 @@ def main() -> None:
     callback = InterpCallback(f"{args.save_dir}/lit", classes=CLASSES, mean=MEAN, std=STD,
                               stages=["confusion", "saliency", "gradcam"])
     trainer = lightning.Trainer(max_epochs=args.epochs, callbacks=[callback], accelerator="cpu", logger=False,
+                                devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Net(), train_loader, val_loader)
-    print(f"analysis in {callback.run_folder}")
+    if trainer.is_global_zero:
+        print(f"analysis in {callback.run_folder}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,16 @@ def test_examples_run(tmp_path: Path, example: str) -> None:
     assert (run / "epoch_001" / "gradcam" / "gradcam.png").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["confusion/accuracy"] == pytest.approx(rows[-1]["eval_accuracy"])
+
+
+def test_callback_under_lightnings_ddp_strategy(tmp_path: Path) -> None:
+    """Two CPU processes with strategy="ddp": rank 0 alone writes one run, on the whole validation set."""
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "lightning_callback.py"), "--images", "256",
+                           "--epochs", "2", "--devices", "2", "--save-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["lit"]
+    rows = [json.loads(line) for line in (tmp_path / "lit" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # once per epoch, not once per rank
+    confusion = json.loads((tmp_path / "lit" / "epoch_002" / "confusion" / "confusion.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 64  # the whole validation set (256 // 4), not rank 0's half

@@ -7,7 +7,8 @@ lightning.Trainer(max_epochs=2, callbacks=[callback]).fit(module, train_loader, 
 ```
 
 The stages run before training (epoch 0) and at the end of every validation epoch after it, on rank 0
-only, on the evaluation data taken from the trainer's (first) validation dataloader. The LightningModule's
+only, on the evaluation data taken from the trainer's (first) validation dataloader (all of its dataset,
+also under a DDP strategy, which gives each rank only a share). The LightningModule's
 forward must return logits (or a tuple with the logits first, or a dict with ``logits``). The run
 folder is what ``interp train`` writes for those stages; see :class:`interp.Analyzer`.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .analysis.api import Analyzer
 from .errors import UserError
@@ -83,6 +85,9 @@ class InterpCallback(Callback):
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
         if isinstance(loader, dict):
             loader = next(iter(loader.values()))
+        if trainer.world_size > 1 and isinstance(loader, DataLoader):  # a DDP strategy shards the loader:
+            loader = DataLoader(loader.dataset, batch_size=loader.batch_size or 256,  # rank 0 reads all of it
+                                collate_fn=loader.collate_fn, shuffle=False)
         xs, ys, count = [], [], 0
         with torch.inference_mode(False), torch.no_grad():
             for batch in loader:
