@@ -72,3 +72,36 @@ def test_a_mistake_under_torchrun_is_one_line(tmp_path: Path) -> None:
     assert errors == ["error: model.arch 'nosuchmodule:build': cannot import module 'nosuchmodule' "
                       "(ModuleNotFoundError: No module named 'nosuchmodule')"]
     assert "interp/" not in proc.stderr  # no traceback through interp's code (torchrun reports the exit itself)
+
+
+def test_a_dead_rank_ends_every_rank_with_the_resume_line(tmp_path: Path) -> None:
+    """Rank 1 is killed while rank 0 runs a slow stage after epoch 1: torchrun stops rank 0, which prints the
+    resume command; nothing hangs."""
+    import signal
+    import time
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    (tmp_path / "slow.py").write_text(
+        "import os, time\nfrom interp.stages import Stage\n"
+        "class Slow(Stage):\n    name = 'slow'\n    description = 'sleeps'\n    needs = frozenset()\n"
+        "    def run(self, ctx):\n        if ctx.epoch >= 1:\n            open('sleeping', 'w').close()\n"
+        "            time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1", "INTERP_TEST_OUT": str(tmp_path)}
+    proc = subprocess.Popen(["torchrun", "--standalone", "--nproc_per_node", "2", str(HELPER), "train",
+                             "--set", "train.device=cpu", "--set", "data.train_limit=500", "--set", "train.epochs=3",
+                             "--set", "analysis.stages=['slow:Slow']"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while not (tmp_path / "sleeping").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                              text=True).stdout.split()]
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)  # the second worker started last: rank 1
+    started = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - started < 60  # no hang
+    assert proc.returncode != 0
+    assert "the last finished epoch is saved: continue with interp train --resume save/mnist-mlp" in err
+    assert load_checkpoint(tmp_path / "save" / "mnist-mlp" / "checkpoints" / "last.pt")["epoch"] == 0
