@@ -71,6 +71,9 @@ class DataConfig(_Section):
     eval_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Keyword arguments for a "package.module:factory" dataset.
     args: dict[str, Any] = Field(default_factory=dict)
+    # Per-batch augmentation of the training images, on the device: crop_flip = a random crop after
+    # padding by 4 pixels and a random horizontal flip (the usual CIFAR-10 recipe).
+    augment: Literal["none", "crop_flip"] = "none"
 
     @field_validator("dataset")
     @classmethod
@@ -112,6 +115,13 @@ class TrainConfig(_Section):
     # What a NaN or infinite training loss does: stop (exit code 3, checkpoints keep the last good epoch)
     # or skip_batch (that batch's step is left out and counted in metrics.jsonl as skipped_batches).
     on_nan: Literal["stop", "skip_batch"] = "stop"
+    # Mixed precision (autocast) for the training forward pass: bf16 works on CPUs and recent GPUs, fp16 on
+    # CUDA only (with a gradient scaler). Evaluation and the stages run in fp32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # channels_last memory format for conv nets: auto = on CUDA only; true or false to choose.
+    channels_last: bool | Literal["auto"] = "auto"
+    # torch.compile the training model (measured before you rely on it: it pays off on long GPU runs).
+    compile: bool = False
 
     @field_validator("device")
     @classmethod

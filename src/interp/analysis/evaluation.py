@@ -164,11 +164,13 @@ class Evaluation:
         layer = features_layer(self.model, self.features_layer)[1] if with_features else None
         positions = torch.arange(len(self.data.eval_x), device=self.data.eval_x.device)
         mine = dist.shard(positions) if dist is not None else positions
+        first, count = (int(mine[0]), len(mine)) if len(mine) else (0, 0)  # a contiguous range: sliced, not copied
         outputs = []
         try:
             with _capture_input(layer) as caught:
-                for start in range(0, len(mine), self.batch_size):
-                    x = self.data.normalize(self.data.eval_x[mine[start:start + self.batch_size]])
+                for start in range(first, first + count, self.batch_size):
+                    stop = min(start + self.batch_size, first + count)
+                    x = self.data.normalize(self.data.eval_x[start:stop])
                     outputs.append(logits_of(self.model(x)))
                     advance(1)
         finally:

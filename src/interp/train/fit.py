@@ -25,6 +25,7 @@ from ..stages import Summary, check_stages, default_stage_specs
 from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, set_rng_state
 from .distributed import Dist, setup
 from .loop import Callback, Reporter, SilentReporter, Trainer
+from .speed import speed_for
 
 __all__ = ["TrainResult", "fit", "load_model", "make_optimizer", "resolve_device"]
 
@@ -219,7 +220,10 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
     callbacks: list[Callback] = [AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints] \
         if dist.main else []  # rank 0 writes the run; the others only train
+    speed = speed_for(model, device, cfg.train.precision, cfg.train.channels_last, cfg.data.augment, data.is_image)
     trained: nn.Module = model
+    if cfg.train.compile:
+        trained = torch.compile(trained)  # type: ignore[assignment]
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -227,7 +231,8 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
     trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=callbacks, reporter=reporter, analyzed=analyzed,
-                      features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained)
+                      features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
+                      speed=speed)
     try:
         trainer.fit(start_epoch)
         dist.barrier()  # the others wait for rank 0's last stages and checkpoint

@@ -20,6 +20,7 @@ from ..analysis.evaluation import Evaluation, evaluate, logits_of
 from ..data import Data, Probe
 from ..errors import NonFiniteLoss
 from .distributed import Dist
+from .speed import Speed
 
 __all__ = ["Callback", "Reporter", "SilentReporter", "Trainer", "train_epoch"]
 
@@ -73,7 +74,8 @@ class Callback:
 def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                 batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
                 on_step: Callable[[], None] | None = None, on_nan: str = "stop",
-                epoch: int = 0, dist: Dist | None = None) -> tuple[float | None, float | None, int]:
+                epoch: int = 0, dist: Dist | None = None,
+                speed: Speed | None = None) -> tuple[float | None, float | None, int]:
     """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
     number of batches skipped for a non-finite loss). With ``on_nan="stop"`` a NaN or infinite loss
     raises :class:`NonFiniteLoss` before the step that would spread it into the weights.
@@ -81,6 +83,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     Under torchrun (``dist``) every rank draws the same order (the generator is seeded alike), takes its
     part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks."""
     dist = dist or Dist()
+    speed = speed or Speed(contextlib.nullcontext, False, None, None)
     model.train()
     n = len(data.train_x)
     order = torch.randperm(n, generator=generator).to(data.device)
@@ -88,9 +91,14 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     skipped = 0
     for step, start in enumerate(range(0, n, batch_size), start=1):
         index = dist.shard(order[start:start + batch_size])
-        x = data.normalize(data.train_x[index])
+        images = data.train_x[index]
+        if speed.augment is not None:
+            images = speed.augment(images, generator)
+        x = speed.inputs(data.normalize(images))
         y = data.train_y[index]
-        logits = logits_of(model(x))
+        with speed.autocast():
+            logits = logits_of(model(x))
+        logits = logits.float()
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(loss)) if not dist.enabled else \
@@ -104,8 +112,13 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
             skipped += 1
             advance(1)
             continue
-        loss.backward()
-        optimizer.step()
+        if speed.scaler is not None:  # fp16: scaled gradients, a step skipped when they overflow
+            speed.scaler.scale(loss).backward()
+            speed.scaler.step(optimizer)
+            speed.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         losses.append(loss.detach())
         predictions.append(logits.detach())
         used.append(index)
@@ -135,7 +148,7 @@ class Trainer:
                  loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
                  analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop",
-                 dist: Dist | None = None, trained: nn.Module | None = None):
+                 dist: Dist | None = None, trained: nn.Module | None = None, speed: Speed | None = None):
         self.model = model
         self.analyzed = analyzed or model
         self.data = data
@@ -151,6 +164,7 @@ class Trainer:
         self.features_layer = features_layer
         self.on_nan = on_nan
         self.dist = dist or Dist()
+        self.speed = speed
         self.trained = trained or model  # what the optimiser steps through (DistributedDataParallel under torchrun)
         self.epoch = 0
         self.global_step = 0
@@ -178,7 +192,8 @@ class Trainer:
             with self.reporter.progress("training", self.steps_per_epoch) as advance:
                 train_loss, train_accuracy, skipped = train_epoch(
                     self.trained, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
-                    (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist)
+                    (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist,
+                    self.speed)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         eval_steps = -(-len(self.data.eval_x) // self.eval_batch_size)
         with self.reporter.progress("evaluation", eval_steps) as advance:
