@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,38 @@ def test_hostile_report_in_a_real_browser(tmp_path: Path) -> None:
     page = _Elements(dom)
     assert "script" not in page.tags and not [k for k, _ in page.attributes if k.startswith("on")]
     assert 'id="pwned1"' not in dom and 'id="pwned2"' not in dom  # no payload ran
+
+
+class _ForgedDType:
+    """Pickles as numpy.dtype('V8') followed by a state that gives it a field far outside the array."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        state = (3, "|", None, ("a",), {"a": (np.dtype("<i8"), 1 << 30)}, 8, 1, 0)
+        return (np.dtype, ("V8", False, True), state)
+
+
+class _ArrayWith:
+    def __init__(self, dtype: object, raw: bytes, shape: tuple) -> None:
+        self.dtype, self.raw, self.shape = dtype, raw, shape
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
+        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.raw))
+
+
+@pytest.mark.parametrize(("labels", "why"), [
+    (_ArrayWith(_ForgedDType(), b"\0" * 8, (1,)), "an array dtype with fields"),
+    (_ArrayWith(np.dtype("u1"), b"\0" * 3, (8,)), "an array whose data does not match its shape"),
+    (_ArrayWith(np.dtype("u1"), b"\0" * 4, (2, -2)), "an array shape (2, -2)"),
+])
+def test_forged_arrays_are_refused_without_touching_memory(tmp_path: Path, labels: object, why: str) -> None:
+    """numpy's own dtype.__setstate__ would accept a field at offset 2**30 (reading outside the array);
+    the reader never lets numpy apply a pickled state: each array is rebuilt from checked parts."""
+    make_cifar_batches(tmp_path / "data")
+    path = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": labels}, protocol=2))
+    with pytest.raises(UserError, match=f"refused, the file holds {re.escape(why)}, which a CIFAR-10 python batch"):
+        load_data(DataConfig(dataset="cifar10", root=str(tmp_path / "data"), download=False))

@@ -174,8 +174,10 @@ def _unpickle(path: Path, what: str) -> Any:
     try:
         return safe_pickle.load(path)
     except safe_pickle.UnsafePickleError as exc:
-        raise UserError(f"{path}: refused, the file asks to run code ({exc}); a {what} holds only "
-                        "arrays, lists and strings") from None
+        if exc.code:
+            raise UserError(f"{path}: refused, the file asks to run code ({exc}); a {what} holds only "
+                            "arrays, lists and strings") from None
+        raise UserError(f"{path}: refused, the file holds {exc}, which a {what} does not") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # truncated or not a pickle at all

@@ -2,8 +2,14 @@
 
 The CIFAR python batches (and any later pickle format) are read through :func:`load`, a restricted
 unpickler: a pickle may only build plain containers (dict, list, tuple, str, bytes, int, float, bool,
-None) and numpy arrays of plain dtypes. Any other global a file names — ``os.system``, ``builtins.eval``,
-``subprocess.Popen`` — is refused before it is looked up, so nothing in the file is ever called.
+None) and numpy arrays of plain numeric or string dtypes. Any other global a file names —
+``os.system``, ``builtins.eval``, ``subprocess.Popen`` — is refused before it is looked up.
+
+Not even numpy's own reconstruction runs on the file's data: the globals a numpy array pickles as are
+replaced by inert placeholders that only record their arguments, and each array is then built afresh
+with ``numpy.frombuffer`` from a dtype string checked against an allow-list and a byte count checked
+against its shape. (numpy's ``dtype.__setstate__`` accepts arbitrary field offsets, which a hostile file
+could use to read outside an array's memory.)
 
 Nothing here imports torch.
 """
@@ -11,72 +17,159 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
 
 __all__ = ["UnsafePickleError", "load", "loads"]
 
+_ALLOWED_KINDS = "biufcSU"  # booleans, integers, floats, complex, bytes, text — no objects, records, voids
+_MAX_ITEMS = 1 << 31
+
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """The file names something other than plain data."""
+    """The file names something other than plain data (``code``: a global it wants called)."""
+
+    def __init__(self, what: str, code: bool = False) -> None:
+        super().__init__(what)
+        self.code = code
 
 
-def _array_factory(module: str, name: str) -> Any:
-    import numpy as np
+class _DType:
+    """What ``numpy.dtype(spec, align, copy)`` was asked for; its pickled state is recorded, not applied."""
 
-    if name == "dtype":
-        def dtype(spec: Any, *args: Any) -> Any:
-            made = np.dtype(spec, *args)
-            if made.hasobject:
-                raise UnsafePickleError("an array of Python objects")
-            return made
-        return dtype
-    if name == "ndarray":
-        return np.ndarray
-    if name == "_reconstruct":
+    def __init__(self, spec: Any, *args: Any) -> None:
+        self.spec = spec
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def real(self) -> Any:
+        import numpy as np
+
+        if not isinstance(self.spec, str) or len(self.spec) > 8:
+            raise UnsafePickleError(f"an array dtype {self.spec!r}")
+        order = self.state[1] if isinstance(self.state, tuple) and len(self.state) > 1 else "|"
+        if order not in ("<", ">", "|", "="):
+            raise UnsafePickleError(f"an array byte order {order!r}")
+        if isinstance(self.state, tuple) and len(self.state) > 3 and self.state[3] is not None:
+            raise UnsafePickleError("an array dtype with fields")
         try:
-            from numpy._core.multiarray import _reconstruct
-        except ImportError:  # numpy < 2
-            from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-        return _reconstruct
-    if name == "_frombuffer":
-        try:
-            from numpy._core.numeric import _frombuffer  # type: ignore[attr-defined]
-        except ImportError:  # numpy < 2
-            from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
-        return _frombuffer
-    if name == "encode":  # how Python 3 writes bytes in a protocol-2 pickle: encode(text, "latin1")
-        def encode(text: str, encoding: str = "utf-8") -> bytes:
-            if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-                raise UnsafePickleError(f"_codecs.encode with {encoding!r}")
-            return text.encode("latin1")
-        return encode
-    raise UnsafePickleError(f"{module}.{name}")  # pragma: no cover - filtered by _ALLOWED
+            made = np.dtype(self.spec)
+        except TypeError:
+            raise UnsafePickleError(f"an array dtype {self.spec!r}") from None
+        if made.kind not in _ALLOWED_KINDS or made.fields is not None or made.subdtype is not None:
+            raise UnsafePickleError(f"an array of dtype {made}")
+        if order in "<>" and made.itemsize > 1:
+            return made.newbyteorder(order)  # type: ignore[arg-type]
+        return made
+
+
+class _NDArrayClass:
+    """Stands for ``numpy.ndarray`` as the first argument of ``_reconstruct``."""
+
+
+class _Array:
+    """An array as ``_reconstruct`` + ``__setstate__`` describe it; built for real by :func:`_finish`."""
+
+    def __init__(self, *args: Any) -> None:
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _Buffer:
+    """An array as ``_frombuffer(buffer, dtype, shape, order)`` (protocol 5) describes it."""
+
+    def __init__(self, buffer: Any, dtype: Any, shape: Any, order: Any) -> None:
+        self.state = (1, shape, dtype, order == "F", buffer)
+
+
+def _encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """How Python 3 writes bytes in a protocol-2 pickle: ``_codecs.encode(text, "latin1")``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode with {encoding!r}", code=True)
+    return text.encode("latin1")
+
+
+def _reconstruct(cls: Any, shape: Any, typecode: Any) -> _Array:
+    if cls is not _NDArrayClass:
+        raise UnsafePickleError("an array of another class")
+    return _Array()
 
 
 # What numpy arrays pickle as (numpy 1 and 2 spellings; protocol 2 and protocol 5 pickles).
-_ALLOWED = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): _NDArrayClass,
+    ("numpy", "dtype"): _DType,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _Buffer,
+    ("numpy._core.numeric", "_frombuffer"): _Buffer,
+    ("_codecs", "encode"): _encode,
 }
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _array_factory(module, name)
-        raise UnsafePickleError(f"{module}.{name}")
+        found = _ALLOWED.get((module, name))
+        if found is None:
+            raise UnsafePickleError(f"{module}.{name}", code=True)
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("a persistent reference")
+        raise UnsafePickleError("a persistent reference", code=True)
+
+
+def _array(placeholder: _Array | _Buffer) -> Any:
+    import numpy as np
+
+    state = placeholder.state
+    if not (isinstance(state, tuple) and len(state) == 5):
+        raise UnsafePickleError("an array without its data")
+    _, shape, dtype, fortran, raw = state
+    if not isinstance(dtype, _DType):
+        raise UnsafePickleError("an array without a plain dtype")
+    made = dtype.real()
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"an array shape {shape!r}")
+    count = math.prod(shape)
+    if count > _MAX_ITEMS:
+        raise UnsafePickleError(f"an array of {count} items")
+    if isinstance(raw, str):  # Python 2 pickles: the bytes as latin-1 text
+        raw = raw.encode("latin1")
+    if isinstance(raw, pickle.PickleBuffer):
+        raw = bytes(raw)
+    if not isinstance(raw, bytes | bytearray) or len(raw) != count * made.itemsize:
+        raise UnsafePickleError("an array whose data does not match its shape")
+    array = np.frombuffer(bytes(raw), dtype=made, count=count).reshape(shape, order="F" if fortran else "C")
+    return array.copy()
+
+
+def _finish(value: Any, depth: int = 0) -> Any:
+    """Replace every placeholder by a real, freshly built array."""
+    if depth > 100:
+        raise UnsafePickleError("data nested too deeply")
+    if isinstance(value, _Array | _Buffer):
+        return _array(value)
+    if isinstance(value, _DType | _NDArrayClass) or value is _NDArrayClass:
+        raise UnsafePickleError("a bare numpy type")
+    if isinstance(value, dict):
+        return {_finish(k, depth + 1): _finish(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finish(v, depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_finish(v, depth + 1) for v in value)
+    return value
 
 
 def loads(payload: bytes) -> Any:
-    """Unpickle ``payload`` admitting only plain data and numpy arrays of plain dtypes (Python 2 pickles: latin-1 text)."""
-    return _PlainDataUnpickler(io.BytesIO(payload), encoding="latin1").load()
+    """Unpickle ``payload`` admitting only plain data and numpy arrays of plain dtypes (Python 2 pickles:
+    latin-1 text)."""
+    return _finish(_PlainDataUnpickler(io.BytesIO(payload), encoding="latin1").load())
 
 
 def load(path: Path) -> Any:
