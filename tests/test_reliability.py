@@ -382,3 +382,21 @@ def test_ctrl_c_in_analyze_and_animate(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(command, "_play", interrupted)
     assert one_line(runner.invoke(app, ["animate", "--frames", "2", "--save-dir", str(tmp_path)]), 130) == \
         "interrupted; the command stopped before it finished"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path: Path) -> None:
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9))
+    (tmp_path / "bomb.yaml").write_text(bomb)  # 10^10 items once expanded
+    started = time.perf_counter()
+    line = one_line(runner.invoke(app, ["train", "-c", str(tmp_path / "bomb.yaml")]), 2)
+    assert "YAML aliases (*name) are not accepted in a config" in line and time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("arch", ["os:system", "subprocess:run", "builtins:eval"])
+def test_python_itself_is_not_a_model_factory(tmp_path: Path, arch: str, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--set", f"model.arch='{arch}'",
+                                 "--set", f"model.args={{command: 'touch {tmp_path}/PWNED'}}"])
+    assert "is part of Python itself" in one_line(result, 2)
+    assert not (tmp_path / "PWNED").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,27 @@ def test_forged_arrays_are_refused_without_touching_memory(tmp_path: Path, label
     path.write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": labels}, protocol=2))
     with pytest.raises(UserError, match=f"refused, the file holds {re.escape(why)}, which a CIFAR-10 python batch"):
         load_data(DataConfig(dataset="cifar10", root=str(tmp_path / "data"), download=False))
+
+
+@pytest.mark.parametrize("link", ["report", ".lock", "metrics.jsonl"])
+def test_links_planted_in_a_run_folder_are_not_written_through(tmp_path: Path, link: str) -> None:
+    from conftest import quick_config
+    from interp.train import fit
+
+    run = fit(quick_config("train.epochs=1"), save_dir=tmp_path / "save").run_dir
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "index.html").write_text("mine")
+    (victim / "file").write_text("mine")
+    target = run / link
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    target.symlink_to(victim if link == "report" else victim / "file")
+    command = ["report", str(run)] if link == "report" else ["train", "--resume", str(run), "--set", "train.epochs=2"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: run {run}: {link} is a symbolic link; interp does not write through "
+                                     "links in a run folder (remove it)")
+    assert (victim / "index.html").read_text() == "mine" and (victim / "file").read_text() == "mine"

@@ -267,6 +267,8 @@ def _first_line(exc: Exception) -> str:
 def _parse_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load`` with its failures (bad syntax, nesting too deep) as one UserError line."""
     try:
+        if "*" in text and any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise UserError(f"{source}: YAML aliases (*name) are not accepted in a config; write the values out")
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: not valid YAML ({_first_line(exc)})") from None

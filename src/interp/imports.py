@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ def import_path(path: str, where: str, what: str = "factory") -> Any:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".") + attr.split(".")):
         raise UserError(f"{where} {path!r}: expected package.module:{what} (Python names separated by dots)")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise UserError(f"{where} {path!r}: {top} is part of Python itself, not a {what} of yours")
     try:
         found: Any = importlib.import_module(module_name)
     except Exception as exc:  # ModuleNotFoundError, or the module failing as it is imported

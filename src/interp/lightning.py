@@ -74,6 +74,8 @@ class InterpCallback(Callback):
     # -- the evaluation data ---------------------------------------------------------------------------
     def _eval_data(self, trainer: Trainer, device: torch.device) -> tuple[Tensor, Tensor] | None:
         loaders = trainer.val_dataloaders
+        if loaders is None and trainer.world_size > 1:
+            return None  # setting it up here is a collective that only rank 0 would enter: wait for validation
         if loaders is None:
             try:  # no sanity check ran: set the validation data up now
                 trainer.fit_loop.epoch_loop.val_loop.setup_data()

@@ -88,7 +88,9 @@ def _curves_png(metrics: list[dict[str, Any]], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    path.write_bytes(render(fig))
+    from .analysis.sink import write_atomic
+
+    write_atomic(path, render(fig))
     return path
 
 
@@ -244,8 +246,8 @@ def build_report(run_dir: Path | str) -> Path:
 
     context["sections"] = sections
     page = _environment().get_template("report.html").render(**context)
+    from .analysis.sink import write_atomic
+
     target = page_dir / "index.html"
-    temporary = target.with_suffix(".html.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(target)
+    write_atomic(target, page.encode("utf-8"))
     return target

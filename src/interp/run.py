@@ -80,6 +80,12 @@ class Run:
         if not (path / "config.yaml").is_file() and not (path / "metrics.jsonl").is_file():
             what = "is not a run folder (no config.yaml)" if path.is_dir() else "does not exist"
             raise UserError(f"run {path} {what}")
+        # a run folder received from someone else must not make interp write through a link
+        for name in ("config.yaml", "metrics.jsonl", ".lock", "checkpoints", "report", "errors.log",
+                     "projector_config.pbtxt", "report/index.html", "report/curves.png"):
+            if (path / name).is_symlink():
+                raise UserError(f"run {path}: {name} is a symbolic link; interp does not write through links "
+                                "in a run folder (remove it)")
         return cls(path, purge_step)
 
     # -- paths -----------------------------------------------------------------------------------
@@ -164,7 +170,8 @@ class Run:
         """Keep other interp processes off this run until :meth:`close` (an advisory lock on ``.lock``)."""
         import fcntl
 
-        handle = (self.path / ".lock").open("a+")
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

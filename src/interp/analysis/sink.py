@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["NullSink", "RunSink", "Sink"]
+__all__ = ["NullSink", "RunSink", "Sink", "write_atomic"]
 
 
 class Sink(Protocol):
@@ -37,15 +37,19 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _write_atomic(target: Path, content: bytes) -> None:
+def write_atomic(target: Path, content: bytes) -> None:
+    """A new temporary file (never an existing path, so never through a link), then renamed over ``target``."""
     import os
+    import tempfile
 
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        tmp.write_bytes(content)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(tmp, 0o644)  # readable like any other file written here (mkstemp makes it private)
         os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -136,7 +140,7 @@ class RunSink:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         target = self._path(path)
-        _write_atomic(target, png)
+        write_atomic(target, png)
         width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
         channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
         image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
@@ -154,7 +158,7 @@ class RunSink:
     def file(self, path: str, content: bytes | str) -> Path | None:
         """Written whole or not at all (a temporary file, then renamed)."""
         target = self._path(path)
-        _write_atomic(target, content.encode("utf-8") if isinstance(content, str) else content)
+        write_atomic(target, content.encode("utf-8") if isinstance(content, str) else content)
         return target
 
     def append(self, path: str, text: str) -> None:

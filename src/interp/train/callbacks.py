@@ -106,6 +106,9 @@ class CheckpointCallback(Callback):
             "metrics": summary,
             "best": self.best,
         }
+        scaler = getattr(trainer.speed, "scaler", None)
+        if scaler is not None:  # fp16: the loss scale goes on where it was
+            state["scaler"] = scaler.state_dict()
         # best.pt first: a crash between the two writes never leaves last.pt naming a best epoch that
         # best.pt does not hold (and a resume repeats the epoch and writes both again)
         if improved:

@@ -172,6 +172,8 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
     check_model(model, cfg.model.arch, probe.x, data.num_outputs)
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator().manual_seed(cfg.seed)
+    # checked before anything is written; moves a conv net to channels_last when chosen
+    speed = speed_for(model, device, cfg.train.precision, cfg.train.channels_last, cfg.data.augment, data.is_image)
     analyzed = logits_model(model, probe.x)
     for stage in stages:
         stage.prepare(analyzed, data)
@@ -220,24 +222,33 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
     callbacks: list[Callback] = [AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints] \
         if dist.main else []  # rank 0 writes the run; the others only train
-    speed = speed_for(model, device, cfg.train.precision, cfg.train.channels_last, cfg.data.augment, data.is_image)
+    if speed.scaler is not None and resume_state is not None and isinstance(resume_state.get("scaler"), dict):
+        speed.scaler.load_state_dict(resume_state["scaler"])
     trained: nn.Module = model
-    if cfg.train.compile:
-        trained = torch.compile(trained)  # type: ignore[assignment]
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        trained = torch.compile(trained)  # type: ignore[assignment]
     trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=callbacks, reporter=reporter, analyzed=analyzed,
                       features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
                       speed=speed)
     try:
-        trainer.fit(start_epoch)
+        trainer.fit(start_epoch, resuming=resume_state is not None)
         dist.barrier()  # the others wait for rank 0's last stages and checkpoint
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say how to go on
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process at once
+        try:  # a second Ctrl-C while the run is closed ends the process at once
+            previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+        except ValueError:  # not the main thread: signals are not ours to change
+            previous = None
+        try:
+            run.close()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         resumable = (run.checkpoints / "last.pt").is_file()
         exc.resume = str(run.path) if resumable else None  # type: ignore[attr-defined]
         exc.detail = f"no epoch had finished; {run.path} holds what was written"  # type: ignore[attr-defined]

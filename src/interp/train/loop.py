@@ -90,10 +90,16 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     losses, predictions, used = [], [], []  # kept on the device; summed once at the end
     skipped = 0
     for step, start in enumerate(range(0, n, batch_size), start=1):
-        index = dist.shard(order[start:start + batch_size])
-        images = data.train_x[index]
-        if speed.augment is not None:
-            images = speed.augment(images, generator)
+        whole = order[start:start + batch_size]
+        if len(whole) < dist.world:  # a last batch too small to give every rank an image: left out by all
+            advance(1)
+            continue
+        index = dist.shard(whole)
+        if speed.augment is not None:  # drawn for the whole global batch, so every rank's generator moves alike
+            images = speed.augment(data.train_x[whole], generator)
+            images = images[dist.shard(torch.arange(len(whole), device=images.device))]
+        else:
+            images = data.train_x[index]
         x = speed.inputs(data.normalize(images))
         y = data.train_y[index]
         with speed.autocast():
@@ -170,13 +176,13 @@ class Trainer:
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)
 
-    def fit(self, start_epoch: int = 0) -> None:
+    def fit(self, start_epoch: int = 0, resuming: bool = False) -> None:
         """Epoch 0 (evaluation only) unless resuming, then epochs ``start_epoch + 1 … epochs``."""
         self.epoch = start_epoch
         self.global_step = start_epoch * self.steps_per_epoch
         for callback in self.callbacks:
             callback.on_start(self)
-        first = start_epoch + 1 if start_epoch > 0 else 0
+        first = start_epoch + 1 if resuming or start_epoch > 0 else 0
         for epoch in range(first, self.epochs + 1):
             self.run_epoch(epoch)
         for callback in self.callbacks:
@@ -195,6 +201,8 @@ class Trainer:
                     (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist,
                     self.speed)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
+        if self.dist.enabled:  # only rank 0 has the callbacks: every rank must gather alike
+            features = bool(self.dist.broadcast(features))
         eval_steps = -(-len(self.data.eval_x) // self.eval_batch_size)
         with self.reporter.progress("evaluation", eval_steps) as advance:
             evaluation = evaluate(self.analyzed, self.data, self.probe, epoch, final=epoch == self.epochs,
