@@ -16,7 +16,8 @@ from interp.checkpoint import load_checkpoint
 from interp.train import fit
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_train.py"
-ARGS = ["train", "--set", "train.device=cpu", "--set", "data.train_limit=2000", "--set", "analysis.stages=[confusion]"]
+ARGS = ["train", "--set", "train.device=cpu", "--set", "data.train_limit=2000",
+        "--set", "analysis.stages=[confusion, {embeddings: {points: 100, tsne: never}}]"]  # embeddings: a gather on rank 0
 
 
 def torchrun(tmp_path: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -400,3 +400,9 @@ def test_python_itself_is_not_a_model_factory(tmp_path: Path, arch: str, monkeyp
                                  "--set", f"model.args={{command: 'touch {tmp_path}/PWNED'}}"])
     assert "is part of Python itself" in one_line(result, 2)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_resuming_after_epoch_0_does_not_repeat_it(tmp_path: Path) -> None:
+    run = fit(quick_config("train.epochs=0"), save_dir=tmp_path).run_dir  # as if stopped during epoch 1
+    rows = fit(quick_config("train.epochs=1"), resume=run).metrics
+    assert [r["epoch"] for r in rows] == [0, 1]

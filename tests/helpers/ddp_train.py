@@ -15,8 +15,8 @@ out = Path(os.environ["INTERP_TEST_OUT"])
 original = loop.Trainer.fit
 
 
-def fit_and_keep(self, start_epoch: int = 0) -> None:  # type: ignore[no-untyped-def]
-    original(self, start_epoch)
+def fit_and_keep(self, start_epoch: int = 0, resuming: bool = False) -> None:  # type: ignore[no-untyped-def]
+    original(self, start_epoch, resuming)
     state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
     torch.save(state, out / f"rank{os.environ.get('RANK', '0')}.pt")
 
