@@ -10,6 +10,7 @@ train and then evaluate every epoch. Prints seconds per epoch side by side and t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import sys
@@ -42,26 +43,31 @@ def write_tiled_mnist(root: Path, images: int) -> None:
     write_idx(raw / "t10k-labels-idx1-ubyte", sample.eval_y.numpy().astype(np.uint8))
 
 
-def plain_loop(cfg, epochs: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """The plainest tensor loop: pre-normalized float tensors, randperm batches, no logging."""
+def plain_loop(cfg, epochs: int, device: torch.device | None = None) -> list[float]:  # type: ignore[no-untyped-def]
+    """The plainest tensor loop: pre-normalized float tensors on the device, randperm batches, autocast when
+    cfg.train.precision asks for it, no logging."""
+    device = device or torch.device("cpu")
     data = load_data(cfg.data)
     mean, std = data.mean[0], data.std[0]
-    train_x = (data.train_x.float() / 255 - mean) / std
-    eval_x = (data.eval_x.float() / 255 - mean) / std
-    train_y, eval_y = data.train_y, data.eval_y
+    train_x = ((data.train_x.float() / 255 - mean) / std).to(device)
+    eval_x = ((data.eval_x.float() / 255 - mean) / std).to(device)
+    train_y, eval_y = data.train_y.to(device), data.eval_y.to(device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, 10)
+    model = build_model(cfg.model, data.input_shape, 10).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     loss_fn = nn.CrossEntropyLoss()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
     bs, ebs = cfg.data.batch_size, cfg.data.eval_batch_size
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train_x))
+        order = torch.randperm(len(train_x), device=device)
         for i in range(0, len(train_x), bs):
             index = order[i:i + bs]
-            loss = loss_fn(model(train_x[index]), train_y[index])
+            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                logits = model(train_x[index])
+            loss = loss_fn(logits.float(), train_y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -69,6 +75,8 @@ def plain_loop(cfg, epochs: int) -> list[float]:  # type: ignore[no-untyped-def]
         with torch.no_grad():
             correct = sum(int((model(eval_x[i:i + ebs]).argmax(1) == eval_y[i:i + ebs]).sum())
                           for i in range(0, len(eval_x), ebs))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         assert correct >= 0
     return times

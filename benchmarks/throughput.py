@@ -12,63 +12,21 @@ Both loops run in this one process on the same device, model, precision, tensors
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import write_tiled_mnist  # noqa: E402
+from overhead import plain_loop, write_tiled_mnist  # noqa: E402
 
 from interp.cli import RichReporter  # noqa: E402
 from interp.config import load_config  # noqa: E402
-from interp.data import load_data  # noqa: E402
-from interp.models import build_model  # noqa: E402
 from interp.stages import default_stage_specs  # noqa: E402
 from interp.train import fit  # noqa: E402
-
-
-def plain_loop(cfg, epochs: int, device: torch.device) -> list[float]:  # type: ignore[no-untyped-def]
-    """Pre-normalized float tensors on the device, randperm batches, autocast when asked, no logging."""
-    data = load_data(cfg.data)
-    mean, std = data.mean[0], data.std[0]
-    train_x = ((data.train_x.float() / 255 - mean) / std).to(device)
-    eval_x = ((data.eval_x.float() / 255 - mean) / std).to(device)
-    train_y, eval_y = data.train_y.to(device), data.eval_y.to(device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, 10).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
-    bs, ebs = cfg.data.batch_size, cfg.data.eval_batch_size
-    times = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train_x), device=device)
-        for i in range(0, len(train_x), bs):
-            index = order[i:i + bs]
-            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                logits = model(train_x[index])
-            loss = loss_fn(logits.float(), train_y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            correct = sum(int((model(eval_x[i:i + ebs]).argmax(1) == eval_y[i:i + ebs]).sum())
-                          for i in range(0, len(eval_x), ebs))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        assert correct >= 0
-    return times
 
 
 def interp_rows(cfg, save_dir: Path) -> list[dict]:  # type: ignore[no-untyped-def]
