@@ -11,10 +11,11 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["accepted_keywords", "import_path"]
+__all__ = ["accepted_keywords", "call", "import_path", "one_line"]
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
@@ -31,7 +32,7 @@ def import_path(path: str, where: str, what: str = "factory") -> Any:
         found: Any = importlib.import_module(module_name)
     except Exception as exc:  # ModuleNotFoundError, or the module failing as it is imported
         raise UserError(f"{where} {path!r}: cannot import module {module_name!r} "
-                        f"({type(exc).__name__}: {_one_line(exc)})") from None
+                        f"({type(exc).__name__}: {one_line(exc)})") from None
     for part in attr.split("."):
         if not hasattr(found, part):
             raise UserError(f"{where} {path!r}: module {module_name!r} has no attribute {attr!r}")
@@ -63,4 +64,4 @@ def call(path: str, where: str, function: Any, offered: dict[str, Any], extra: d
     except Exception as exc:
         called = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise UserError(f"{where} {path!r}: the factory raised {type(exc).__name__} when called with "
-                        f"({called}): {_one_line(exc)}") from None
+                        f"({called}): {one_line(exc)}") from None

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .errors import UserError
+from .imports import one_line
 
 __all__ = ["MODELS", "AllConv", "MLP", "build_model", "capture_activations", "check_model", "last_spatial_layer",
            "register_model", "resolve_layer", "torchvision_model"]
@@ -159,7 +160,7 @@ def torchvision_model(name: str, input_shape: tuple[int, ...], num_outputs: int,
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs, **(args or {}))
     except Exception as exc:
-        raise UserError(f"model.arch torchvision:{name}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise UserError(f"model.arch torchvision:{name}: {type(exc).__name__}: {one_line(exc)}") from None
     _adapt_first_conv(model, input_shape[0])
     return model
 
@@ -190,7 +191,7 @@ def check_model(model: nn.Module, arch: str, example: Tensor, num_outputs: int) 
             output = model(example)
     except Exception as exc:
         raise UserError(f"model.arch {arch!r}: the model failed on a batch of shape {tuple(example.shape)} "
-                        f"({type(exc).__name__}: {_one_line(exc)})") from None
+                        f"({type(exc).__name__}: {one_line(exc)})") from None
     finally:
         model.train(was_training)
     try:
@@ -201,10 +202,6 @@ def check_model(model: nn.Module, arch: str, example: Tensor, num_outputs: int) 
     if tuple(logits.shape) != expected:
         raise UserError(f"model.arch {arch!r}: the model's output for a batch of {len(example)} has shape "
                         f"{tuple(logits.shape)}; expected {expected} (one logit per class)")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:

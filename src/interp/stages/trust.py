@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -155,7 +154,7 @@ class TrustStage(Stage):
             notes.append("the randomization check runs at the final epoch (trust: {randomization: always} for every "
                          "epoch)")
         curves = {m: {mode: r[mode].mean(0).tolist() for mode in ("deletion", "insertion")} for m, r in results.items()}
-        ctx.save_json("trust.json", _plain({"epoch": ctx.epoch, "methods": report, "curves": curves}))
+        ctx.save_json("trust.json", {"epoch": ctx.epoch, "methods": report, "curves": curves})  # strict JSON
         return Summary("Can you trust the maps?", COLUMNS, rows, notes)
 
     def draw_curves(self, ctx: StageContext, results: dict[str, dict[str, Any]]) -> None:
@@ -221,14 +220,3 @@ def short(layer: str) -> str:
     """'features.conv3.0' → 'conv3'; 'head' → 'head'."""
     parts = [p for p in layer.split(".") if not p.isdigit() and p != "features"]
     return parts[-1] if parts else layer
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become null."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
