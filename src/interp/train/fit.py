@@ -145,25 +145,26 @@ def _on_main(dist: Dist, work: Callable[[], Any]) -> Any:
 def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_dir: Path, name: str | None,
          resume: Path | str | None, reporter: Reporter) -> TrainResult:
     resumed: Run | None = None
+    resume_state: dict[str, Any] | None = None
 
     def check_resume() -> bool:
-        nonlocal resumed
+        nonlocal resumed, resume_state
         resumed = Run.open(Path(resume))  # type: ignore[arg-type]  # clear error for a missing run
         resumed.lock()  # one process per run
         try:
-            go = _resume_state(resumed, cfg, reporter) is not None
+            resume_state = _resume_state(resumed, cfg, reporter)
         except BaseException:
             resumed.close()
             raise
-        if not go:  # nothing to do: nothing is written
+        if resume_state is None:  # nothing to do: nothing is written
             resumed.close()
-        return go
+        return resume_state is not None
 
-    resume_state = None
     if resume is not None:
         if not _on_main(dist, check_resume):
             return TrainResult(run_dir=Path(resume), metrics=Run(Path(resume)).read_metrics(), best_epoch=-1)
-        resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")  # checked (and repaired) by rank 0
+        if resume_state is None:  # the other ranks read what rank 0 checked (and repaired)
+            resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
 
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed, progress=reporter.progress, notice=reporter.notice).to(device)
