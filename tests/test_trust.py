@@ -229,3 +229,13 @@ def test_smoothgrad_noise_is_the_same_for_trained_and_randomized_maps(data) -> N
     assert cascade.correlations[0] == pytest.approx(1.0)
     assert torch.equal(cascade.maps[0], cascade.trained)
     assert cascade.correlations[1] < 0.5  # the real layer, once random, changes the map
+
+
+def test_the_torch_free_trust_options_match_the_methods_and_rules() -> None:
+    """The trust stage names its methods and cut-off without importing torch; they must be the real ones."""
+    from interp import trust as rules
+    from interp.attribution import METHODS
+    from interp.stages import trust as stage
+
+    assert tuple(METHODS) == stage.METHOD_NAMES
+    assert stage.CORRELATION_LIMIT == rules.CORRELATION_LIMIT
