@@ -57,8 +57,9 @@ def main() -> None:
         for repeat in range(args.repeats):  # alternated, so that drift in machine speed hits both alike
             plain += plain_loop(no_stages, args.epochs, device)
             ours += [row["seconds"] for row in interp_rows(no_stages, Path(tmp) / f"plain-{repeat}")]
-        staged = interp_rows(load_config(None, [*base, f"analysis.stages={default_stage_specs()}".replace("'", "")]),
-                             Path(tmp) / "stages")
+        stages = f"analysis.stages={default_stage_specs()}".replace("'", "")
+        staged = {worker: interp_rows(load_config(None, [*base, stages, f"analysis.drawing_worker={worker}"]),
+                                      Path(tmp) / f"stages-{worker}") for worker in (False, True)}
 
     n = args.images
     p, o = statistics.median(plain), statistics.median(ours)
@@ -67,11 +68,12 @@ def main() -> None:
     print(f"{'images/s (train + evaluate)':<34}{'plain':>10}{'interp':>10}{'interp/plain':>14}")
     print(f"{'median epoch':<34}{n / p:>10,.0f}{n / o:>10,.0f}{(n / o) / (n / p):>14.3f}")
     print(f"{'fastest epoch':<34}{n / min(plain):>10,.0f}{n / min(ours):>10,.0f}{min(plain) / min(ours):>14.3f}")
-    print("seconds per epoch the default stages block the training loop (no drawing worker yet):")
-    for row in staged:
-        blocked = sum(v for k, v in row.items() if k.startswith("seconds/"))
-        print(f"  epoch {row['epoch']}: stages {blocked:.2f} s on an epoch of {row['seconds']:.2f} s "
-              f"({100 * blocked / row['seconds']:.1f} %)")
+    print("seconds per epoch the default stages block the training loop, as a share of the epoch:")
+    print(f"{'':<12}{'epoch s':>9}{'drawn in the loop':>22}{'drawing worker':>20}")
+    for inline, worker in zip(staged[False], staged[True], strict=True):
+        blocked = [sum(v for k, v in row.items() if k.startswith("seconds/")) for row in (inline, worker)]
+        cells = [f"{b:.2f} s ({100 * b / inline['seconds']:.1f} %)" for b in blocked]
+        print(f"  epoch {inline['epoch']:<4}{inline['seconds']:>9.2f}{cells[0]:>22}{cells[1]:>20}")
 
 
 if __name__ == "__main__":

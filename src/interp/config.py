@@ -18,6 +18,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import UserError
@@ -109,7 +110,12 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(default=0.001, gt=0, le=1e6)
     momentum: float = Field(default=0.9, ge=0, le=1)  # sgd only
+    nesterov: bool = False  # sgd only
     weight_decay: float = Field(default=0.0, ge=0, le=1e6)
+    # The learning rate per step: constant (train.lr throughout), or cosine — a linear warm-up over
+    # warmup_epochs, then half a cosine from train.lr down to 0 at the last step of train.epochs.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(default=0.0, ge=0, le=1_000_000)
     # auto = cuda, then mps, then cpu; or name one: cpu, cuda, cuda:1, mps.
     device: str = "auto"
     # What a NaN or infinite training loss does: stop (exit code 3, checkpoints keep the last good epoch)
@@ -130,6 +136,12 @@ class TrainConfig(_Section):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return value
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainConfig:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer: sgd and a momentum above 0")
+        return self
+
 
 class AnalysisConfig(_Section):
     # Run the stages at epoch 0, every `every` epochs, and at the last epoch.
@@ -146,6 +158,9 @@ class AnalysisConfig(_Section):
     # A stage that fails is reported (traceback in errors.log) and training goes on; true: stop instead
     # (for CI and debugging).
     strict: bool = False
+    # Render figures in a separate process while training goes on (the run waits for it at the end);
+    # false: draw each figure on the training path, in order.
+    drawing_worker: bool = True
 
 
 class AnimateConfig(_Section):

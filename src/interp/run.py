@@ -44,6 +44,7 @@ class Run:
         self._purge_step = purge_step
         self._sink: RunSink | None = None
         self._lock: Any = None
+        self.drawing_worker = False  # render figures in a separate process (see interp.analysis.drawing)
 
     # -- creating and finding runs ---------------------------------------------------------------
     @classmethod
@@ -124,17 +125,21 @@ class Run:
         if self._sink is None:
             from .analysis.sink import RunSink
 
-            self._sink = RunSink(self.path, purge_step=self._purge_step)
+            self._sink = RunSink(self.path, purge_step=self._purge_step, drawing_worker=self.drawing_worker)
         return self._sink
 
-    def close_sink(self) -> None:
+    def close_sink(self, finish: bool = True) -> None:
         if self._sink is not None:
-            self._sink.close()
+            self._sink.close(finish=finish)
             self._sink = None
 
-    def close(self) -> None:
-        self.close_sink()
-        self.unlock()
+    def close(self, finish: bool = True) -> None:
+        """Close the sink (``finish=False``, after an interruption: keep only the figures already drawn)
+        and release the lock."""
+        try:
+            self.close_sink(finish=finish)
+        finally:
+            self.unlock()
 
     # -- metrics.jsonl ---------------------------------------------------------------------------
     def append_metrics(self, row: dict[str, Any]) -> None:

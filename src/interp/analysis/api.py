@@ -113,14 +113,17 @@ class Analyzer:
 
     Writes what ``interp train`` writes for those stages into ``folder`` (an existing run folder is never
     reused: ``-2``, ``-3`` … is appended, see :attr:`folder`): ``epoch_NNN/<stage>/``, metrics.jsonl rows
-    and TensorBoard events, so ``interp report`` and TensorBoard work on it.
+    and TensorBoard events, so ``interp report`` and TensorBoard work on it. Figures are rendered by a
+    separate process while your loop goes on (``drawing_worker=False``: in :meth:`run`);
+    :meth:`close` waits for them.
     """
 
     def __init__(self, folder: str | Path, *, eval_data: tuple[Tensor, Tensor], classes: Sequence[str],
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  stages: list[Any] | None = None, epochs: int | None = None, probe_per_class: int = 1,
                  seed: int = 0, batch_size: int = 1000, features_layer: str | None = None,
-                 device: str | torch.device | None = None, notice: Callable[[str], None] = print):
+                 device: str | torch.device | None = None, notice: Callable[[str], None] = print,
+                 drawing_worker: bool = True):
         from ..run import Run
 
         self._stages = check_stages(stages, "stages")
@@ -136,6 +139,7 @@ class Analyzer:
         if moved:
             notice(moved)
         self.folder = self.run_folder.path
+        self.run_folder.drawing_worker = drawing_worker
         self.notice = notice
         self.analysis = Analysis(self._stages, self.run_folder.sink, notice=notice)
         self._prepared = False
@@ -187,7 +191,7 @@ class Analyzer:
         return dict(self.analysis.summaries)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard files."""
+        """Wait for the figures still being drawn, then flush and close the TensorBoard files."""
         self.run_folder.close()
 
     def __enter__(self) -> Analyzer:

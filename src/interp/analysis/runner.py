@@ -80,12 +80,20 @@ class StageContext:
         self.sink.scalar(f"{self.tag}{name}", float(value), self.step)
 
     def save_figure(self, fig: Any, name: str) -> None:
-        """Render ``fig`` once (or take PNG bytes, e.g. from a tile sheet): ``<stage>/<name>.png`` in this
+        """Render ``fig`` once (or take PNG bytes, or a ``(callable, args)`` pair that returns them): ``<stage>/<name>.png`` in this
         point's folder and the same image in TensorBoard."""
-        from ..plotting import render
+        path, tag = f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}"
+        if isinstance(fig, bytes):
+            self.sink.image(path, tag, fig, self.step)
+        else:  # rendered by the drawing worker when the run has one
+            self.sink.figure(path, tag, fig, self.step)
 
-        png = fig if isinstance(fig, bytes) else render(fig)
-        self.sink.image(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}", png, self.step)
+    def draw(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """``function(*args, **kwargs)`` — a module-level function of plain values (arrays, numbers,
+        strings) that returns a matplotlib figure or PNG bytes — drawn as ``<stage>/<name>.png``, by the
+        drawing worker when the run has one, so that building the figure is off the training path too."""
+        self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}",
+                         (function, args, kwargs), self.step)
 
     def save_file(self, name: str, content: bytes | str) -> None:
         """A file beside the stage's figures (JSON, CSV, tensors)."""

@@ -21,6 +21,8 @@ class Sink(Protocol):
 
     def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None: ...
 
+    def figure(self, path: str, tag: str, figure: Any, step: int) -> None: ...
+
     def histogram(self, tag: str, values: Any, step: int) -> None: ...
 
     def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
@@ -68,6 +70,11 @@ class NullSink:
         self.images[path] = png
         return None
 
+    def figure(self, path: str, tag: str, figure: Any, step: int) -> None:
+        from .drawing import render_job
+
+        self.images[path] = render_job(figure)
+
     def histogram(self, tag: str, values: Any, step: int) -> None:
         pass
 
@@ -93,21 +100,31 @@ class NullSink:
 
 
 class RunSink:
-    """Files under ``root``; TensorBoard events in ``root`` (``purge_step``: drop steps a resume redoes)."""
+    """Files under ``root``; TensorBoard events in ``root`` (``purge_step``: drop steps a resume redoes).
 
-    def __init__(self, root: Path, purge_step: int | None = None):
+    With ``drawing_worker``, figures are rendered by a :class:`~interp.analysis.drawing.DrawingWorker`
+    while the caller goes on, and written when ready; :meth:`close` waits for them. Every write holds one
+    lock, so the worker's results and the caller's writes never interleave."""
+
+    def __init__(self, root: Path, purge_step: int | None = None, drawing_worker: bool = False):
+        import threading
+
         self.root = Path(root)
         self._purge_step = purge_step
         self._writer: Any = None
+        self._lock = threading.RLock()
+        self._worker: Any = None
+        self.drawing_worker = drawing_worker
 
     @property
     def writer(self) -> Any:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+        with self._lock:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.root), purge_step=self._purge_step)
-            self._keep_projector_config(self._writer)
-        return self._writer
+                self._writer = SummaryWriter(log_dir=str(self.root), purge_step=self._purge_step)
+                self._keep_projector_config(self._writer)
+            return self._writer
 
     def _keep_projector_config(self, writer: Any) -> None:
         """A new writer rewrites projector_config.pbtxt with only its own embeddings; start it from the
@@ -131,7 +148,8 @@ class RunSink:
         return target
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, float(value), step)
+        with self._lock:
+            self.writer.add_scalar(tag, float(value), step)
 
     def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None:
         """PNG bytes to ``path`` and, as they are (no decode and re-encode), to TensorBoard."""
@@ -139,30 +157,58 @@ class RunSink:
 
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        target = self._path(path)
-        write_atomic(target, png)
-        width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
-        channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
-        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
-        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        with self._lock:
+            target = self._path(path)
+            write_atomic(target, png)
+            width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+            channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
+            image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
         return target
 
+    def figure(self, path: str, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure (or a ``(callable, args)`` pair returning PNG bytes) rendered and written as
+        :meth:`image` — by the drawing worker when there is one, else here and now."""
+        from .drawing import DrawingWorker, render_job
+
+        if not self.drawing_worker:
+            self.image(path, tag, render_job(figure), step)
+            return
+        with self._lock:
+            if self._worker is None:
+                self._worker = DrawingWorker()
+            worker = self._worker
+
+        def failed(why: str) -> None:
+            self.append("errors.log", f"--- figure {path} (step {step}) was not drawn: {why}\n")
+
+        try:
+            worker.submit(figure, lambda png: self.image(path, tag, png, step), failed)
+        finally:
+            if not isinstance(figure, tuple):
+                import matplotlib.pyplot as plt
+
+                plt.close(figure)  # pickled: the worker has its own copy
+
     def histogram(self, tag: str, values: Any, step: int) -> None:
-        self.writer.add_histogram(tag, values, step)
+        with self._lock:
+            self.writer.add_histogram(tag, values, step)
 
     def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
                   thumbnails: Any, step: int) -> None:
-        self.writer.add_embedding(features, metadata=metadata, metadata_header=header, label_img=thumbnails,
-                                  global_step=step, tag=tag)
+        with self._lock:
+            self.writer.add_embedding(features, metadata=metadata, metadata_header=header, label_img=thumbnails,
+                                      global_step=step, tag=tag)
 
     def file(self, path: str, content: bytes | str) -> Path | None:
         """Written whole or not at all (a temporary file, then renamed)."""
-        target = self._path(path)
-        write_atomic(target, content.encode("utf-8") if isinstance(content, str) else content)
+        with self._lock:
+            target = self._path(path)
+            write_atomic(target, content.encode("utf-8") if isinstance(content, str) else content)
         return target
 
     def append(self, path: str, text: str) -> None:
-        with self._path(path).open("a", encoding="utf-8") as handle:
+        with self._lock, self._path(path).open("a", encoding="utf-8") as handle:
             handle.write(text)
 
     def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]:
@@ -170,11 +216,23 @@ class RunSink:
 
         return write_video(frames, self._path(path), fps, formats)
 
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+    def wait(self) -> None:
+        """Until every figure handed to the drawing worker is written."""
+        if self._worker is not None:
+            self._worker.wait()
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def flush(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.flush()
+
+    def close(self, finish: bool = True) -> None:
+        """Wait for the drawing worker (``finish=False``: keep only the figures it has finished), then close
+        the TensorBoard files."""
+        if self._worker is not None:
+            self._worker.close(finish=finish)
+            self._worker = None
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

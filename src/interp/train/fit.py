@@ -25,6 +25,7 @@ from ..stages import Summary, check_stages, default_stage_specs
 from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, set_rng_state
 from .distributed import Dist, setup
 from .loop import Callback, Reporter, SilentReporter, Trainer
+from .schedule import lr_schedule
 from .speed import speed_for
 
 __all__ = ["TrainResult", "fit", "load_model", "make_optimizer", "resolve_device"]
@@ -60,7 +61,8 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                               nesterov=t.nesterov)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -215,6 +217,7 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         run = created if created is not None else Run(Path(run_dir))
         best = None
 
+    run.drawing_worker = cfg.analysis.drawing_worker
     init_path = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init_path, map_location=device)["model"] \
         if dist.main and init_path.exists() else None
@@ -232,11 +235,14 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
+    steps_per_epoch = -(-len(data.train_x) // cfg.data.batch_size)
+    lr_at = lr_schedule(cfg.train.schedule, cfg.train.lr, cfg.train.epochs * steps_per_epoch,
+                        round(cfg.train.warmup_epochs * steps_per_epoch)) if cfg.train.schedule != "constant" else None
     trainer = Trainer(model, data, probe, optimizer, loss_function(data), generator, epochs=cfg.train.epochs,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=callbacks, reporter=reporter, analyzed=analyzed,
                       features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
-                      speed=speed)
+                      speed=speed, lr_at=lr_at)
     try:
         trainer.fit(start_epoch, resuming=resume_state is not None)
         dist.barrier()  # the others wait for rank 0's last stages and checkpoint
@@ -246,7 +252,7 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         except ValueError:  # not the main thread: signals are not ours to change
             previous = None
         try:
-            run.close()
+            run.close(finish=False)  # the figures already drawn are kept; the worker stops
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)

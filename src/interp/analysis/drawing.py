@@ -1,0 +1,204 @@
+"""The drawing worker: figures are rendered to PNG in a separate process while training goes on.
+
+A stage builds its figure (cheap: a few arrays and artists) and hands it to ``ctx.save_figure``; the
+sink pickles it (matplotlib figures pickle with their data) and sends it to :class:`DrawingWorker`, a
+child process (``python -m interp.analysis.drawing``) that does the expensive part — laying out and
+rasterising — and sends the PNG bytes back. A thread of the training process writes them to the run
+folder and TensorBoard as they arrive. The run waits for the worker only when it closes; after Ctrl-C
+it keeps what is finished and stops the worker.
+
+The child is a plain subprocess fed through a pipe (not :mod:`multiprocessing`), so it never re-imports
+the user's ``__main__`` script, and it exits by itself when the training process goes away.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+__all__ = ["DrawingWorker", "render_job"]
+
+_HEADER = struct.Struct(">Q")
+
+
+def _send(stream: BinaryIO, value: Any) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    size = _HEADER.unpack(header)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)  # noqa: S301 — from our own parent or child process only
+
+
+def render_job(job: Any) -> bytes:
+    """PNG bytes of a job: a matplotlib figure, or ``(function, args)`` / ``(function, args, kwargs)`` where
+    ``function`` (importable by name) returns a figure or PNG bytes."""
+    from ..plotting import render
+
+    if isinstance(job, tuple):
+        function, args, *rest = job
+        job = function(*args, **(rest[0] if rest else {}))
+    if isinstance(job, bytes | bytearray):
+        return bytes(job)
+    return render(job)
+
+
+class DrawingWorker:
+    """One child process that renders figures; ``submit(job, done)`` returns at once and calls
+    ``done(png)`` (or ``failed(message)``) from a thread of this process when the PNG is ready."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._pending: dict[int, tuple[Callable[[bytes], None], Callable[[str], None]]] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._next = 0
+        self._threads: list[threading.Thread] = []
+        self.broken: str | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "interp.analysis.drawing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                start_new_session=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            atexit.register(self.close)  # a loop that forgets to close still gets its figures
+            for target in (self._feed, self._collect):
+                thread = threading.Thread(target=target, name=f"interp-drawing-{target.__name__}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return self._process
+
+    def submit(self, job: Any, done: Callable[[bytes], None], failed: Callable[[str], None]) -> None:
+        """Pickle ``job`` now (so later changes to its arrays do not matter) and queue it."""
+        payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self.broken is not None:
+                failed(self.broken)
+                return
+            self._start()
+            key = self._next
+            self._next += 1
+            self._pending[key] = (done, failed)
+        self._outbox.put((key, payload))
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _feed(self) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        stream = self._process.stdin
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                break
+            key, payload = item
+            try:
+                stream.write(_HEADER.pack(8 + len(payload)) + struct.pack(">Q", key) + payload)
+                stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._fail_all("the drawing worker stopped")
+                return
+        with contextlib.suppress(OSError):
+            stream.close()
+
+    def _collect(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        stream = self._process.stdout
+        while True:
+            try:
+                key, ok, value = _receive(stream)  # type: ignore[arg-type]
+            except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+                break
+            with self._lock:
+                callbacks = self._pending.get(key)
+            if callbacks is not None:
+                try:
+                    (callbacks[0] if ok else callbacks[1])(value)
+                finally:
+                    with self._lock:
+                        self._pending.pop(key, None)
+                        self._idle.notify_all()
+        self._fail_all("the drawing worker stopped before it finished")
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = why
+            pending, self._pending = self._pending, {}
+            self._idle.notify_all()
+        for _, failed in pending.values():
+            failed(why)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until every submitted figure is written (True), or ``timeout`` seconds pass (False)."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._pending, timeout)
+
+    def close(self, finish: bool = True) -> None:
+        """``finish``: write every queued figure first; otherwise keep only what is already rendered."""
+        if self._process is None:
+            return
+        atexit.unregister(self.close)
+        if finish:
+            self.wait()
+        self._outbox.put(None)
+        if not finish:
+            self._process.kill()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with self._lock:
+            self._pending.clear()
+        self._process = None
+        self._threads = []
+
+
+def main() -> None:
+    """The child: read jobs from stdin, write ``(key, ok, png | message)`` to the original stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process decides when drawing stops
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed while drawing goes to stderr, never into the result stream
+    source = sys.stdin.buffer
+    from .. import plotting  # noqa: F401 — the backend and style the figures were built with
+
+    while True:
+        header = source.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            break
+        data = source.read(_HEADER.unpack(header)[0])
+        key = struct.unpack(">Q", data[:8])[0]
+        try:
+            png = render_job(pickle.loads(data[8:]))  # noqa: S301 — from the training process that started us
+            result: tuple[int, bool, Any] = (key, True, png)
+        except Exception as exc:  # a figure that cannot be drawn fails alone
+            result = (key, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        _send(out, result)
+
+
+if __name__ == "__main__":
+    main()
