@@ -74,14 +74,15 @@ class Callback:
 def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                 batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
                 on_step: Callable[[], None] | None = None, on_nan: str = "stop",
-                epoch: int = 0, dist: Dist | None = None,
-                speed: Speed | None = None) -> tuple[float | None, float | None, int]:
+                epoch: int = 0, dist: Dist | None = None, speed: Speed | None = None,
+                lr_at: Callable[[int], float] | None = None) -> tuple[float | None, float | None, int]:
     """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
     number of batches skipped for a non-finite loss). With ``on_nan="stop"`` a NaN or infinite loss
     raises :class:`NonFiniteLoss` before the step that would spread it into the weights.
 
     Under torchrun (``dist``) every rank draws the same order (the generator is seeded alike), takes its
-    part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks."""
+    part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks.
+    ``lr_at(i)``: the learning rate of this epoch's ``i``-th step (from 0), set before it."""
     dist = dist or Dist()
     speed = speed or Speed(contextlib.nullcontext, False, None, None)
     model.train()
@@ -91,6 +92,10 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     skipped = 0
     for step, start in enumerate(range(0, n, batch_size), start=1):
         whole = order[start:start + batch_size]
+        if lr_at is not None:
+            rate = lr_at(step - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
         if len(whole) < dist.world:  # a last batch too small to give every rank an image: left out by all
             advance(1)
             continue
@@ -154,7 +159,8 @@ class Trainer:
                  loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
                  analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop",
-                 dist: Dist | None = None, trained: nn.Module | None = None, speed: Speed | None = None):
+                 dist: Dist | None = None, trained: nn.Module | None = None, speed: Speed | None = None,
+                 lr_at: Callable[[int], float] | None = None):
         self.model = model
         self.analyzed = analyzed or model
         self.data = data
@@ -175,6 +181,7 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)
+        self.lr_at = lr_at  # the learning rate of each global step (from 0), or None: the optimiser's own
 
     def fit(self, start_epoch: int = 0, resuming: bool = False) -> None:
         """Epoch 0 (evaluation only) unless resuming, then epochs ``start_epoch + 1 … epochs``."""
@@ -195,11 +202,14 @@ class Trainer:
         skipped = 0
         if epoch > 0:
             step_callbacks = [c for c in self.callbacks if type(c).on_step is not Callback.on_step]
+            first = (epoch - 1) * self.steps_per_epoch
+            lr_at = self.lr_at
+            epoch_lr = (lambda i: lr_at(first + i)) if lr_at is not None else None
             with self.reporter.progress("training", self.steps_per_epoch) as advance:
                 train_loss, train_accuracy, skipped = train_epoch(
                     self.trained, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
                     (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist,
-                    self.speed)
+                    self.speed, epoch_lr)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         if self.dist.enabled:  # only rank 0 has the callbacks: every rank must gather alike
             features = bool(self.dist.broadcast(features))
