@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,8 +22,6 @@ class Confusion(Stage):
 
     def run(self, ctx: StageContext) -> None:
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-        from ..plotting import figure
 
         classes = ctx.data.classes
         labels = list(range(len(classes)))
@@ -51,25 +49,35 @@ class Confusion(Stage):
         ctx.record("accuracy", accuracy)
         ctx.record("macro_f1", float(np.mean(f1)))
 
-        n = len(classes)
-        panel = max(3.6, 0.42 * n)
-        fig, axes = figure(1, 2, panel=panel)
-        for ax, values, title, fmt in (
-            (axes[0, 0], matrix, "counts", "d"),
-            (axes[0, 1], normalized, "row-normalized\n(recall on the diagonal)", ".2f"),
-        ):
-            image = ax.imshow(values, cmap="Blues", vmin=0)
-            ax.set_title(title)
-            ax.set_xlabel("predicted class")
-            ax.set_ylabel("true class")
-            ax.set_xticks(labels, classes, rotation=90 if max(map(len, classes)) > 2 else 0)
-            ax.set_yticks(labels, classes)
-            if n <= 20:
-                peak = values.max() or 1
-                for (r, c), v in np.ndenumerate(values):
-                    # inside its cell: left out of the layout and bbox computations, which it would slow down
-                    ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7 if n > 10 else 8,
-                            color="white" if v > 0.6 * peak else "black", in_layout=False)
-            fig.colorbar(image, ax=ax, shrink=0.8)
-        fig.suptitle(f"epoch {ctx.epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {'images' if ctx.data.is_image else 'points'}")
-        ctx.save_figure(fig, "confusion")
+        noun = "images" if ctx.data.is_image else "points"
+        ctx.draw("confusion", draw_confusion, matrix, normalized, list(classes), accuracy, ctx.epoch, noun)
+
+
+def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float, epoch: int,
+                   noun: str) -> Any:
+    """The counts and the row-normalized matrix side by side (run by the drawing worker)."""
+    from ..plotting import figure
+
+    n = len(classes)
+    labels = list(range(n))
+    panel = max(3.6, 0.42 * n)
+    fig, axes = figure(1, 2, panel=panel)
+    for ax, values, title, fmt in (
+        (axes[0, 0], matrix, "counts", "d"),
+        (axes[0, 1], normalized, "row-normalized\n(recall on the diagonal)", ".2f"),
+    ):
+        image = ax.imshow(values, cmap="Blues", vmin=0)
+        ax.set_title(title)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_xticks(labels, classes, rotation=90 if max(map(len, classes)) > 2 else 0)
+        ax.set_yticks(labels, classes)
+        if n <= 20:
+            peak = values.max() or 1
+            for (r, c), v in np.ndenumerate(values):
+                # inside its cell: left out of the layout and bbox computations, which it would slow down
+                ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7 if n > 10 else 8,
+                        color="white" if v > 0.6 * peak else "black", in_layout=False)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"epoch {epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {noun}")
+    return fig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,30 +58,38 @@ class EmbeddingsStage(Stage):
         self._draw(ctx, features.numpy(), labels, names)
 
     def _draw(self, ctx: StageContext, features: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
-        from sklearn.decomposition import PCA
-        from sklearn.manifold import TSNE
-
-        from ..plotting import figure
-
-        views = []
-        pca = PCA(n_components=2, random_state=0)
-        views.append(("PCA", pca.fit_transform(features),
-                      f"explains {pca.explained_variance_ratio_.sum():.0%} of the variance"))
         want_tsne = self.options.tsne == "always" or (self.options.tsne == "final" and ctx.final)
-        if want_tsne and len(features) > self.options.perplexity * 3:
-            tsne = TSNE(n_components=2, perplexity=self.options.perplexity, init="pca", random_state=0)
-            views.append(("t-SNE", tsne.fit_transform(features), f"perplexity {self.options.perplexity:g}"))
-        fig, axes = figure(1, len(views), panel=4.6)
-        for ax, (title, points, note) in zip(axes[0], views, strict=True):
-            for c, name in enumerate(names):
-                mine = labels == c
-                ax.scatter(points[mine, 0], points[mine, 1], s=5, color=f"C{c % 10}", label=name, alpha=0.8,
-                           linewidths=0)
-            ax.set_title(f"{title} ({note})")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_aspect("equal", adjustable="datalim")
-        axes[0, -1].legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-        fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, "
-                     f"epoch {ctx.epoch}; colour = true class")
-        ctx.save_figure(fig, "embeddings")
+        tsne = self.options.perplexity if want_tsne and len(features) > self.options.perplexity * 3 else None
+        # the projections (t-SNE takes seconds) are computed by the drawing worker, off the training path
+        ctx.draw("embeddings", draw_embeddings, features, labels, list(names), ctx.epoch, tsne)
+
+
+def draw_embeddings(features: np.ndarray, labels: np.ndarray, names: list[str], epoch: int,
+                    perplexity: float | None) -> Any:
+    """PCA of the features, and t-SNE when ``perplexity`` is given, coloured by true class."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    from ..plotting import figure
+
+    views = []
+    pca = PCA(n_components=2, random_state=0)
+    views.append(("PCA", pca.fit_transform(features),
+                  f"explains {pca.explained_variance_ratio_.sum():.0%} of the variance"))
+    if perplexity is not None:
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0)
+        views.append(("t-SNE", tsne.fit_transform(features), f"perplexity {perplexity:g}"))
+    fig, axes = figure(1, len(views), panel=4.6)
+    for ax, (title, points, note) in zip(axes[0], views, strict=True):
+        for c, name in enumerate(names):
+            mine = labels == c
+            ax.scatter(points[mine, 0], points[mine, 1], s=5, color=f"C{c % 10}", label=name, alpha=0.8,
+                       linewidths=0)
+        ax.set_title(f"{title} ({note})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal", adjustable="datalim")
+    axes[0, -1].legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, "
+                 f"epoch {epoch}; colour = true class")
+    return fig
