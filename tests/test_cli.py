@@ -74,3 +74,26 @@ def test_stages_command_lists_the_registry() -> None:
     result = runner.invoke(app, ["stages"])
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.output.strip().splitlines()] == list(STAGES)
+
+
+@pytest.mark.parametrize(("args", "folder"), [
+    ([], "mnist-mlp"),
+    (["--name", "setdemo"], "setdemo"),
+    (["--set", "model.arch=allconv", "--set", "model.width=4"], "mnist-allconv"),
+    (["--set", "data.dataset=rings", "--set", "data.points=200"], "rings-mlp"),
+])
+def test_the_run_is_named_after_its_data_and_model_and_config_yaml_says_so(
+        args: list[str], folder: str, tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    quick = ["--set", "train.epochs=0", "--set", "train.device=cpu", "--set", "analysis.stages=[]"]
+    result = runner.invoke(app, ["train", *quick, *args])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "save").iterdir()] == [folder]
+    assert yaml.safe_load((tmp_path / "save" / folder / "config.yaml").read_text())["name"] == folder
+    again = runner.invoke(app, ["train", *quick, *[a for a in args if a not in ("--name", "setdemo")]])
+    assert again.exit_code == 0, again.output
+    if "setdemo" not in args:  # a second run takes -2, and its config.yaml records that
+        saved = yaml.safe_load((tmp_path / "save" / f"{folder}-2" / "config.yaml").read_text())
+        assert saved["name"] == f"{folder}-2"

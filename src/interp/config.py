@@ -178,13 +178,30 @@ class AnimateConfig(_Section):
 
 
 class Config(_Section):
-    name: str = Field("mnist-mlp", pattern=r"^[A-Za-z0-9._-]+$", max_length=100)  # run folder name prefix
+    # Run folder name prefix; None: the dataset and the architecture (mnist-mlp, cifar10-allconv,
+    # rings-mlp …; see run_name).
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", max_length=100)
     seed: int = Field(default=0, ge=0, lt=2**63)
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     animate: AnimateConfig = Field(default_factory=AnimateConfig)
+
+
+def _short(value: str) -> str:
+    """'torchvision:resnet18' → 'resnet18', 'pkg.data:make' → 'make', 'mnist-sample' → 'mnist'."""
+    value = value.rsplit(":", 1)[-1].rsplit(".", 1)[-1] if ":" in value else value
+    return {"mnist-sample": "mnist"}.get(value, value)
+
+
+def run_name(cfg: Config) -> str:
+    """The run folder's name: ``name`` when the config gives one, else ``<dataset>-<architecture>``."""
+    if cfg.name:
+        return cfg.name
+    dataset = Path(cfg.data.root).name if cfg.data.dataset == "folder" else _short(cfg.data.dataset)
+    name = f"{dataset}-{_short(cfg.model.arch)}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:100] or "run"
 
 
 def bundled_config(name: str) -> Path:

@@ -60,7 +60,7 @@ def animate_config(cfg: Config, save_dir: Path | str = "save", name: str | None 
     """Train ``cfg.animate.hidden``'s networks side by side on a toy problem and animate them learning.
 
     ``cfg.data.dataset`` must be ``rings`` or ``polynomial``. Creates a run folder in ``save_dir``
-    (named ``name`` exactly when given, else ``cfg.name`` with -2, -3 … if taken), saves the config
+    (named ``name`` exactly when given, else ``cfg.name`` (or the dataset's name) with -2, -3 … if taken), saves the config
     there, and writes the animation into its ``animations/`` folder (see the module docstring).
     Returns the written files: the GIF, the MP4 (``format: mp4``), the last frame as PNG, the metrics JSON.
     """
@@ -80,10 +80,10 @@ def animate_config(cfg: Config, save_dir: Path | str = "save", name: str | None 
         model = MLP((input_size,), 1, hidden, cfg.model.activation)
         learners.append(Learner(hidden, shape_label(input_size, hidden), model, make_optimizer(cfg, model)))
 
-    run, moved = Run.create(Path(save_dir), name or cfg.name, exact=name is not None)
+    run, moved = Run.create(Path(save_dir), name or cfg.name or cfg.data.dataset, exact=name is not None)
     if moved:
         reporter.notice(moved)
-    save_config(cfg, run.config_path)
+    save_config(cfg.model_copy(update={"name": run.path.name}), run.config_path)  # the real name
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the nets are tiny: more threads only add synchronisation, and cost several times

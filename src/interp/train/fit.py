@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..analysis.api import Analysis
 from ..analysis.evaluation import logits_model
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config, load_config, save_config
+from ..config import Config, load_config, run_name, save_config
 from ..data import Data, load_data, select_probe
 from ..data.sources import check_sources
 from ..errors import UserError
@@ -185,11 +185,11 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
 
     def make_run() -> str:
         nonlocal created
-        created, moved = Run.create(save_dir, name or cfg.name, exact=name is not None)
+        created, moved = Run.create(save_dir, name or run_name(cfg), exact=name is not None)
         created.lock()
         if moved:
             reporter.notice(moved)
-        save_config(cfg, created.config_path)
+        save_config(cfg.model_copy(update={"name": created.path.name}), created.config_path)  # the real name
         save_checkpoint({"model": model.state_dict(), "epoch": 0}, created.checkpoints / "init.pt")
         return str(created.path)
 
@@ -209,7 +209,7 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         if dist.main:
             run.purge_from(start_epoch + 1)
             run.keep_metrics_through(start_epoch)
-            save_config(cfg, run.config_path)
+            save_config(cfg.model_copy(update={"name": run.path.name}), run.config_path)
         reporter.notice(f"resuming {run.path} after epoch {start_epoch}")
     else:
         start_epoch = 0
