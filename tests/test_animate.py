@@ -6,14 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from matplotlib.transforms import Bbox
+from PIL import Image, ImageSequence
 from typer.testing import CliRunner
 
 from interp.animate.command import animate_config
+from interp.animate.figures import PolynomialFigure, RingsFigure, _stretches, polynomial_ylim
 from interp.animate.geometry import decision_line, grid_lines, warp_grid
-from interp.animate.learners import check_shapes
+from interp.animate.learners import check_shapes, make_learners, make_problem, measure
 from interp.animate.video import mp4_duration
 from interp.cli import app
 from interp.config import bundled_config, load_config
@@ -144,6 +147,21 @@ def test_animation_has_one_frame_per_configured_frame(rings_run: tuple[list[Path
         assert all(0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0 for m in entry["models"])
 
 
+def test_every_frame_has_one_size_and_nothing_cut_at_its_sides(
+        rings_run: tuple[list[Path], dict[str, Any]]) -> None:
+    """Two panels (as ``--hidden 1,2 --hidden 3,2``): the legend used to run over both sides of every frame."""
+    outputs = rings_run[0]
+    with Image.open(outputs[1]) as png:
+        size = png.size
+    with Image.open(outputs[0]) as gif:
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
+    assert len(frames) == 6
+    for frame in [*frames, np.asarray(Image.open(outputs[1]).convert("RGB"))]:
+        assert frame.shape == (size[1], size[0], 3)
+        for side in (frame[:, :3], frame[:, -3:], frame[:3]):  # left, right, top: white
+            assert side.min() >= 250, "something is drawn up to the frame's edge"
+
+
 def test_training_lowers_the_loss_of_the_three_unit_net(rings_run: tuple[list[Path], dict[str, Any]]) -> None:
     losses = [entry["models"][1]["loss"] for entry in rings_run[1]["frames"]]
     assert losses[-1] < 0.75 * losses[0]
@@ -163,6 +181,117 @@ def test_polynomial_mp4_lasts_frames_over_fps(tmp_path: Path) -> None:
     assert all({"loss", "test_loss"} <= set(m) for entry in metrics["frames"] for m in entry["models"])
     with pytest.raises(UserError, match="already exists"):  # --name is taken exactly, never reused
         animate_config(cfg, save_dir=tmp_path, name="poly")
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(outputs[1]))
+    meta = next(reader)
+    with Image.open(outputs[2]) as png:
+        width, height = png.size
+    assert tuple(meta["size"]) == (width + width % 2, height + height % 2)  # padded to even sides
+    assert sum(1 for _ in reader) == 6  # every frame decodes at that size
+
+
+# -- the figures ---------------------------------------------------------------------------------------
+
+RINGS_SHAPES = {1: "[[3,2]]", 2: "[[3,2],[4,2]]", 3: "[[1,2],[3,2],[4,2]]", 4: "[[1,2],[2,2],[3,2],[4,2]]"}
+POLYNOMIAL_SHAPES = {1: "[[6]]", 2: "[[6],[3,3]]", 3: "[[2],[6],[3,3]]", 4: "[[2],[6],[3,3],[3,1,3]]"}
+
+
+def make_figure(dataset: str, panels: int) -> RingsFigure | PolynomialFigure:
+    """The animation's figure for ``panels`` architectures, their metrics measured (untrained)."""
+    if dataset == "rings":
+        cfg = small_rings(f"animate.hidden={RINGS_SHAPES[panels]}")
+    else:
+        cfg = load_config(bundled_config("polynomial"), ["data.points=400",
+                                                         f"animate.hidden={POLYNOMIAL_SHAPES[panels]}"])
+    problem = make_problem(cfg)
+    learners = make_learners(cfg, problem)
+    for learner in learners:
+        learner.history.append(measure(learner, problem))
+    if dataset == "rings":
+        return RingsFigure(learners, problem, cfg.model.activation)
+    return PolynomialFigure(learners, problem)
+
+
+def inside(inner: Bbox, outer: Bbox) -> bool:
+    return bool(inner.x0 >= outer.x0 and inner.y0 >= outer.y0 and inner.x1 <= outer.x1 and inner.y1 <= outer.y1)
+
+
+@pytest.mark.parametrize("panels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dataset", ["rings", "polynomial"])
+def test_legend_and_caption_fit_inside_the_figure(dataset: str, panels: int) -> None:
+    figure = make_figure(dataset, panels)
+    captions = [f"{dataset}, untrained  ·  sgd lr 0.001, batch 2000",
+                f"{dataset}, after 1999 epochs  ·  sgd lr 0.001, batch 2000"]
+    figure.fit_caption(captions)
+    shapes = set()
+    for caption in (captions[0], captions[1], captions[0]):  # the layout is fixed on the first frame
+        figure.update(caption)
+        pixels = figure.grab()
+        shapes.add(pixels.shape)
+        renderer = figure.canvas.get_renderer()
+        page = figure.fig.bbox
+        legend = figure.fig.legends[0].get_window_extent(renderer)
+        title = figure.suptitle.get_window_extent(renderer)
+        assert inside(legend, page), (legend, page)
+        assert inside(title, page), (title, page)
+        for ax in figure.fig.axes:  # the room for them is reserved: neither covers a panel or its labels
+            panel = ax.get_tightbbox(renderer)
+            assert panel is not None and inside(panel, page)
+            assert not legend.overlaps(panel) and not title.overlaps(panel)
+        for side in (pixels[:, :2], pixels[:, -2:], pixels[:2], pixels[-2:]):
+            assert side.min() >= 250, "something is drawn up to the figure's edge"
+    assert len(shapes) == 1  # every frame has the same size
+
+
+def test_polynomial_panels_show_the_whole_target_in_every_frame() -> None:
+    figure = make_figure("polynomial", 2)
+    assert isinstance(figure, PolynomialFigure)
+    x = torch.linspace(-2.0, 2.0, 100_001)  # the data's range, finer than the drawn curve
+    target = toy.polynomial_target(x)
+    low, high = float(target.min()), float(target.max())
+    assert low == pytest.approx(-2.51, abs=0.01) and high == pytest.approx(7.0)
+    margin = 0.05 * (high - low)
+    for caption in ("polynomial, untrained", "polynomial, after 1 epoch"):
+        figure.update(caption)
+        figure.grab()
+        for ax in figure.fig.axes:
+            bottom, top = ax.get_ylim()
+            assert bottom <= low - margin and top >= high + margin
+            assert top - bottom < 1.5 * (high - low)  # and not so loose that the curve is small
+            left, right = ax.get_xlim()
+            assert left <= -2.0 and right >= 2.0
+    assert figure.fig.axes[0].get_ylim() == pytest.approx(polynomial_ylim(target.numpy()), abs=1e-3)
+
+
+def test_polynomial_output_off_the_view_is_marked() -> None:
+    figure = make_figure("polynomial", 2)
+    assert isinstance(figure, PolynomialFigure)
+    figure.update("polynomial, untrained")
+    figure.grab()
+    limits = [ax.get_ylim() for ax in figure.fig.axes]
+    assert all(len(line.get_xdata()) == 0 for line in figure.above + figure.below)  # an untrained net stays inside
+    assert [note.get_text() for note in figure.notes] == ["", ""]
+
+    shifts = (25.0, -25.0)  # the first net's output far above the view, the second's far below
+    for learner, shift in zip(figure.learners, shifts, strict=True):
+        with torch.no_grad():
+            learner.model.head.bias += shift
+    figure.update("polynomial, after 1 epoch")
+    figure.grab()
+    assert [ax.get_ylim() for ax in figure.fig.axes] == limits  # the view does not follow the output
+    outputs = [line.get_ydata() for line in figure.outputs]
+    assert min(outputs[0]) > limits[0][1] and max(outputs[1]) < limits[1][0]
+    assert len(figure.above[0].get_xdata()) == 1 and len(figure.below[0].get_xdata()) == 0
+    assert len(figure.below[1].get_xdata()) == 1 and len(figure.above[1].get_xdata()) == 0
+    assert figure.notes[0].get_text() == f"output up to {max(outputs[0]):.3g}, off the view"
+    assert figure.notes[1].get_text() == f"output down to −{-min(outputs[1]):.3g}, off the view"
+    for marker in figure.above + figure.below:
+        assert all(-2.0 <= x <= 2.0 for x in marker.get_xdata())
+
+    values = np.array([0.0, 9.0, 12.0, 8.5, 1.0, 11.0, 0.0, 10.0])  # three stretches above 8: one marker each
+    assert _stretches(values > 8.0, values, np.argmax).tolist() == [2, 5, 7]
+    assert _stretches(values > 20.0, values, np.argmax).tolist() == []
 
 
 def test_shapes_the_hidden_space_cannot_show_are_refused() -> None:

@@ -9,7 +9,11 @@ and the same minibatches, and gets its own panel in one animation:
   input square [−1, 1]² (lines 0.1 apart) carried through the network, and the decision line
   a·h₁ + b·h₂ + c = 0 of the output layer, where the predicted probability is 0.5.
 * ``polynomial`` (regression): the target y = x⁴ − 3x² + x + 1 and the network's output on the 400
-  evenly spaced test points.
+  evenly spaced test points. The y range is the target's with a margin, the same in every frame; where
+  the output leaves it, triangles at the panel's edge and a note in the panel say so.
+
+The legend wraps into as many rows, and the caption into two lines, as the figure's width needs; the
+figure grows to hold them before the first frame, so every frame has the same size.
 
 Frames: ``animate.frames`` = N gives N pictures. Frame 0 is the untrained network; frame k shows it
 after k epochs (or k · ``animate.steps_per_frame`` minibatch steps), so N − 1 rounds of training.
@@ -42,12 +46,10 @@ from torch import Tensor, nn
 
 from ..config import Config, save_config
 from ..errors import UserError
-from ..models import MLP
 from ..run import Run
-from ..train import Reporter, SilentReporter, make_optimizer
-from .figures import PolynomialFigure, RingsFigure
-from .geometry import shape_label
-from .learners import Batches, Learner, Problem, check_shapes, make_problem, measure
+from ..train import Reporter, SilentReporter
+from .figures import CAPTION_SEPARATOR, PolynomialFigure, RingsFigure
+from .learners import Batches, Learner, Problem, check_shapes, make_learners, make_problem, measure
 from .video import write_video
 
 __all__ = ["animate_config"]
@@ -73,12 +75,7 @@ def animate_config(cfg: Config, save_dir: Path | str = "save", name: str | None 
     check_shapes(dataset, shapes)
 
     problem = make_problem(cfg)
-    input_size = problem.train_x.shape[1]
-    learners = []
-    for hidden in shapes:
-        torch.manual_seed(cfg.seed)  # every architecture starts from the same seed
-        model = MLP((input_size,), 1, hidden, cfg.model.activation)
-        learners.append(Learner(hidden, shape_label(input_size, hidden), model, make_optimizer(cfg, model)))
+    learners = make_learners(cfg, problem)
 
     run, moved = Run.create(Path(save_dir), name or cfg.name or cfg.data.dataset, exact=name is not None)
     if moved:
@@ -129,6 +126,8 @@ def _play(cfg: Config, problem: Problem, learners: list[Learner],
     entries: list[dict[str, Any]] = []
     seconds = {"train": 0.0, "render": 0.0}
     total = cfg.animate.frames
+    captions = [_caption(cfg, problem, frame, steps) for frame in range(total)]
+    figure.fit_caption(captions)  # before the first frame, which fixes the layout
     for frame in range(total):
         started = time.perf_counter()
         if frame:
@@ -144,9 +143,7 @@ def _play(cfg: Config, problem: Problem, learners: list[Learner],
             learner.history.append(measure(learner, problem))
         drawn = time.perf_counter()
         seconds["train"] += drawn - started
-        progress = frame * (1 if steps is None else steps)
-        when = "untrained" if frame == 0 else f"after {progress} {unit}{'s' if progress > 1 else ''}"
-        figure.update(f"{problem.name}, {when}  ·  {cfg.train.optimizer} lr {cfg.train.lr:g}, batch {batch_size}")
+        figure.update(captions[frame])
         frames.append(figure.grab())
         seconds["render"] += time.perf_counter() - drawn
         entry: dict[str, Any] = {"frame": frame, "step": frame * steps_per_frame}
@@ -166,3 +163,12 @@ def _play(cfg: Config, problem: Problem, learners: list[Learner],
         "seconds": {key: round(value, 3) for key, value in seconds.items()},
     }
     return frames, record
+
+
+def _caption(cfg: Config, problem: Problem, frame: int, steps: int | None) -> str:
+    """The caption of a frame: the problem and the training so far, then the optimizer's settings."""
+    progress = frame * (1 if steps is None else steps)
+    unit = "epoch" if steps is None else "step"
+    when = "untrained" if frame == 0 else f"after {progress} {unit}{'s' if progress > 1 else ''}"
+    return CAPTION_SEPARATOR.join([f"{problem.name}, {when}",
+                                   f"{cfg.train.optimizer} lr {cfg.train.lr:g}, batch {cfg.data.batch_size}"])

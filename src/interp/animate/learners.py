@@ -12,8 +12,10 @@ from ..config import Config
 from ..data import toy
 from ..errors import UserError
 from ..models import MLP
+from ..train import make_optimizer
+from .geometry import shape_label
 
-__all__ = ["Batches", "Learner", "Problem", "check_shapes", "make_problem", "measure"]
+__all__ = ["Batches", "Learner", "Problem", "check_shapes", "make_learners", "make_problem", "measure"]
 
 
 def check_shapes(dataset: str, shapes: list[list[int]]) -> None:
@@ -72,6 +74,18 @@ def make_problem(cfg: Config) -> Problem:
         return Problem("rings", x, labels, x, labels, shown)
     train_x, train_y, test_x, test_y = toy.polynomial(data.points or 4_000, seed=cfg.seed)
     return Problem("polynomial", train_x, train_y, test_x, test_y, torch.empty(0, dtype=torch.long))
+
+
+def make_learners(cfg: Config, problem: Problem) -> list[Learner]:
+    """One learner per shape in ``cfg.animate.hidden``, each network initialised from ``cfg.seed``."""
+    input_size = problem.train_x.shape[1]
+    learners = []
+    for hidden in cfg.animate.hidden:
+        torch.manual_seed(cfg.seed)  # every architecture starts from the same seed
+        model = MLP((input_size,), 1, list(hidden), cfg.model.activation)
+        learners.append(Learner(list(hidden), shape_label(input_size, list(hidden)), model,
+                                make_optimizer(cfg, model)))
+    return learners
 
 
 class Batches:
