@@ -1,13 +1,20 @@
-"""A static HTML page of a run: its metrics, the trust table, every stage's figures and the animations.
+"""A static HTML page of a run: its metrics, the trust and per-class tables, every stage's figures and the
+animations.
 
 The page lives in ``save/<run>/report/index.html`` and links to the run's own files by relative paths,
 so the run folder can be copied or served as it is. Nothing is fetched from the network. The page is
 rendered by an autoescaping Jinja2 template and holds no script, so a run folder received from someone
-else cannot carry script into it.
+else cannot carry script into it. What would otherwise take script is plain HTML and CSS: each stage's
+epoch selector is a group of radio buttons (the checked one shows its epoch's figures), and a figure is
+enlarged by a link to an overlay that CSS shows while it is the page's ``:target``.
+
+The header describes what the run trained: ``interp train``'s model and epochs, or for an ``interp
+animate`` run (no epochs, only ``animations/``) the animate section's hidden shapes and frames.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -29,10 +36,33 @@ th:first-child, td:first-child, td.text, th.text { text-align: left; }
 .pair { display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; }
 figure { margin: 8px 0; } figcaption { color: #666; font-size: 13px; }
 img, video { max-width: 100%; border: 1px solid #eee; image-rendering: auto; }
-.pair figure { flex: 1 1 460px; }
+figure a img { cursor: zoom-in; }
 .doubt { color: #a33; font-weight: 600; } .trust { color: #277a2d; font-weight: 600; }
 .muted { color: #777; } code { background: #f4f4f4; padding: 1px 4px; }
 nav a { margin-right: 12px; }
+/* the epoch selector: one radio button per epoch; the checked one shows the panel right after its label
+   (no child combinator here: the style goes through the escaping template like everything else) */
+.epochs { display: flex; flex-wrap: wrap; align-items: center; gap: 4px; margin: 6px 0 0; }
+.epochs .what { color: #666; font-size: 13px; margin-right: 4px; }
+.epochs input { position: absolute; opacity: 0; pointer-events: none; }
+.epochs label { padding: 1px 9px; border: 1px solid #bbb; border-radius: 4px; cursor: pointer;
+  font-variant-numeric: tabular-nums; user-select: none; }
+.epochs label:hover { border-color: #246; }
+.epochs input:checked + label { background: #246; border-color: #246; color: #fff; }
+.epochs input:focus-visible + label { outline: 2px solid #48c; outline-offset: 1px; }
+.epochs .panel { order: 1; width: 100%; display: none; }
+.epochs input:checked + label + .panel { display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; }
+/* click a figure to enlarge it to the window's width (scroll for tall ones): the overlay is shown while the
+   address ends in its #id, no script; a click on the picture or beside it closes it */
+.zoom { display: none; position: fixed; inset: 0; z-index: 10; overflow: auto; text-align: center;
+  background: rgba(15, 15, 15, 0.92); }
+.zoom:target { display: block; }
+.zoom .shut { position: fixed; inset: 0; }
+.zoom p { position: sticky; top: 0; z-index: 1; margin: 0; padding: 8px; color: #eee; font-size: 14px;
+  background: rgba(15, 15, 15, 0.92); }
+.zoom p a { color: #9cf; margin-left: 14px; }
+.zoom img { position: relative; z-index: 1; width: min(96vw, 1800px); max-width: none; height: auto; border: 0;
+  margin-bottom: 16px; cursor: zoom-out; }
 """
 
 
@@ -156,6 +186,121 @@ def _config_summary(raw: dict[str, Any]) -> dict[str, str] | None:
             "lr": str(train.get("lr")), "seed": str(raw.get("seed"))}
 
 
+def _per_class(epochs: list[tuple[int, Path]]) -> dict[str, Any] | None:
+    """Precision, recall and F1 of each class at the last epoch the confusion stage wrote them: from
+    confusion.json's ``per_class`` (or per_class.csv when the JSON cannot be read)."""
+    for epoch, folder in reversed(epochs):
+        rows: Any = None
+        accuracy: Any = None
+        try:
+            saved = json.loads((folder / "confusion" / "confusion.json").read_text(encoding="utf-8"))
+            if isinstance(saved, dict):
+                rows, accuracy = saved.get("per_class"), saved.get("accuracy")
+        except (OSError, ValueError):
+            pass
+        if not isinstance(rows, list):
+            try:
+                with (folder / "confusion" / "per_class.csv").open(encoding="utf-8", newline="") as handle:
+                    rows = [{k: _csv_value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+            except (OSError, ValueError, csv.Error):
+                continue
+        keys = ("class", "precision", "recall", "f1", "support")
+        table = [[_fmt(row.get(key), 3) for key in keys] for row in rows if isinstance(row, dict)]
+        if table:
+            return {"epoch": epoch, "rows": table, "accuracy": _percent(accuracy) if accuracy is not None else None}
+    return None
+
+
+def _csv_value(text: Any) -> Any:
+    """A cell of per_class.csv as the number it holds (text stays text)."""
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _animation_records(run: Run) -> list[tuple[Path, dict[str, Any]]]:
+    """The metrics JSON ``interp animate`` wrote beside each animation (``animations/<dataset>.json``)."""
+    records = []
+    for path in sorted(run.animations.glob("*.json")) if run.animations.is_dir() else []:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("frames"), list):
+            records.append((path, record))
+    return records
+
+
+def _general(value: Any) -> str:
+    """A number as Python's ``g`` format writes it (0.01, 1e-05), other values as text."""
+    number = _number(value)
+    return f"{number:g}" if number is not None else _fmt(value)
+
+
+def _shape(value: Any) -> str:
+    """A hidden-layer shape as ``[3, 2]``."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return _fmt(value)
+
+
+def _animation_summary(raw: dict[str, Any], records: list[tuple[Path, dict[str, Any]]]) -> dict[str, str]:
+    """What ``interp animate`` trained, for the page's header: the animate section of config.yaml, with the
+    frames as they were drawn when the animation's metrics file says so (model.hidden, train.epochs … do
+    not apply to an animation)."""
+    data, model, train = _section(raw, "data"), _section(raw, "model"), _section(raw, "train")
+    animate = _section(raw, "animate")
+    record = records[0][1] if records else {}
+    hidden = animate.get("hidden")
+    shapes = ", ".join(_shape(h) for h in hidden) if isinstance(hidden, list) else _fmt(hidden)
+    architectures = record.get("architectures")
+    if isinstance(architectures, list) and architectures:
+        shapes += " (" + ", ".join(_fmt(a) for a in architectures) + ")"
+    frames = len(record["frames"]) if record else animate.get("frames")
+    unit, steps = record.get("frame_unit"), record.get("steps_per_frame")
+    batch = record.get("batch_size", data.get("batch_size"))
+    if unit == "epoch" or (not record and animate.get("steps_per_frame") is None):
+        between = f"one epoch ({_fmt(steps)} steps of batch {_fmt(batch)})" if steps is not None \
+            else f"one epoch (batch {_fmt(batch)})"
+    else:
+        between = f"{_fmt(steps if steps is not None else animate.get('steps_per_frame'))} steps of batch {_fmt(batch)}"
+    return {"dataset": _fmt(record.get("dataset", data.get("dataset"))), "shapes": shapes,
+            "activation": _fmt(model.get("activation")), "frames": _fmt(frames), "between": between,
+            "optimizer": _fmt(train.get("optimizer")), "lr": _general(train.get("lr")), "seed": _fmt(raw.get("seed"))}
+
+
+def _animation_table(path: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Loss and accuracy (or test loss) of every architecture at the animation's last frame."""
+    last = record["frames"][-1] if record["frames"] else None
+    models = last.get("models") if isinstance(last, dict) else None
+    if not isinstance(models, list):
+        return None
+    models = [m for m in models if isinstance(m, dict)]
+    columns = [key for key in ("loss", "accuracy", "test_loss") if any(key in m for m in models)]
+    rows = [[_fmt(m.get("shape"))] + [_percent(m.get(key)) if key == "accuracy" else _fmt(m.get(key), 4)
+                                       for key in columns] for m in models]
+    return {"name": path.stem, "frame": _fmt(last.get("frame") if isinstance(last, dict) else None),
+            "columns": [c.replace("_", " ") for c in columns], "rows": rows}
+
+
+class _Figures:
+    """Numbers the figures of the page, so each can have an overlay of its own to enlarge it."""
+
+    def __init__(self, page_dir: Path) -> None:
+        self.page_dir = page_dir
+        self.count = 0
+
+    def __call__(self, path: Path, caption: str) -> dict[str, str]:
+        self.count += 1
+        return {"href": _href(path, self.page_dir), "caption": caption, "id": f"f{self.count}",
+                "zoom": f"z{self.count}"}
+
+
 def _environment() -> Any:
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -178,10 +323,19 @@ def build_report(run_dir: Path | str) -> Path:
     page_dir = run.path / "report"
     page_dir.mkdir(exist_ok=True)
     sections = []
-    context: dict[str, Any] = {"name": run.name, "style": STYLE, "config": _config_summary(raw),
-                               "metrics": [], "curves": False, "final": None, "best": None, "summaries": [],
-                               "animations": [], "stages": [], "first_epoch": None, "last_epoch": None,
-                               "analyses": []}
+    records = _animation_records(run)
+    figure = _Figures(page_dir)
+    # a run of `interp animate` trained the animate section's shapes, not model.hidden for train.epochs
+    animation_run = not metrics and not epochs
+    context: dict[str, Any] = {
+        "name": run.name, "style": STYLE, "config": None if animation_run else _config_summary(raw),
+        "animation": _animation_summary(raw, records) if animation_run and (raw or records) else None,
+        "files": [(name, _href(run.path / name, page_dir)) for name in ("config.yaml", "metrics.jsonl")
+                  if (run.path / name).is_file()],
+        "metrics": [], "curves": False, "final": None, "best": None, "summaries": [], "per_class": None,
+        "animations": [], "animation_tables": [], "stages": [], "last_epoch": None, "analyses": []}
+    if animation_run:
+        context["files"] += [(path.name, _href(path, page_dir)) for path, _ in records]
 
     if metrics:
         final = metrics[-1]
@@ -200,42 +354,37 @@ def build_report(run_dir: Path | str) -> Path:
             latest[path.parent.name] = path
     tables = [_summary(stage, path) for stage, path in sorted(latest.items())]
     context["summaries"] = [t for t in tables if t is not None]
-    if context["summaries"]:
+    context["per_class"] = _per_class(epochs)
+    if context["summaries"] or context["per_class"]:
         sections.append(("summaries", "Summaries"))
 
     animations = sorted(run.animations.glob("*")) if run.animations.is_dir() else []
-    context["animations"] = [{"href": _href(path, page_dir), "caption": path.name, "video": path.suffix == ".mp4"}
+    context["animations"] = [{**figure(path, path.name), "video": path.suffix == ".mp4"}
                              for path in animations if path.suffix in (".gif", ".mp4", ".png")]
+    tables = [_animation_table(path, record) for path, record in records]
+    context["animation_tables"] = [t for t in tables if t is not None]
     if context["animations"]:
         sections.append(("animations", "Animations"))
 
     if epochs:
-        first_epoch, first_dir = epochs[0]
-        last_epoch, last_dir = epochs[-1]
-        context["first_epoch"], context["last_epoch"] = first_epoch, last_epoch
+        context["last_epoch"] = epochs[-1][0]
         order = _configured_stages(raw)
         stage_names = sorted({p.name for _, d in epochs for p in d.iterdir() if p.is_dir()},
                              key=lambda n: (order.index(n) if n in order else len(order), n))
-        for stage in stage_names:
-            names = sorted({p.name for _, d in epochs for p in (d / stage).glob("*.png")}) + \
-                sorted({p.name for _, d in epochs for p in (d / stage).glob("*.gif")})
-            figures = []
-            for name in names:
-                pair = [(e, d / stage / name) for e, d in ((first_epoch, first_dir), (last_epoch, last_dir))
-                        if (d / stage / name).is_file()]
-                if len(pair) == 2 and pair[0][0] == pair[1][0]:
-                    pair = pair[:1]
-                if not pair:  # drawn only at some epochs (e.g. the final randomization check)
-                    pair = [(e, d / stage / name) for e, d in epochs if (d / stage / name).is_file()][-1:]
-                figures.append({
-                    "name": name,
-                    "shown": [{"href": _href(path, page_dir), "caption": f"{name} · epoch {epoch}"}
-                              for epoch, path in pair],
-                    "links": [(e, _href(d / stage / name, page_dir)) for e, d in epochs
-                              if (d / stage / name).is_file()],
-                })
-            context["stages"].append({"name": stage, "anchor": quote(stage, safe=""), "figures": figures})
-        sections.append(("stages", "Stages"))
+        for number, stage in enumerate(stage_names, 1):
+            # one panel per epoch with that epoch's figures; the selector starts on the last epoch
+            panels = []
+            for epoch, folder in epochs:
+                paths = sorted((folder / stage).glob("*.png")) + sorted((folder / stage).glob("*.gif"))
+                paths = [path for path in paths if path.is_file()]
+                if paths:
+                    panels.append({"epoch": epoch, "id": f"s{number}-e{epoch}",
+                                   "figures": [figure(path, f"{path.name} · epoch {epoch}") for path in paths]})
+            if panels:
+                context["stages"].append({"name": stage, "anchor": quote(stage, safe=""), "group": f"s{number}",
+                                          "panels": panels})
+        if context["stages"]:
+            sections.append(("stages", "Stages"))
 
     analysis_dir = run.path / "analysis"
     for folder in sorted(p for p in analysis_dir.glob("*") if p.is_dir()) if analysis_dir.is_dir() else []:
