@@ -82,7 +82,7 @@ def test_folder_dataset_trains_and_is_analysed_then_starts_from_the_cache(tmp_pa
     result = runner.invoke(app, args)
     first = time.perf_counter() - started
     assert result.exit_code == 0, result.output
-    run = tmp_path / "save" / "mnist-mlp"
+    run = tmp_path / "save" / f"{root.name}-mlp"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["confusion/accuracy"] == pytest.approx(rows[-1]["eval_accuracy"])
     assert (run / "epoch_001" / "saliency" / "saliency.png").is_file()
@@ -238,5 +238,5 @@ def test_factory_dataset_trains_through_the_cli(factory_module: str, tmp_path: P
     result = runner.invoke(app, ["train", "--set", f"data.dataset={factory_module}:tensors", *QUICK,
                                  "--set", "analysis.stages=[confusion, {saliency: {smoothgrad: false}}]"])
     assert result.exit_code == 0, result.output
-    saved = (tmp_path / "save" / "mnist-mlp" / "config.yaml").read_text()
+    saved = (tmp_path / "save" / "tensors-mlp" / "config.yaml").read_text()
     assert f"dataset: {factory_module}:tensors" in saved

@@ -122,7 +122,7 @@ def test_models_returning_tuples_or_dicts(user_module: str, factory: str, tmp_pa
     result = runner.invoke(app, ["train", "--set", f"model.arch={user_module}:{factory}", *QUICK, "--set",
                                  "analysis.stages=[confusion, {saliency: {smoothgrad: false}}, embeddings]"])
     assert result.exit_code == 0, result.output
-    run = tmp_path / "save" / "mnist-mlp"
+    run = tmp_path / "save" / f"mnist-{factory}"  # named after the data and the model
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["confusion/accuracy"] == pytest.approx(rows[-1]["eval_accuracy"])
     assert (run / "epoch_001" / "saliency" / "saliency.png").is_file()
@@ -160,7 +160,7 @@ def test_analyze_names_a_missing_model_module(user_module: str, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     sys.modules.pop(user_module)
     sys.path.remove(str(tmp_path / "pkg"))
-    result = runner.invoke(app, ["analyze", "save/mnist-mlp"])
+    result = runner.invoke(app, ["analyze", "save/mnist-build"])
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: model.arch '{user_module}:build': cannot import module "
                                      f"'{user_module}' (ModuleNotFoundError: No module named '{user_module}')")
@@ -170,7 +170,7 @@ def test_torchvision_resnet18_writes_every_applicable_stage(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "--set", "model.arch=torchvision:resnet18", *QUICK, "--set", SMALL_STAGES])
     assert result.exit_code == 0, result.output
-    run = tmp_path / "save" / "mnist-mlp"
+    run = tmp_path / "save" / "mnist-resnet18"
     figures = {p.relative_to(run / "epoch_001").as_posix() for p in (run / "epoch_001").rglob("*.png")}
     assert figures == {"confusion/confusion.png", "saliency/saliency.png",
                        "integrated_gradients/integrated_gradients.png", "gradcam/gradcam.png", "weights/weights.png",

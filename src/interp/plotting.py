@@ -56,11 +56,13 @@ def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = Fal
 
 
 def render(fig: Figure) -> bytes:
-    """Draw ``fig`` into PNG bytes trimmed to its contents, so that nothing (a long title, a legend outside
-    the axes) is clipped; the figure is closed."""
+    """Draw ``fig`` into PNG bytes of exactly its size (the same every epoch, so that TensorBoard's step
+    slider does not jump); constrained layout keeps titles and outside legends inside. A figure without
+    a layout engine is trimmed to its contents instead. The figure is closed."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.08, facecolor="white",
-                pil_kwargs={"compress_level": 1})
+    trimmed = fig.get_layout_engine() is None
+    fig.savefig(buffer, format="png", facecolor="white", pil_kwargs={"compress_level": 1},
+                bbox_inches="tight" if trimmed else None, pad_inches=0.08 if trimmed else None)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -150,14 +152,15 @@ def unsigned_rgb(values: np.ndarray, limit: float | None = None) -> np.ndarray:
     return to_rgb(values, UNSIGNED_CMAP, 0.0, limit)
 
 
-def overlay_rgb(pixels: np.ndarray, heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """|heat| over the image in grey, coloured by ``cmap`` and as opaque as it is strong (weak
-    attribution leaves the image visible)."""
-    grey = 0.7 * grey_rgb(pixels).astype(np.float32).mean(axis=-1, keepdims=True) / 255  # dimmed a little
+def overlay_rgb(pixels: np.ndarray, heat: np.ndarray, cmap: str = UNSIGNED_CMAP) -> np.ndarray:
+    """|heat| (relative to its maximum) over the image in grey, in the maps' colour map, opaque only
+    where it is strong (nothing below 30 % of the maximum, then growing), so that a broad, weak map — a
+    Grad-CAM spread over the whole image — leaves the image readable."""
+    grey = 0.85 * grey_rgb(pixels).astype(np.float32).mean(axis=-1, keepdims=True) / 255
     strength = np.abs(np.asarray(heat, dtype=np.float32))
     strength = strength / (float(strength.max()) or 1.0)
     colour = matplotlib.colormaps[cmap](strength)[..., :3]
-    alpha = (0.9 * strength)[..., None]
+    alpha = (0.85 * np.clip((strength - 0.3) / 0.7, 0, 1) ** 1.5)[..., None]
     return (np.clip(grey * (1 - alpha) + colour * alpha, 0, 1) * 255).astype(np.uint8)
 
 
@@ -167,14 +170,19 @@ class TileSheet:
     ``group`` columns form a block; blocks are separated by a wider gap (e.g. two images side by side,
     three panels each)."""
 
-    TITLE = 32  # pixels above each panel: two lines of 9-point text
+    TITLE = 44  # pixels above each panel: three lines of 9-point text
     GAP = 10
     GROUP_GAP = 26
     TOP = 34  # room for the sheet's title
+    BARS = 40  # room for colour bars under the sheet's title, when there are any
 
-    def __init__(self, rows: int, cols: int, tile: tuple[int, int], zoom: int | None = None, group: int | None = None):
+    def __init__(self, rows: int, cols: int, tile: tuple[int, int], zoom: int | None = None, group: int | None = None,
+                 bars: bool = False):
         self.rows, self.cols = rows, cols
         self.zoom = zoom or max(1, 160 // max(tile))  # about 160 px per panel: 28 px × 5, 32 px × 5
+        self.zoom = max(1, min(self.zoom, 1000 // max(1, rows * tile[0])))  # no taller than TensorBoard shows well
+        if bars:
+            self.TOP = TileSheet.TOP + self.BARS
         self.th, self.tw = tile[0] * self.zoom, tile[1] * self.zoom
         self.group = group or cols
         self.lefts = []
@@ -188,6 +196,8 @@ class TileSheet:
         self.height = self.TOP + rows * (self.TITLE + self.th + self.GAP)
         self.pixels = np.full((self.height, self.width, 3), 255, dtype=np.uint8)
         self.titles: list[tuple[float, float, str]] = []
+        self.bar_labels: list[tuple[int, int, int, str, str, str]] = []
+        self.groups = 1
         self.places: list[_PerImage] = []  # filled by per_image_sheet
 
     def put(self, row: int, col: int, rgb: np.ndarray, title: str | None = None) -> None:
@@ -202,6 +212,22 @@ class TileSheet:
         self.pixels[top:top + self.th, left + self.tw] = 160
         if title:
             self.titles.append((left + self.tw / 2, top - 3, title))
+
+    def colorbar(self, col: int, cmap: str | None, vmin: float = 0.0, vmax: float = 1.0, label: str = "") -> None:
+        """A horizontal colour bar above column ``col`` (the sheet must be made with ``bars=True``), its
+        ends labelled with ``vmin`` and ``vmax``: the scale every panel of that column shares. Without
+        ``cmap``, only the ``label`` (a column header)."""
+        if self.TOP == TileSheet.TOP:
+            raise ValueError("make the sheet with bars=True to draw colour bars")
+        left, top = self.lefts[col], TileSheet.TOP + 14
+        if cmap is None:
+            self.bar_labels.append((left, left + self.tw, top, "", "", label))
+            return
+        ramp = np.linspace(vmin, vmax, self.tw)[None, :].repeat(9, axis=0)
+        self.pixels[top:top + 9, left:left + self.tw] = to_rgb(ramp, cmap, vmin, vmax)
+        self.pixels[top - 1, left - 1:left + self.tw + 1] = 160
+        self.pixels[top + 9, left - 1:left + self.tw + 1] = 160
+        self.bar_labels.append((left, left + self.tw, top, f"{vmin:.2g}", f"{vmax:.2g}", label))
 
     def png(self, title: str) -> bytes:
         """The sheet as PNG bytes with every panel's title and the sheet's ``title`` (wrapped to its width),
@@ -218,6 +244,10 @@ class TileSheet:
             rows = text.split("\n")
             for j, row in enumerate(rows):  # bottom line sits just above the panel
                 draw.text((x, y + extra - 13 * (len(rows) - 1 - j)), row, fill="black", font=small, anchor="md")
+        for left, right, top, low, high, label in self.bar_labels:
+            draw.text((left, top + extra - 2), label, fill="black", font=small, anchor="ld")
+            draw.text((left, top + extra + 11), low, fill="black", font=small, anchor="lt")
+            draw.text((right, top + extra + 11), high, fill="black", font=small, anchor="rt")
         for j, row in enumerate(lines):
             draw.text((self.width / 2, 6 + 17 * j), row, fill="black", font=large, anchor="ma")
         buffer = io.BytesIO()
@@ -248,11 +278,13 @@ class _PerImage:
         self.col += 1
 
 
-def per_image_sheet(n: int, per_image: int, tile: tuple[int, int]) -> TileSheet:
+def per_image_sheet(n: int, per_image: int, tile: tuple[int, int], bars: bool = False) -> TileSheet:
     """A tile sheet with ``per_image`` panels for each of ``n`` images, two images side by side when
-    ``n`` ≥ 6. ``sheet.places[i](rgb, title)`` puts image i's next panel."""
+    ``n`` ≥ 6. ``sheet.places[i](rgb, title)`` puts image i's next panel; ``sheet.groups`` is the
+    number of images side by side (column ``c`` of each: ``c + g * per_image``)."""
     groups = 2 if n >= 6 else 1
     rows = -(-n // groups)
-    sheet = TileSheet(rows, per_image * groups, tile, group=per_image)
+    sheet = TileSheet(rows, per_image * groups, tile, group=per_image, bars=bars)
+    sheet.groups = groups
     sheet.places = [_PerImage(sheet, i, rows, per_image) for i in range(n)]
     return sheet

@@ -119,10 +119,11 @@ class StageContext:
         return self.evaluation.features()
 
     def title(self, i: int, probs: Tensor) -> str:
-        """'true 7 · pred 7 (0.98)' for probe item ``i`` given softmax probabilities (B, classes)."""
+        """'true 7\\npred 7 (0.98)' for probe item ``i`` given softmax probabilities (B, classes): two short
+        lines, so that long class names fit above a small panel."""
         classes = self.data.classes
         pred = int(probs[i].argmax())
-        return f"true {classes[int(self.probe.y[i])]} · pred {classes[pred]} ({float(probs[i, pred]):.2f})"
+        return f"true {classes[int(self.probe.y[i])]}\npred {classes[pred]} ({float(probs[i, pred]):.2f})"
 
     def probe_probs(self) -> Tensor:
         with torch.no_grad():

@@ -54,7 +54,7 @@ class ActivationGifStage(ActivationsStage):
         frames = [captioned_frame(grey_rgb(ctx.pixels(index)), f"input ({label}) · epoch {ctx.epoch}",
                                   self.options.size)]
         for step, name in enumerate(names, start=1):
-            out = outputs[name]
+            out = outputs[name][index]
             grid = mosaic(activation_tiles(out, self.options.channels))
             finite = grid[np.isfinite(grid)]
             low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)

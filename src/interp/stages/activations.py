@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,13 +25,24 @@ class ActivationsOptions(BaseModel):
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """Three blocks spread through the network: ceil(n/3), ceil(2n/3) and n of its n blocks."""
+    """Three blocks spread through the network: ceil(n/3), ceil(2n/3) and n of its n blocks; a network of
+    fewer than three blocks (a one-hidden-layer MLP) adds its classifier, whose outputs are the logits."""
+    from ..analysis.evaluation import features_layer
+    from ..errors import UserError
     from ..models import feature_blocks
 
     blocks = feature_blocks(model)
     n = len(blocks)
     picks = sorted({max(1, math.ceil(n * k / 3)) for k in (1, 2, 3)}) if n else []
-    return [blocks[p - 1] for p in picks]
+    chosen = [blocks[p - 1] for p in picks]
+    if len(chosen) < 3:
+        try:
+            classifier = features_layer(model)[0]
+        except UserError:  # no Linear or 1×1 conv at the end: the blocks alone
+            return chosen
+        if classifier not in chosen:
+            chosen.append(classifier)
+    return chosen
 
 
 def activation_tiles(output: Tensor, channels: int) -> np.ndarray:
@@ -50,7 +61,8 @@ def activation_tiles(output: Tensor, channels: int) -> np.ndarray:
 @register_stage
 class ActivationsStage(Stage):
     name = "activations"
-    description = "feature-map grids (first 27 channels) after three layers spread through the net, for one probe image"
+    description = ("after three layers spread through the net: feature-map grids (first 27 channels) for one probe "
+                   "image (conv), or every probe image × units as a heat map (dense)")
     Options = ActivationsOptions
 
     def prepare(self, model: nn.Module, data: Data) -> None:
@@ -66,7 +78,7 @@ class ActivationsStage(Stage):
             else default_layers(model)
 
     def capture(self, ctx: StageContext) -> tuple[list[str], dict[str, Tensor], int]:
-        """Run the chosen probe image through the model and return each layer's output for it."""
+        """Run the probe batch through the model and return each layer's output (B, …)."""
         import torch
 
         from ..models import capture_activations
@@ -74,28 +86,64 @@ class ActivationsStage(Stage):
         names = self.layers(ctx.model)
         index = min(self.options.image, len(ctx.probe.x) - 1)
         with capture_activations(ctx.model, names) as outputs, torch.no_grad():
-            ctx.model(ctx.probe.x[index:index + 1])
-        return names, {k: v[0] for k, v in outputs.items()}, index
+            ctx.model(ctx.probe.x)
+        return names, dict(outputs), index
 
     def run(self, ctx: StageContext) -> None:
-        from ..plotting import figure, mosaic, show_image
-
         names, outputs, index = self.capture(ctx)
-        fig, axes = figure(1, len(names) + 1, panel=3.2)
-        show_image(axes[0, 0], ctx.pixels(index), f"input: {ctx.data.classes[int(ctx.probe.y[index])]}")
-        for ax, name in zip(axes[0, 1:], names, strict=True):
-            out = outputs[name]
-            tiles = activation_tiles(out, self.options.channels)
-            grid = mosaic(tiles)
+        classes = ctx.data.classes
+        rows = [classes[int(c)] for c in ctx.probe.y]
+        panels = []
+        for name in names:
+            out = outputs[name].float()
+            ctx.record(f"{name.rsplit('.', 1)[-1]}/fraction_active", float((out[index] > 0).float().mean()))
+            if out.dim() == 4:  # feature maps of one image, channel by channel
+                tiles = activation_tiles(out[index], self.options.channels)
+                panels.append({"name": name, "kind": "maps", "values": tiles, "shape": list(out.shape[1:]),
+                               "channels": int(out.shape[1])})
+            else:  # a dense layer: every probe image × its units, units by mean activation (most active first)
+                units = out.flatten(1).cpu().numpy()
+                logits = name == names[-1] and units.shape[1] == len(classes) and len(names) > 1
+                order = np.arange(units.shape[1]) if logits else np.argsort(-units.mean(axis=0), kind="stable")
+                panels.append({"name": name, "kind": "units", "values": units[:, order], "shape": [units.shape[1]],
+                               "rows": rows, "columns": list(classes) if logits else None})
+        ctx.draw("activations", draw_activations, ctx.pixels(index), classes[int(ctx.probe.y[index])], panels,
+                 ctx.epoch)
+
+
+def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int) -> Any:
+    """The input image, then per layer a grid of its channels' maps (conv) or a heat map of probe images ×
+    units (dense), each with its own colour bar."""
+    from ..plotting import figure, mosaic, show_image
+
+    maps = any(panel["kind"] == "maps" for panel in panels)
+    fig, axes = figure(1, len(panels) + maps, panel=3.2)
+    if maps:  # the image the feature maps belong to
+        show_image(axes[0, 0], pixels, f"input: {label}\n(the maps are of this image)")
+    for ax, panel in zip(axes[0, int(maps):], panels, strict=True):
+        values = panel["values"]
+        if panel["kind"] == "maps":
+            grid = mosaic(values)
             finite = grid[np.isfinite(grid)]
             low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
             image = ax.imshow(grid, cmap="viridis", vmin=low, vmax=max(high, low + 1e-6))
             ax.set_xticks([])
             ax.set_yticks([])
-            shape = "×".join(map(str, out.shape))
-            what = f"first {len(tiles)} of {out.shape[0]} channels" if out.dim() == 3 else f"{out.numel()} units"
-            ax.set_title(f"{name} ({shape})\n{what}")
-            fig.colorbar(image, ax=ax, shrink=0.7)
-            ctx.record(f"{name.rsplit('.', 1)[-1]}/fraction_active", float((out > 0).float().mean()))
-        fig.suptitle(f"activations, epoch {ctx.epoch} (one colour scale per layer)")
-        ctx.save_figure(fig, "activations")
+            shape = "×".join(map(str, panel["shape"]))
+            ax.set_title(f"{panel['name']} ({shape})\nfirst {len(values)} of {panel['channels']} channels")
+        else:
+            low, high = float(values.min()), float(values.max())
+            image = ax.imshow(values, cmap="viridis", vmin=low, vmax=max(high, low + 1e-6), aspect="auto",
+                              interpolation="nearest")
+            ax.set_yticks(range(len(panel["rows"])), panel["rows"], fontsize=7)
+            ax.set_ylabel("probe image (true class)")
+            if panel.get("columns"):  # the classifier: one logit per class
+                ax.set_xticks(range(len(panel["columns"])), panel["columns"], fontsize=7,
+                              rotation=90 if max(map(len, panel["columns"])) > 2 else 0)
+                ax.set_xlabel("class (logit)")
+            else:
+                ax.set_xlabel("unit, most active first")
+            ax.set_title(f"{panel['name']} ({panel['shape'][0]} units)\nevery probe image")
+        fig.colorbar(image, ax=ax, shrink=0.7, label="activation")
+    fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer)")
+    return fig

@@ -55,29 +55,34 @@ class Confusion(Stage):
 
 def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float, epoch: int,
                    noun: str) -> Any:
-    """The counts and the row-normalized matrix side by side (run by the drawing worker)."""
+    """The counts and the row-normalized matrix side by side (run by the drawing worker); empty cells
+    are blank, and the colour scales are fixed (counts: 0 to the largest class; rates: 0 to 1)."""
     from ..plotting import figure
 
     n = len(classes)
     labels = list(range(n))
     panel = max(3.6, 0.42 * n)
     fig, axes = figure(1, 2, panel=panel)
-    for ax, values, title, fmt in (
-        (axes[0, 0], matrix, "counts", "d"),
-        (axes[0, 1], normalized, "row-normalized\n(recall on the diagonal)", ".2f"),
+    # fixed colour limits, so that TensorBoard's step slider compares like with like: counts up to the
+    # largest class (the same every epoch), rates from 0 to 1
+    support = int(matrix.sum(axis=1).max()) or 1
+    for ax, values, title, fmt, top in (
+        (axes[0, 0], matrix, "counts", "d", support),
+        (axes[0, 1], normalized, "row-normalized\n(recall on the diagonal)", ".2f", 1.0),
     ):
-        image = ax.imshow(values, cmap="Blues", vmin=0)
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
         ax.set_title(title)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_xticks(labels, classes, rotation=90 if max(map(len, classes)) > 2 else 0)
         ax.set_yticks(labels, classes)
         if n <= 20:
-            peak = values.max() or 1
             for (r, c), v in np.ndenumerate(values):
+                if matrix[r, c] == 0:  # nothing there: left blank
+                    continue
                 # inside its cell: left out of the layout and bbox computations, which it would slow down
                 ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7 if n > 10 else 8,
-                        color="white" if v > 0.6 * peak else "black", in_layout=False)
+                        color="white" if v > 0.6 * top else "black", in_layout=False)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(f"epoch {epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {noun}")
     return fig

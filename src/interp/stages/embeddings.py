@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -55,41 +56,63 @@ class EmbeddingsStage(Stage):
             thumbnails = F.interpolate(thumbnails, size=(size, size), mode="area")
         ctx.sink.embedding(f"{ctx.tag.replace('/', '-')}embeddings", features, metadata, ["label", "predicted"],
                            thumbnails, ctx.step)
-        self._draw(ctx, features.numpy(), labels, names)
-
-    def _draw(self, ctx: StageContext, features: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
         want_tsne = self.options.tsne == "always" or (self.options.tsne == "final" and ctx.final)
         tsne = self.options.perplexity if want_tsne and len(features) > self.options.perplexity * 3 else None
+        if tsne is not None:
+            why = None
+        elif not want_tsne:
+            why = ("off (embeddings: {tsne: never})" if self.options.tsne == "never" else
+                   "drawn at the last epoch (embeddings: {tsne: always} for every epoch)")
+        else:
+            why = f"needs more than {3 * self.options.perplexity:g} points for perplexity {self.options.perplexity:g}"
         # the projections (t-SNE takes seconds) are computed by the drawing worker, off the training path
-        ctx.draw("embeddings", draw_embeddings, features, labels, list(names), ctx.epoch, tsne)
+        ctx.draw("embeddings", draw_embeddings, features.numpy(), labels, predicted, list(names), ctx.epoch, tsne,
+                 why)
 
 
-def draw_embeddings(features: np.ndarray, labels: np.ndarray, names: list[str], epoch: int,
-                    perplexity: float | None) -> Any:
-    """PCA of the features, and t-SNE when ``perplexity`` is given, coloured by true class."""
+def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str], epoch: int,
+                    perplexity: float | None, no_tsne: str | None = None) -> Any:
+    """PCA of the features and, when ``perplexity`` is given, t-SNE, coloured by true class, misclassified
+    points ringed in black. Without t-SNE its panel says why (``no_tsne``), so the figure keeps its size."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     from ..plotting import figure
 
-    views = []
     pca = PCA(n_components=2, random_state=0)
-    views.append(("PCA", pca.fit_transform(features),
-                  f"explains {pca.explained_variance_ratio_.sum():.0%} of the variance"))
+    points = pca.fit_transform(features)
+    share = pca.explained_variance_ratio_
+    views: list[tuple[str, np.ndarray | None, tuple[str, str]]] = [
+        (f"PCA (explains {share.sum():.0%} of the variance)", points,
+         (f"PC 1 ({share[0]:.0%})", f"PC 2 ({share[1]:.0%})"))]
     if perplexity is not None:
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0)
-        views.append(("t-SNE", tsne.fit_transform(features), f"perplexity {perplexity:g}"))
-    fig, axes = figure(1, len(views), panel=4.6)
-    for ax, (title, points, note) in zip(axes[0], views, strict=True):
-        for c, name in enumerate(names):
-            mine = labels == c
-            ax.scatter(points[mine, 0], points[mine, 1], s=5, color=f"C{c % 10}", label=name, alpha=0.8,
-                       linewidths=0)
-        ax.set_title(f"{title} ({note})")
+        views.append((f"t-SNE (perplexity {perplexity:g})", tsne.fit_transform(features), ("t-SNE 1", "t-SNE 2")))
+    else:
+        views.append(("t-SNE", None, ("", "")))
+    wrong = labels != predicted
+    fig, axes = figure(1, 2, panel=4.6)
+    for ax, (title, xy, (xlabel, ylabel)) in zip(axes[0], views, strict=True):
+        ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
+        if xy is None:
+            ax.text(0.5, 0.5, textwrap.fill(no_tsne or "not computed", 34), ha="center", va="center",
+                    transform=ax.transAxes, color="0.4")
+            for spine in ax.spines.values():
+                spine.set_color("0.8")
+            continue
+        for c, name in enumerate(names):
+            mine = labels == c
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=6, color=f"C{c % 10}", label=name, alpha=0.8, linewidths=0)
+        ax.scatter(xy[wrong, 0], xy[wrong, 1], s=22, facecolors="none", edgecolors="black", linewidths=0.6,
+                   label=f"misclassified ({int(wrong.sum())})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_aspect("equal", adjustable="datalim")
-    axes[0, -1].legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, "
-                 f"epoch {epoch}; colour = true class")
+    handles, texts = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, texts, title="true class", markerscale=2, fontsize=7, loc="outside right center",
+               frameon=False)
+    fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, epoch {epoch}; "
+                 f"colour = true class, {wrong.mean():.1%} misclassified (ringed)")
     return fig

@@ -28,7 +28,16 @@ class SaliencyStage(Stage):
 
     def run(self, ctx: StageContext) -> None:
         from ..attribution import saliency, smoothgrad, to_map
-        from ..plotting import TileSheet, grey_rgb, overlay_rgb, signed_rgb, unsigned_rgb
+        from ..plotting import (
+            SIGNED_CMAP,
+            UNSIGNED_CMAP,
+            grey_rgb,
+            overlay_rgb,
+            per_image_sheet,
+            signed_rgb,
+            symmetric_limit,
+            unsigned_rgb,
+        )
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
         black = ctx.data.black(x)
@@ -44,23 +53,32 @@ class SaliencyStage(Stage):
         delta = arrays["saliency"] - arrays["baseline"]
         probs = ctx.probe_probs()
 
-        headers = ["source", "baseline:\n|∇| on black", "saliency:\n|∇ true-class logit|",
-                   "delta:\nsaliency − baseline", "overlay"] + (["SmoothGrad"] if self.options.smoothgrad else [])
         n = len(x)
-        sheet = TileSheet(n, len(headers), arrays["saliency"].shape[1:])
-        for i in range(n):
-            limit = float(max(arrays["saliency"][i].max(), arrays["baseline"][i].max(), 1e-12))
-            panels = [grey_rgb(ctx.pixels(i)), unsigned_rgb(arrays["baseline"][i], limit),
-                      unsigned_rgb(arrays["saliency"][i], limit), signed_rgb(delta[i]),
-                      overlay_rgb(ctx.pixels(i), arrays["saliency"][i])]
+        columns = 6 if self.options.smoothgrad else 5
+        sheet = per_image_sheet(n, columns, arrays["saliency"].shape[1:], bars=True)
+        # one colour scale per column, shared by every image, so that magnitudes compare across images
+        limit = float(max(arrays["saliency"].max(), arrays["baseline"].max(), 1e-12))
+        delta_limit = symmetric_limit(delta)
+        smooth_limit = float(max(arrays["smoothgrad"].max(), 1e-12)) if self.options.smoothgrad else 1.0
+        for g in range(sheet.groups):
+            first = g * columns
+            sheet.colorbar(first, None, label="image")
+            sheet.colorbar(first + 1, UNSIGNED_CMAP, 0, limit, "|∇| on black")
+            sheet.colorbar(first + 2, UNSIGNED_CMAP, 0, limit, "saliency |∇ logit|")
+            sheet.colorbar(first + 3, SIGNED_CMAP, -delta_limit, delta_limit, "saliency − black")
+            sheet.colorbar(first + 4, None, label="overlay (own max)")
             if self.options.smoothgrad:
-                panels.append(unsigned_rgb(arrays["smoothgrad"][i]))
-            for c, panel in enumerate(panels):
-                title = ctx.title(i, probs) if c == 0 else None
-                if i == 0:
-                    title = f"{headers[c]}\n{title}" if title else headers[c]
-                sheet.put(i, c, panel, title)
-        ctx.save_figure(sheet.png(f"saliency, epoch {ctx.epoch}: baseline and saliency share a colour scale per "
-                                     "row; delta red = stronger than on black"), "saliency")
+                sheet.colorbar(first + 5, UNSIGNED_CMAP, 0, smooth_limit, "SmoothGrad")
+        for i, place in enumerate(sheet.places):
+            place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
+            place(unsigned_rgb(arrays["baseline"][i], limit), f"max {arrays['baseline'][i].max():.2g}")
+            place(unsigned_rgb(arrays["saliency"][i], limit), f"max {arrays['saliency'][i].max():.2g}")
+            place(signed_rgb(delta[i], delta_limit))
+            place(overlay_rgb(ctx.pixels(i), arrays["saliency"][i]))
+            if self.options.smoothgrad:
+                place(unsigned_rgb(arrays["smoothgrad"][i], smooth_limit), f"max {arrays['smoothgrad'][i].max():.2g}")
+        ctx.save_figure(sheet.png(f"saliency, epoch {ctx.epoch}: gradient of the true-class logit; each column "
+                                  "has one colour scale for all images (bars above); delta red = stronger than on "
+                                  "a black image"), "saliency")
         ctx.record("mean_abs_gradient", float(maps["saliency"].mean()))
         ctx.record("baseline_mean_abs_gradient", float(maps["baseline"].mean()))
