@@ -155,7 +155,12 @@ def test_projector_has_labels_and_sprites_for_every_epoch(data, tmp_path: Path) 
         run_stages([stage], ctx)
         run.close()  # a new writer per epoch, as in analyze and resume: earlier entries must survive
     config = text_format.Parse((tmp_path / "projector_config.pbtxt").read_text(), ProjectorConfig())
-    assert [e.tensor_name for e in config.embeddings] == ["embeddings:00000", "embeddings:00001"]
+    assert [e.tensor_name for e in config.embeddings] == ["embeddings, previous epoch 000",
+                                                          "embeddings, last epoch (1)"]
+    # the projector opens on the first entry in its order (metadata first, more points first — all have
+    # 50 here —, then by name): the last epoch
+    opening = sorted(config.embeddings, key=lambda e: (not e.metadata_path, e.tensor_name))
+    assert opening[0].tensor_name == "embeddings, last epoch (1)"
     for entry in config.embeddings:
         folder = tmp_path / entry.tensor_path.rsplit("/", 1)[0]
         rows = (folder / "metadata.tsv").read_text().splitlines()

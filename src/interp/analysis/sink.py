@@ -55,6 +55,32 @@ def write_atomic(target: Path, content: bytes) -> None:
         raise
 
 
+def _projector_step(entry: Any) -> int:
+    """The step of a projector entry, from its folder (``00003/embeddings/tensors.tsv``)."""
+    return int(entry.tensor_path.split("/", 1)[0])
+
+
+def _name_projector_entries(config: Any) -> None:
+    """Names that TensorBoard's projector sorts (it opens on the first name, in string order, of entries
+    alike in size) with the last training epoch first, then the analyses, then the earlier epochs:
+    ``embeddings, last epoch (5)``, ``embeddings, of analysis/best (epoch 3)``, ``embeddings, previous
+    epoch 004`` …"""
+    def tag(entry: Any) -> str:
+        return entry.tensor_path.split("/")[1]
+
+    training = [e for e in config.embeddings if tag(e) == "embeddings"]
+    last = max((_projector_step(e) for e in training), default=None)
+    for entry in config.embeddings:
+        step = _projector_step(entry)
+        if tag(entry) != "embeddings":
+            where = tag(entry).removesuffix("-embeddings").replace("-", "/")
+            entry.tensor_name = f"embeddings, of {where} (epoch {step})"
+        elif step == last:
+            entry.tensor_name = f"embeddings, last epoch ({step})"
+        else:
+            entry.tensor_name = f"embeddings, previous epoch {step:03d}"
+
+
 class NullSink:
     """A sink that writes nothing and remembers what it was given (``scalars``, ``files`` …)."""
 
@@ -137,7 +163,7 @@ class RunSink:
 
         config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
         if self._purge_step is not None:
-            keep = [e for e in config.embeddings if int(e.tensor_name.rsplit(":", 1)[-1]) < self._purge_step]
+            keep = [e for e in config.embeddings if _projector_step(e) < self._purge_step]
             del config.embeddings[:]
             config.embeddings.extend(keep)
         writer._projector_config = config
@@ -197,8 +223,14 @@ class RunSink:
     def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
                   thumbnails: Any, step: int) -> None:
         with self._lock:
-            self.writer.add_embedding(features, metadata=metadata, metadata_header=header, label_img=thumbnails,
-                                      global_step=step, tag=tag)
+            writer = self.writer
+            writer.add_embedding(features, metadata=metadata, metadata_header=header, label_img=thumbnails,
+                                 global_step=step, tag=tag)
+            from google.protobuf import text_format
+
+            _name_projector_entries(writer._projector_config)
+            write_atomic(self.root / "projector_config.pbtxt",
+                         text_format.MessageToString(writer._projector_config).encode("utf-8"))
 
     def file(self, path: str, content: bytes | str) -> Path | None:
         """Written whole or not at all (a temporary file, then renamed)."""
