@@ -1,0 +1,88 @@
+"""What the figures show: fixed colour scales, sizes that do not change between epochs, honest titles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import quick_config
+from interp.train import fit
+
+
+def test_confusion_colour_scales_are_fixed_and_empty_cells_blank() -> None:
+    import matplotlib.pyplot as plt
+
+    from interp.stages.confusion import draw_confusion
+
+    matrix = np.array([[5, 0, 1], [0, 7, 0], [2, 0, 0]])
+    rates = matrix / matrix.sum(axis=1, keepdims=True)
+    fig = draw_confusion(matrix, rates, ["a", "b", "c"], 0.75, 3, "images")
+    counts, normalized = (ax for ax in fig.axes if ax.images)
+    assert counts.images[0].get_clim() == (0, 7)  # the largest class: the same at every epoch
+    assert normalized.images[0].get_clim() == (0, 1.0)
+    for ax in (counts, normalized):
+        assert len(ax.texts) == np.count_nonzero(matrix)  # zero cells are left blank
+    assert sorted(t.get_text() for t in counts.texts) == ["1", "2", "5", "7"]
+    plt.close(fig)
+
+
+def test_weight_titles_give_shape_and_count_and_epoch_0_has_no_comparison() -> None:
+    import matplotlib.pyplot as plt
+
+    from interp.stages.weights import draw_weights
+
+    bins = np.linspace(-1, 1, 5)
+    panel = {"name": "features.fc1.weight", "shape": [128, 784], "bins": bins, "now": np.ones(4), "before": None,
+             "std_now": 0.02, "std_before": None}
+    fig = draw_weights([panel], 0)
+    ax = fig.axes[0]
+    assert "128×784 = 100\u2009352 weights" in ax.get_title()
+    assert fig._suptitle.get_text() == "weight distributions at epoch 0 (initialization)"
+    assert ax.get_ylabel() == "count" and len(ax.get_yticks()) >= 2
+    plt.close(fig)
+    later = draw_weights([{**panel, "before": np.ones(4), "std_before": 0.01}], 4)
+    assert later._suptitle.get_text() == "weight distributions: epoch 0 (grey) and epoch 4 (blue)"
+    plt.close(later)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    stages = ("analysis.stages=[confusion, {saliency: {smoothgrad_samples: 2}}, {integrated_gradients: {steps: 8}}, "
+              "weights, neurons, activations, {embeddings: {points: 200}}]")
+    return fit(quick_config("train.epochs=2", "data.train_limit=500", stages),
+               save_dir=tmp_path_factory.mktemp("figures")).run_dir
+
+
+def test_every_figure_keeps_its_size_across_epochs(run: Path) -> None:
+    sizes: dict[str, set[tuple[int, int]]] = {}
+    for png in sorted(run.glob("epoch_*/*/*.png")):
+        with Image.open(png) as image:
+            sizes.setdefault(f"{png.parent.name}/{png.name}", set()).add(image.size)
+    assert len(sizes) == 7  # every stage drew, at every epoch
+    assert {name: len(found) for name, found in sizes.items()} == {name: 1 for name in sizes}, sizes
+    assert all(h <= 1100 for found in sizes.values() for _, h in found)  # no taller than TensorBoard shows well
+
+
+def test_dense_activations_show_every_probe_image_and_the_logits(run: Path) -> None:
+    import matplotlib.pyplot as plt
+    import torch
+
+    from interp.run import Run
+    from interp.stages import STAGES
+    from interp.stages.activations import draw_activations
+    from interp.train import load_model
+
+    cfg, model, data, _, _ = load_model(Run(run), "last")
+    layers = STAGES["activations"]().layers(model)
+    assert layers == ["features.fc1", "head"]  # one hidden layer: it, then the classifier's logits
+    units = torch.relu(torch.randn(10, 128)).numpy()
+    panels = [{"name": "features.fc1", "kind": "units", "values": units, "shape": [128],
+               "rows": [str(i) for i in range(10)], "columns": None}]
+    fig = draw_activations(np.zeros((1, 28, 28)), "0", panels, 1)
+    (ax,) = (a for a in fig.axes if a.images and a.get_ylabel())
+    assert ax.images[0].get_array().shape == (10, 128)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(i) for i in range(10)]
+    plt.close(fig)
