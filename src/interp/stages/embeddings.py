@@ -24,6 +24,8 @@ class EmbeddingsOptions(BaseModel):
     # t-SNE costs seconds, so by default only the last epoch (and `interp analyze`) gets one.
     tsne: Literal["final", "always", "never"] = "final"
     perplexity: float = Field(30.0, gt=1, le=1000)
+    # t-SNE's cost grows faster than the points: it maps a fixed random subset of at most this many.
+    tsne_points: int = Field(500, ge=10, le=PROJECTOR_POINT_LIMIT)
 
 
 @register_stage
@@ -57,7 +59,8 @@ class EmbeddingsStage(Stage):
         ctx.sink.embedding(f"{ctx.tag.replace('/', '-')}embeddings", features, metadata, ["label", "predicted"],
                            thumbnails, ctx.step)
         want_tsne = self.options.tsne == "always" or (self.options.tsne == "final" and ctx.final)
-        tsne = self.options.perplexity if want_tsne and len(features) > self.options.perplexity * 3 else None
+        subset = min(self.options.tsne_points, len(features))
+        tsne = self.options.perplexity if want_tsne and subset > self.options.perplexity * 3 else None
         if tsne is not None:
             why = None
         elif not want_tsne:
@@ -67,11 +70,11 @@ class EmbeddingsStage(Stage):
             why = f"needs more than {3 * self.options.perplexity:g} points for perplexity {self.options.perplexity:g}"
         # the projections (t-SNE takes seconds) are computed by the drawing worker, off the training path
         ctx.draw("embeddings", draw_embeddings, features.numpy(), labels, predicted, list(names), ctx.epoch, tsne,
-                 why)
+                 why, self.options.tsne_points)
 
 
 def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str], epoch: int,
-                    perplexity: float | None, no_tsne: str | None = None) -> Any:
+                    perplexity: float | None, no_tsne: str | None = None, tsne_points: int | None = None) -> Any:
     """PCA of the features and, when ``perplexity`` is given, t-SNE, coloured by true class, misclassified
     points ringed in black. Without t-SNE its panel says why (``no_tsne``), so the figure keeps its size."""
     from sklearn.decomposition import PCA
@@ -85,14 +88,19 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     views: list[tuple[str, np.ndarray | None, tuple[str, str]]] = [
         (f"PCA (explains {share.sum():.0%} of the variance)", points,
          (f"PC 1 ({share[0]:.0%})", f"PC 2 ({share[1]:.0%})"))]
+    subset = np.arange(len(features))
+    if tsne_points is not None and tsne_points < len(features):  # the same subset at every epoch
+        subset = np.sort(np.random.default_rng(0).choice(len(features), tsne_points, replace=False))
     if perplexity is not None:
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0)
-        views.append((f"t-SNE (perplexity {perplexity:g})", tsne.fit_transform(features), ("t-SNE 1", "t-SNE 2")))
+        views.append((f"t-SNE of {len(subset)} of them (perplexity {perplexity:g})",
+                      tsne.fit_transform(features[subset]), ("t-SNE 1", "t-SNE 2")))
     else:
         views.append(("t-SNE", None, ("", "")))
     wrong = labels != predicted
+    ring = wrong.mean() <= 0.5  # when most points are wrong (an untrained net), rings would hide the colours
     fig, axes = figure(1, 2, panel=4.6)
-    for ax, (title, xy, (xlabel, ylabel)) in zip(axes[0], views, strict=True):
+    for ax, (title, xy, (xlabel, ylabel)), rows in zip(axes[0], views, [np.arange(len(features)), subset], strict=True):
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -103,10 +111,11 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
                 spine.set_color("0.8")
             continue
         for c, name in enumerate(names):
-            mine = labels == c
+            mine = labels[rows] == c
             ax.scatter(xy[mine, 0], xy[mine, 1], s=6, color=f"C{c % 10}", label=name, alpha=0.8, linewidths=0)
-        ax.scatter(xy[wrong, 0], xy[wrong, 1], s=22, facecolors="none", edgecolors="black", linewidths=0.6,
-                   label=f"misclassified ({int(wrong.sum())})")
+        ringed = wrong[rows] & ring
+        ax.scatter(xy[ringed, 0], xy[ringed, 1], s=22, facecolors="none", edgecolors="black", linewidths=0.6,
+                   label=f"misclassified ({int(ringed.sum())})" if ring else "_")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_aspect("equal", adjustable="datalim")
@@ -114,5 +123,5 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     fig.legend(handles, texts, title="true class", markerscale=2, fontsize=7, loc="outside right center",
                frameon=False)
     fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, epoch {epoch}; "
-                 f"colour = true class, {wrong.mean():.1%} misclassified (ringed)")
+                 f"colour = true class, {wrong.mean():.1%} misclassified" + (" (ringed)" if ring else ""))
     return fig
