@@ -104,6 +104,8 @@ def _curves_png(metrics: list[dict[str, Any]], path: Path) -> Path | None:
     rows = [m for m in metrics if _number(m.get("epoch")) is not None]
     if not rows:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     from .plotting import figure, render
 
     fig, axes = figure(1, 2, panel=3.4)
@@ -114,6 +116,7 @@ def _curves_png(metrics: list[dict[str, Any]], path: Path) -> Path | None:
             if points:
                 ax.plot(*zip(*points, strict=True), style, markersize=4, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(label)
         ax.grid(alpha=0.3)
         if ax.lines:
