@@ -29,6 +29,9 @@ from typing import Any, BinaryIO
 __all__ = ["DrawingWorker", "render_job"]
 
 _HEADER = struct.Struct(">Q")
+# The worker runs beside training: one thread for its numerical libraries (t-SNE's OpenMP loop, BLAS), so
+# that it takes one core and never spins against the training threads for the others.
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def _send(stream: BinaryIO, value: Any) -> None:
@@ -79,7 +82,7 @@ class DrawingWorker:
         if self._process is None:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "interp.analysis.drawing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                start_new_session=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                start_new_session=False, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
             atexit.register(self.close)  # a loop that forgets to close still gets its figures
             for target in (self._feed, self._collect):
                 thread = threading.Thread(target=target, name=f"interp-drawing-{target.__name__}", daemon=True)
