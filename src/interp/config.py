@@ -37,7 +37,8 @@ __all__ = [
     "save_config",
 ]
 
-DATASETS = ("mnist-sample", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "rings", "polynomial")
+DATASETS = ("mnist-sample", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "rings", "polynomial",
+            "patches")
 
 MAX_SET_LENGTH = 10_000  # characters in one --set
 MAX_CONFIG_BYTES = 1_000_000

@@ -55,6 +55,10 @@ def load_data(cfg: DataConfig, seed: int = 0, progress: Progress | None = None,
         from .folder import load_folder
 
         data = load_folder(cfg, seed, progress or _no_progress, notice)
+    elif cfg.dataset == "patches":
+        from .patches import as_data
+
+        data = as_data(seed)
     elif ":" in cfg.dataset:
         from .custom import load_custom
 

@@ -32,6 +32,8 @@ class Data:
     std: tuple[float, ...] = ()
     # True when the images are already normalized floats (the Python API's eval_data), not uint8 pixels.
     normalized: bool = False
+    # (N_eval, H, W) bool: where the answer lies in each evaluation image, when the task knows it (patches).
+    eval_masks: Tensor | None = field(default=None, repr=False)
     _affine: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -54,7 +56,9 @@ class Data:
         """The same data on ``device`` (images stay uint8 until a batch is normalized)."""
         device = torch.device(device)
         moved = [t.to(device) for t in (self.train_x, self.train_y, self.eval_x, self.eval_y)]
-        return replace(self, train_x=moved[0], train_y=moved[1], eval_x=moved[2], eval_y=moved[3], _affine=None)
+        masks = None if self.eval_masks is None else self.eval_masks.to(device)
+        return replace(self, train_x=moved[0], train_y=moved[1], eval_x=moved[2], eval_y=moved[3], eval_masks=masks,
+                       _affine=None)
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 pixels (B, C, H, W) → float ``(x / 255 - mean) / std``; toy features pass as float."""
