@@ -122,8 +122,10 @@ def test_report_links_only_files_of_the_run(run_dir: Path) -> None:
     metrics = page.rows["metrics"]
     assert [row[0] for row in metrics[1:]] == ["0", "1", "2"]
     trust = page.rows["trust"]
-    assert [row[0] for row in trust[1:]] == ["saliency", "smoothgrad", "integrated_gradients"]
-    assert all(row[-1].startswith(("trust", "doubt")) for row in trust[1:])
+    assert [row[0] for row in trust[1:]] == ["saliency", "smoothgrad", "integrated_gradients",
+                                             "integrated_gradients_blur", "expected_gradients", "edges", "random"]
+    assert all(row[-1].startswith(("trust", "doubt", "uncertain")) for row in trust[1:-2])
+    assert [row[-1] for row in trust[-2:]] == ["reference", "reference"]  # the null maps
 
 
 def test_every_figure_links_to_its_full_size_file(run_dir: Path) -> None:

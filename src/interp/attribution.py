@@ -6,8 +6,10 @@ a method means the same thing everywhere. Every target is the **true class** log
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +18,17 @@ from torch import Tensor, nn
 __all__ = [
     "METHODS",
     "Method",
+    "blurred",
+    "expected_gradients",
     "gradcam",
     "gradcam_layer",
     "integrated_gradients",
     "saliency",
     "smoothgrad",
+    "white",
 ]
+
+BLUR_SIGMA = 0.1  # the blurred baseline's Gaussian standard deviation, as a fraction of the image's shorter side
 
 
 def saliency(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
@@ -55,6 +62,55 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, baseline: 
     return attributions.detach(), delta.detach()
 
 
+def expected_gradients(model: nn.Module, x: Tensor, target: Tensor, low: Tensor, high: Tensor, references: int = 4,
+                       samples: int = 50, internal_batch_size: int = 256) -> Tensor:
+    """Expected gradients (Erion et al. 2021) with uniform-noise references, same shape as ``x``.
+
+    ``references`` images of uniform noise between ``low`` (black) and ``high`` (white) are drawn from
+    torch's random state; each attribution is the mean over ``samples`` draws of ∂F(x′)/∂x′ · (x − x′ᵣ),
+    x′ = x′ᵣ + α(x − x′ᵣ) with a random reference x′ᵣ and α ~ U(0, 1). That is Captum's GradientShap
+    without input noise. The attributions add up to F(x) − mean F(x′ᵣ) in expectation only."""
+    import numpy as np
+    from captum.attr import GradientShap
+
+    noise = torch.rand((references, *x.shape[1:]), device=x.device)
+    refs = low[:1] + (high[:1] - low[:1]) * noise  # (references, C, H, W)
+    chunk = max(1, internal_batch_size // samples)  # Captum expands every image ``samples`` times at once
+    # Captum draws the references and the α from numpy's global generator: seed it from torch's (so that
+    # torch.manual_seed makes the map reproducible) and give it back as it was
+    state = np.random.get_state()
+    np.random.seed(int(torch.randint(0, 2**31 - 1, (1,))))
+    try:
+        parts = [GradientShap(model).attribute(x[i:i + chunk], baselines=refs, n_samples=samples, stdevs=0.0,
+                                               target=target[i:i + chunk]).detach()
+                 for i in range(0, len(x), chunk)]
+    finally:
+        np.random.set_state(state)
+    return torch.cat(parts)
+
+
+def blurred(x: Tensor, sigma: float = BLUR_SIGMA) -> Tensor:
+    """A Gaussian-blurred copy of each image (B, C, H, W), standard deviation ``sigma`` × the shorter side
+    (torchvision, reflect padding). The weights add up to 1, so blurring normalized values is the same as
+    normalizing blurred pixels."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    side = min(int(x.shape[-2]), int(x.shape[-1]))
+    spread = max(sigma * side, 1e-3)
+    radius = max(0, min(math.ceil(3 * spread), side - 1))  # reflect padding needs the radius below the side
+    return gaussian_blur(x, [2 * radius + 1] * 2, [spread, spread])
+
+
+def white(black: Tensor, data: Any = None) -> Tensor:
+    """The all-white image (pixel value 1) in the space of ``black``: (1 − mean) / std per channel when the
+    data's normalization is known, else one unit above black."""
+    mean, std = getattr(data, "mean", ()), getattr(data, "std", ())
+    if not mean or not std:
+        return black + 1.0
+    values = [(1.0 - m) / s for m, s in zip(mean, std, strict=True)]
+    return torch.tensor(values, device=black.device, dtype=black.dtype).view(1, -1, 1, 1).expand_as(black).clone()
+
+
 def gradcam(model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017) at ``layer``, ReLU'd and upsampled bilinearly to the input: (B, 1, H, W)."""
     from captum.attr import LayerGradCam
@@ -73,8 +129,10 @@ def to_map(attributions: Tensor, signed: bool) -> Tensor:
 
 @dataclass(frozen=True)
 class Method:
-    """An attribution method as the trust stage sees it: ``compute(model, x, y, baseline) → (B, H, W)``.
+    """An attribution method as the trust stage sees it: ``compute(model, x, y, black, options) → (B, H, W)``.
 
+    ``options`` may hold ``steps`` (integration points), ``blur_sigma``, ``noise_baselines``, ``white`` (the
+    all-white image, for the uniform-noise references), ``smoothgrad_samples``, ``layer`` (Grad-CAM).
     ``signed`` maps rank pixels by value (positive evidence first); unsigned ones by magnitude."""
 
     name: str
@@ -98,6 +156,16 @@ def _ig_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: d
     return to_map(attributions, signed=True)
 
 
+def _ig_blur_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    return _ig_map(model, x, y, blurred(x, options.get("blur_sigma", BLUR_SIGMA)), options)
+
+
+def _expected_gradients_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
+    high = options["white"] if "white" in options else baseline + 1.0
+    return to_map(expected_gradients(model, x, y, baseline, high, options.get("noise_baselines", 4),
+                                     options.get("steps", 50), options.get("internal_batch_size", 256)), signed=True)
+
+
 def gradcam_layer(model: nn.Module, name: str | None = None, example: Tensor | None = None) -> tuple[str, nn.Module]:
     """The layer Grad-CAM looks at: ``name`` (short or full), else the last block with spatial output
     (larger than 1×1 for ``example``, when given)."""
@@ -118,7 +186,9 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("saliency", "saliency", False, _saliency_map),
         Method("smoothgrad", "saliency", False, _smoothgrad_map),
-        Method("integrated_gradients", "integrated_gradients", True, _ig_map),
+        Method("integrated_gradients", "integrated_gradients", True, _ig_map),  # from black
+        Method("integrated_gradients_blur", "integrated_gradients", True, _ig_blur_map),  # from the blurred image
+        Method("expected_gradients", "integrated_gradients", True, _expected_gradients_map),  # from uniform noise
         Method("gradcam", "gradcam", False, _gradcam_map),
     )
 }

@@ -1,21 +1,34 @@
-"""Numbers that say whether an attribution map deserves belief.
+"""Numbers that say whether an attribution map deserves belief, and how sure they are.
 
 - **Deletion / insertion** (Petsiuk et al. 2018, RISE): rank pixels by the map, replace the top-ranked
-  ones by the baseline (deletion) or reveal them on the baseline (insertion), and follow the softmax
+  ones by a baseline (deletion) or reveal them on the baseline (insertion), and follow the softmax
   probability of the true class. A faithful map makes the deletion curve fall faster, and the insertion
   curve rise faster, than a random ranking does. The area under each curve (trapezoid rule over the
-  fraction perturbed, both ends included) sums it up.
+  fraction perturbed, both ends included) sums it up. The baseline is the metric's own, not a method's:
+  black and a blurred copy of the image (:func:`interp.attribution.blurred`).
+- **ROAD** (Rong et al. 2022, remove and debias): the removed pixels are filled in from their neighbours
+  by noisy linear imputation (:func:`road_impute`), so that the filled image carries no trace of which
+  pixels were removed; the probability of the true class is read with the most relevant (MoRF) or the
+  least relevant (LeRF) pixels removed, at several percentages, and averaged.
+- **Reference maps** that know nothing of the model, scored by the same metrics: a Sobel edge map of
+  the image (:func:`sobel_map`) and random orders.
 - **Model randomization** (Adebayo et al. 2018): re-initialize the layers from the top down and
-  recompute the map. A map that still looks the same (high Spearman rank correlation of |map|) does not
-  depend on what the network learned.
+  recompute the map. A map that still looks the same does not depend on what the network learned.
+  Similarity is measured as Spearman's ρ of |map| over all pixels and over the image's foreground (the
+  pixels that differ from black, where a map that multiplies by x − black is not zero by construction),
+  ρ of the signed map, and SSIM of the normalized |maps| (:func:`ssim`).
+- **Uncertainty**: every mean over images comes with a percentile bootstrap 95 % interval
+  (:func:`bootstrap_interval`); a :class:`Check` passes or fails only when its whole interval lies on
+  one side of its limit, and is uncertain otherwise.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,18 +36,35 @@ from torch import Tensor, nn
 
 __all__ = [
     "CORRELATION_LIMIT",
+    "NEIGHBOURS",
     "Cascade",
+    "Check",
     "auc",
+    "bootstrap_interval",
     "cascade_layers",
+    "degenerate",
+    "foreground",
+    "mass_inside",
     "perturbation_curves",
     "random_rankings",
-    "rank_pixels",
     "randomization_cascade",
+    "rank_pixels",
+    "road_curves",
+    "road_impute",
+    "shuffled_label_copy",
+    "similarities",
+    "sobel_map",
     "spearman",
+    "ssim",
+    "ssim_map",
     "verdict",
 ]
 
 CORRELATION_LIMIT = 0.5  # above this after full randomization, a map ignores the learned weights
+# ROAD's imputation weights (Rong et al. 2022): direct neighbours 1/6, diagonal ones 1/12 (they add up to 1).
+NEIGHBOURS = (((-1, -1), 1 / 12), ((-1, 0), 1 / 6), ((-1, 1), 1 / 12), ((0, -1), 1 / 6), ((0, 1), 1 / 6),
+              ((1, -1), 1 / 12), ((1, 0), 1 / 6), ((1, 1), 1 / 12))
+MEASURES = ("spearman_abs", "spearman_abs_foreground", "spearman_signed_foreground", "ssim")
 
 
 def rank_pixels(maps: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -51,6 +81,22 @@ def random_rankings(batch: int, pixels: int, generator: torch.Generator) -> Tens
     return torch.stack([torch.randperm(pixels, generator=generator) for _ in range(batch)])
 
 
+def _positions(ranking: Tensor) -> Tensor:
+    """position[b, p] = the rank of pixel p in image b."""
+    position = torch.empty_like(ranking)
+    position.scatter_(1, ranking, torch.arange(ranking.shape[1]).expand_as(ranking).contiguous())
+    return position
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+    probs = []
+    for i in range(0, len(images), batch_size):
+        logits = model(images[i:i + batch_size])
+        probs.append(torch.softmax(logits.float(), dim=1).gather(1, targets[i:i + batch_size, None])[:, 0])
+    return torch.cat(probs).cpu()
+
+
 @torch.no_grad()
 def perturbation_curves(model: nn.Module, x: Tensor, target: Tensor, baseline: Tensor, ranking: Tensor,
                         steps: int = 20, mode: str = "deletion", batch_size: int = 1024) -> Tensor:
@@ -64,19 +110,13 @@ def perturbation_curves(model: nn.Module, x: Tensor, target: Tensor, baseline: T
         raise ValueError(f"mode must be deletion or insertion, not {mode!r}")
     b, c, h, w = x.shape
     pixels = h * w
-    position = torch.empty_like(ranking)  # position[b, p] = rank of pixel p
-    position.scatter_(1, ranking, torch.arange(pixels).expand_as(ranking).contiguous())
+    position = _positions(ranking)
     counts = torch.round(torch.linspace(0, pixels, steps + 1)).long()  # pixels perturbed at each step
     masks = (position[:, None, :] < counts[None, :, None]).to(x.device)  # (B, steps+1, H·W)
     masks = masks.view(b, steps + 1, 1, h, w)
     start, end = (x, baseline) if mode == "deletion" else (baseline, x)
     images = torch.where(masks, end[:, None], start[:, None]).view(b * (steps + 1), c, h, w)
-    targets = target.repeat_interleave(steps + 1)
-    probs = []
-    for i in range(0, len(images), batch_size):
-        logits = model(images[i:i + batch_size])
-        probs.append(torch.softmax(logits.float(), dim=1).gather(1, targets[i:i + batch_size, None])[:, 0])
-    return torch.cat(probs).view(b, steps + 1).cpu()
+    return _probabilities(model, images, target.repeat_interleave(steps + 1), batch_size).view(b, steps + 1)
 
 
 def auc(curves: Tensor) -> Tensor:
@@ -85,16 +125,218 @@ def auc(curves: Tensor) -> Tensor:
     return torch.trapezoid(curves, dx=1.0 / steps, dim=-1)
 
 
+# -- ROAD ------------------------------------------------------------------------------------------------
+Pairs = list[tuple[np.ndarray, np.ndarray, float]]  # (unknown i, unknown j > i, weight): A[i, j] = −weight
+
+
+def road_impute(x: Tensor, removed: Tensor, noise: float = 0.0, seed: int = 0,
+                solver: Literal["auto", "banded", "sparse"] = "auto") -> Tensor:
+    """``x`` (N, C, H, W) with the pixels ``removed`` (N, H, W) filled by noisy linear imputation (ROAD).
+
+    Each removed pixel takes the weighted mean of its neighbours inside the image (weights
+    :data:`NEIGHBOURS`, renormalized at the border), the removed neighbours being unknowns too: one sparse
+    linear system for all the images, solved exactly by SciPy. Numbered row by row, its unknowns couple only
+    within W + 1 places of each other and the matrix is symmetric positive definite (every group of removed
+    pixels touches a kept one), so for narrow images (``auto``: W ≤ 64) a banded Cholesky solve is the
+    fastest; wider ones go to the general sparse solver (SuperLU), whose cost grows more slowly with W.
+    Gaussian noise of standard deviation ``noise`` (seeded) is then added to the filled pixels. An image
+    removed entirely has nothing to impute from and is left as it was."""
+
+    n, c, h, w = x.shape
+    removed = removed.detach().cpu().bool().clone()
+    removed[removed.flatten(1).all(dim=1)] = False
+    mask = removed.numpy().reshape(-1)  # (N·H·W,)
+    values = x.detach().cpu().double().permute(0, 2, 3, 1).reshape(-1, c).numpy()  # (N·H·W, C)
+    unknown = np.flatnonzero(mask)
+    if not len(unknown):
+        return x.clone()
+    count = len(unknown)
+    index = np.full(mask.size, -1)
+    index[unknown] = np.arange(count)
+    image, pixel = np.divmod(unknown, h * w)
+    row, col = np.divmod(pixel, w)
+    diagonal = np.zeros(count)
+    right = np.zeros((count, c))
+    pairs: Pairs = []  # the upper triangle
+    for (dy, dx), weight in NEIGHBOURS:
+        r, q = row + dy, col + dx
+        inside = np.flatnonzero((r >= 0) & (r < h) & (q >= 0) & (q < w))
+        neighbour = image[inside] * h * w + r[inside] * w + q[inside]
+        diagonal[inside] += weight  # Σ weights of the neighbours that exist
+        known = ~mask[neighbour]
+        right[inside[known]] += weight * values[neighbour[known]]  # kept neighbours: the right-hand side
+        if (dy, dx) > (0, 0):  # each pair of removed neighbours once, from the earlier one
+            pairs.append((inside[~known], index[neighbour[~known]], weight))
+    with _one_blas_thread():  # small steps: BLAS threads would only wait on each other
+        if solver == "banded" or (solver == "auto" and w <= 64):
+            solution = _banded_solve(diagonal, pairs, right)
+        else:
+            solution = _sparse_solve(diagonal, pairs, right)
+    if noise > 0:
+        solution = solution + noise * np.random.default_rng(seed).standard_normal(solution.shape)
+    values = values.copy()
+    values[unknown] = solution
+    filled = torch.from_numpy(values.reshape(n, h, w, c)).permute(0, 3, 1, 2)
+    return filled.to(device=x.device, dtype=x.dtype).contiguous()
+
+
+def _banded_solve(diagonal: np.ndarray, pairs: Pairs, right: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solveh_banded
+
+    band = max([int((later - first).max()) for first, later, _ in pairs if len(first)], default=0)
+    upper = np.zeros((band + 1, len(diagonal)))  # upper[band + i − j, j] = A[i, j] for i ≤ j (LAPACK's layout)
+    upper[band] = diagonal
+    for first, later, weight in pairs:
+        upper[band + first - later, later] = -weight
+    return solveh_banded(upper, right, check_finite=False).reshape(right.shape)
+
+
+def _sparse_solve(diagonal: np.ndarray, pairs: Pairs, right: np.ndarray) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    count = len(diagonal)
+    rows = np.concatenate([np.arange(count), *(p[0] for p in pairs), *(p[1] for p in pairs)])
+    cols = np.concatenate([np.arange(count), *(p[1] for p in pairs), *(p[0] for p in pairs)])
+    entries = np.concatenate([diagonal, *(np.full(len(p[0]), -p[2]) for p in pairs),
+                              *(np.full(len(p[0]), -p[2]) for p in pairs)])
+    system = coo_matrix((entries, (rows, cols)), shape=(count, count)).tocsc()  # duplicates would add up; none
+    solution = spsolve(system, right if right.shape[1] > 1 else right[:, 0])
+    return np.asarray(solution).reshape(right.shape)
+
+
+def _one_blas_thread() -> Any:
+    """A context in which BLAS/LAPACK run on one thread (threadpoolctl comes with scikit-learn)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn requires it
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+@torch.no_grad()
+def road_curves(model: nn.Module, x: Tensor, target: Tensor, ranking: Tensor, percentages: Sequence[float],
+                order: Literal["morf", "lerf"] = "morf", noise: float = 0.0, seed: int = 0,
+                batch_size: int = 1024) -> Tensor:
+    """(B, P): the probability of ``target`` with ``percentages`` % of the pixels removed and imputed by
+    :func:`road_impute`, the most relevant first (``morf``: lower is better) or the least relevant first
+    (``lerf``: higher is better). ``ranking`` as from :func:`rank_pixels`."""
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order must be morf or lerf, not {order!r}")
+    b, _, h, w = x.shape
+    pixels = h * w
+    position = _positions(ranking)  # (B, H·W)
+    counts = [round(p / 100 * pixels) for p in percentages]
+    masks = torch.stack([position < k if order == "morf" else position >= pixels - k for k in counts], dim=1)
+    filled = road_impute(x.repeat_interleave(len(counts), dim=0), masks.view(-1, h, w), noise, seed)
+    return _probabilities(model, filled, target.repeat_interleave(len(counts)), batch_size).view(b, len(counts))
+
+
+# -- reference maps, degenerate maps, ground truth -----------------------------------------------------
+def sobel_map(pixels: Tensor) -> Tensor:
+    """(B, C, H, W) images → (B, H, W): the magnitude of the Sobel gradient (SciPy, reflect padding), the
+    largest over the channels. A map made from the image alone, with no knowledge of the model."""
+    from scipy import ndimage
+
+    array = pixels.detach().cpu().double().numpy()
+    out = np.zeros((array.shape[0], *array.shape[2:]))
+    for i, image in enumerate(array):
+        for channel in image:  # 2-D each: ndimage.sobel would smooth across the batch and channel axes too
+            out[i] = np.maximum(out[i], np.hypot(ndimage.sobel(channel, axis=0), ndimage.sobel(channel, axis=1)))
+    return torch.from_numpy(out).float()
+
+
+def degenerate(maps: Tensor) -> Tensor:
+    """(B, H, W) → (B,) bool: maps that cannot rank pixels — constant (all zero included) or not finite."""
+    flat = maps.detach().flatten(1).double().cpu()
+    finite = torch.isfinite(flat).all(dim=1)
+    spread = torch.nan_to_num(flat.amax(dim=1) - flat.amin(dim=1), nan=0.0)
+    return ~finite | (spread == 0)
+
+
+def foreground(x: Tensor, black: Tensor) -> Tensor:
+    """(B, H, W) bool: the pixels where the image differs from black in some channel."""
+    return ((x - black).abs().amax(dim=1) > 1e-6).cpu()
+
+
+def mass_inside(maps: Tensor, masks: Tensor) -> Tensor:
+    """(B,): the fraction of each map's absolute mass inside ``masks`` (B, H, W) (NaN for an all-zero map)."""
+    values = maps.detach().abs().double().cpu()
+    total = values.flatten(1).sum(dim=1)
+    inside = (values * masks.cpu()).flatten(1).sum(dim=1)
+    return torch.where(total > 0, inside / total.clamp(min=1e-300), torch.full_like(total, math.nan)).float()
+
+
+# -- similarity of maps --------------------------------------------------------------------------------
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two maps (ties get their average rank); NaN if either is constant."""
-    from scipy.stats import spearmanr
+    """Spearman rank correlation of two maps: Pearson's r of their ranks, ties given their average rank
+    (what scipy.stats.spearmanr computes, without its overhead); NaN if either is constant."""
+    from scipy.stats import rankdata
 
     x, y = a.detach().flatten().double().cpu().numpy(), b.detach().flatten().double().cpu().numpy()
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    return float(spearmanr(x, y).statistic)
+    rx, ry = rankdata(x), rankdata(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    return float(np.dot(rx, ry) / math.sqrt(np.dot(rx, rx) * np.dot(ry, ry)))
 
 
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> np.ndarray:
+    """The local SSIM of two images (H, W) (Wang et al. 2004): Gaussian-weighted means, variances and
+    covariance (σ = 1.5, the window cut at 3.5σ: 11×11), C₁ = (0.01 L)², C₂ = (0.03 L)²."""
+    from scipy.ndimage import gaussian_filter
+
+    def local(z: np.ndarray) -> np.ndarray:
+        return gaussian_filter(z, sigma, mode="reflect", truncate=3.5)
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mean_a, mean_b = local(a), local(b)
+    var_a, var_b = local(a * a) - mean_a**2, local(b * b) - mean_b**2
+    covariance = local(a * b) - mean_a * mean_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> float:
+    """Mean SSIM of two images (H, W), away from the border (the windows that fit: 5 pixels in)."""
+    values = ssim_map(a, b, data_range, sigma)
+    pad = int(3.5 * sigma + 0.5)
+    if min(values.shape) > 2 * pad:
+        values = values[pad:-pad, pad:-pad]
+    return float(values.mean())
+
+
+def _unit(values: np.ndarray) -> np.ndarray | None:
+    low, high = float(values.min()), float(values.max())
+    return None if not high > low else (values - low) / (high - low)
+
+
+def similarities(trained: Tensor, current: Tensor, mask: Tensor | None = None) -> dict[str, np.ndarray]:
+    """Per image (B,), how alike two sets of maps (B, H, W) are: Spearman ρ of |map| over all pixels and
+    over ``mask`` (the foreground), ρ of the signed maps over ``mask``, and SSIM of the |maps| scaled to
+    [0, 1]. NaN where a map is constant."""
+    out = {name: np.full(len(trained), math.nan) for name in MEASURES}
+    for i in range(len(trained)):
+        t, c = trained[i].detach().double().cpu(), current[i].detach().double().cpu()
+        out["spearman_abs"][i] = spearman(t.abs(), c.abs())
+        inside = mask[i].cpu() if mask is not None else torch.ones_like(t, dtype=torch.bool)
+        out["spearman_abs_foreground"][i] = spearman(t.abs()[inside], c.abs()[inside])
+        out["spearman_signed_foreground"][i] = spearman(t[inside], c[inside])
+        a, b = _unit(t.abs().numpy()), _unit(c.abs().numpy())
+        if a is not None and b is not None:
+            out["ssim"][i] = ssim(a, b)
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
+# -- model randomization -----------------------------------------------------------------------------
 def cascade_layers(model: nn.Module) -> list[str]:
     """Names of the linear and conv layers, from the output back to the input (normalization layers keep
     their weights: they rescale, they do not decide)."""
@@ -105,25 +347,39 @@ def cascade_layers(model: nn.Module) -> list[str]:
 
 @dataclass
 class Cascade:
-    """The randomization check of one method: after each step, the layers randomized so far and the
-    mean (over images) Spearman correlation of |map| with the trained network's |map|."""
+    """The randomization check of one method: after each step, the layers randomized so far and, per
+    image, how alike its map is to the trained network's (:func:`similarities`)."""
 
     layers: list[str]  # layer randomized at each step, top first
-    correlations: list[float]  # one per step
+    scores: list[dict[str, np.ndarray]]  # one per step: measure → (B,) per image
     maps: list[Tensor]  # (B, H, W) after each step (for the figure)
     trained: Tensor  # (B, H, W): the map every step is compared with
+    measure: str = "spearman_abs_foreground"  # the one the verdict reads
+
+    def mean(self, measure: str | None = None) -> list[float]:
+        """Mean over images (NaNs left out) of ``measure`` (default: the verdict's), one per step."""
+        return [_nanmean(step[measure or self.measure]) for step in self.scores]
+
+    @property
+    def correlations(self) -> list[float]:
+        return self.mean()
 
     @property
     def final(self) -> float:
-        """Correlation with every layer randomized."""
-        return self.correlations[-1] if self.correlations else math.nan
+        """The verdict's measure with every layer randomized."""
+        return self.correlations[-1] if self.scores else math.nan
+
+    def final_values(self, measure: str | None = None) -> np.ndarray:
+        """Per image, ``measure`` with every layer randomized."""
+        return self.scores[-1][measure or self.measure] if self.scores else np.array([])
 
 
 def randomization_cascade(model: nn.Module, compute: Callable[[nn.Module], Tensor], trained: Tensor | None = None,
-                          seed: int = 0, layers: list[str] | None = None) -> Cascade:
+                          seed: int = 0, layers: list[str] | None = None, mask: Tensor | None = None) -> Cascade:
     """Re-initialize ``layers`` (default :func:`cascade_layers`) one after another on a copy of ``model``,
-    cumulatively from the top, recomputing ``compute(copy) → (B, H, W)`` after each step and comparing
-    abs(map) with abs(``trained``) by Spearman correlation, image by image.
+    cumulatively from the top, recomputing ``compute(copy) → (B, H, W)`` after each step and comparing it
+    with ``trained`` image by image (:func:`similarities`, ``mask`` = the foreground; the verdict reads ρ of
+    |map| on the foreground, or over all pixels when there is no mask).
 
     Every map, the trained one included when ``trained`` is None, is computed from the same random
     state, so a noisy method (SmoothGrad) sees the same noise each time and only the weights differ."""
@@ -137,7 +393,7 @@ def randomization_cascade(model: nn.Module, compute: Callable[[nn.Module], Tenso
         torch.manual_seed(seed + 1)
         return compute(net).detach()
 
-    correlations, maps = [], []
+    scores, maps = [], []
     try:
         if trained is None:
             trained = seeded(clone)
@@ -147,24 +403,99 @@ def randomization_cascade(model: nn.Module, compute: Callable[[nn.Module], Tenso
             module.reset_parameters()  # type: ignore[operator]
             weights.set_state(torch.random.get_rng_state())
             current = seeded(clone)
-            values = [spearman(trained[i].abs(), current[i].abs()) for i in range(len(trained))]
-            finite = [v for v in values if math.isfinite(v)]
-            correlations.append(float(np.mean(finite)) if finite else math.nan)
+            scores.append(similarities(trained, current, mask))
             maps.append(current.cpu())
     finally:
         torch.random.set_rng_state(generator_state)
-    return Cascade(list(names), correlations, maps, trained.cpu())
+    measure = "spearman_abs_foreground" if mask is not None else "spearman_abs"
+    return Cascade(list(names), scores, maps, trained.cpu(), measure)
 
 
-def verdict(deletion: float, insertion: float, random_deletion: float, random_insertion: float,
-            correlation: float | None) -> str:
-    """'trust' when the map beats random at both deletion and insertion and (when checked) no longer
-    resembles itself once the weights are random; otherwise 'doubt: <reasons>'."""
-    reasons = []
-    if not deletion < random_deletion:
-        reasons.append("del. ≥ random")
-    if not insertion > random_insertion:
-        reasons.append("ins. ≤ random")
-    if correlation is not None and math.isfinite(correlation) and correlation > CORRELATION_LIMIT:
-        reasons.append("ignores weights")
-    return "trust" if not reasons else "doubt: " + ", ".join(reasons)
+def shuffled_label_copy(model: nn.Module, train_x: Tensor, train_y: Tensor, normalize: Callable[[Tensor], Tensor],
+                        epochs: int, initial_state: dict[str, Tensor] | None = None, batch_size: int = 128,
+                        lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Adebayo's data randomization test: a copy of ``model``, started from ``initial_state`` (else freshly
+    re-initialized), trained with Adam (``lr``, ``batch_size``) for ``epochs`` epochs on the training images
+    with their labels permuted at random (seeded). Returned in eval mode; ``model`` is untouched."""
+    clone = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        if initial_state is not None:
+            clone.load_state_dict(initial_state)
+        else:
+            for module in clone.modules():
+                if hasattr(module, "reset_parameters") and module is not clone:
+                    module.reset_parameters()  # type: ignore[operator]
+        labels = train_y[torch.randperm(len(train_y), generator=generator).to(train_y.device)]
+        optimiser = torch.optim.Adam(clone.parameters(), lr=lr)
+        clone.train()
+        for _ in range(max(1, epochs)):
+            order = torch.randperm(len(train_x), generator=generator).to(train_x.device)
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                optimiser.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(clone(normalize(train_x[batch])), labels[batch]).backward()
+                optimiser.step()
+    finally:
+        torch.random.set_rng_state(state)
+    return clone.eval()
+
+
+# -- uncertainty and the verdict ----------------------------------------------------------------------
+def bootstrap_interval(values: Sequence[float] | np.ndarray | Tensor, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs left out): the mean of ``resamples``
+    draws with replacement, each as many as the values, from a seeded generator; (NaN, NaN) when empty."""
+    array = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64).ravel()
+    array = array[np.isfinite(array)]
+    if not len(array):
+        return math.nan, math.nan
+    draws = np.random.default_rng(seed).integers(0, len(array), size=(resamples, len(array)))
+    means = array[draws].mean(axis=1)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One condition of a verdict: ``value`` (a mean over images, with its 95 % interval ``low`` … ``high``)
+    must lie below ``limit`` (above it when ``above``). It passes when the whole interval is on the right
+    side, fails when the whole interval is on the wrong side, and is uncertain when it straddles."""
+
+    name: str  # what is compared: "deletion vs random (blur)"
+    fails: str  # said when it fails: "del. ≥ random (blur)"
+    unsure: str  # said when it is uncertain: "del. ≈ random (blur)"
+    value: float
+    low: float
+    high: float
+    limit: float = 0.0
+    above: bool = False
+
+    @property
+    def outcome(self) -> Literal["pass", "fail", "uncertain", "n/a"]:
+        if not all(math.isfinite(v) for v in (self.value, self.low, self.high)):
+            return "n/a"
+        if self.above:
+            good, bad = self.low > self.limit, self.high <= self.limit
+        else:
+            good, bad = self.high < self.limit, self.low >= self.limit
+        return "pass" if good else "fail" if bad else "uncertain"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.name, "value": self.value, "interval": [self.low, self.high], "limit": self.limit,
+                "needs": "above" if self.above else "below", "outcome": self.outcome}
+
+
+def verdict(checks: Sequence[Check], also_failed: Sequence[str] = ()) -> str:
+    """'trust' when every check passes; 'doubt: <reasons>' when one fails (or ``also_failed`` names a
+    reason found elsewhere); else 'uncertain: <reasons>' when an interval straddles its limit."""
+    failed = [*also_failed, *(c.fails for c in checks if c.outcome == "fail")]
+    unsure = [c.unsure for c in checks if c.outcome == "uncertain"]
+    if failed:
+        return "doubt: " + ", ".join(failed + unsure)
+    if unsure:
+        return "uncertain: " + ", ".join(unsure)
+    return "trust"

@@ -1,9 +1,10 @@
-"""Integrated gradients from a black baseline, with the completeness error beside the maps."""
+"""Integrated gradients from a black, a blurred and a uniform-noise baseline, with the completeness error
+beside the maps."""
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,52 +16,90 @@ if TYPE_CHECKING:
 
 # Above this median relative completeness error the integral is too coarse to trust.
 COMPLETENESS_WARNING = 0.05
+# The method each baseline gives (the names the trust stage scores them by).
+METHOD_OF = {"black": "integrated_gradients", "blur": "integrated_gradients_blur", "noise": "expected_gradients"}
+LABELS = {"black": "IG from black", "blur": "IG from blur", "noise": "expected gradients"}
 
 
 class IGOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(50, ge=2, le=2000)  # points on the path from the baseline to the image
+    steps: int = Field(50, ge=2, le=2000)  # points on the path from the baseline to the image (noise: samples)
     internal_batch_size: int = Field(256, ge=1, le=65_536)  # images per forward pass inside Captum (bounds memory)
+    # Where the path starts: black (integrated_gradients), a blurred copy of the image
+    # (integrated_gradients_blur), uniform noise (expected_gradients over noise_baselines references).
+    baselines: list[Literal["black", "blur", "noise"]] = Field(
+        default=["black", "blur", "noise"], min_length=1)
+    blur_sigma: float = Field(0.1, gt=0, le=1)  # the blur's standard deviation, as a fraction of the image side
+    noise_baselines: int = Field(4, ge=1, le=1000)
 
 
 @register_stage
 class IntegratedGradientsStage(Stage):
     name = "integrated_gradients"
-    description = ("integrated gradients from a black image to each probe image; completeness error "
-                   "|Σ attributions − (F(x) − F(black))| / |F(x) − F(black)|")
+    description = ("integrated gradients from a black image, a blurred copy and uniform noise (expected "
+                   "gradients) to each probe image; completeness error |Σ attributions − (F(x) − F(x′))| / "
+                   "|F(x) − F(x′)|")
     Options = IGOptions
 
     def run(self, ctx: StageContext) -> None:
         import torch
 
-        from ..attribution import integrated_gradients, target_logits, to_map
+        from ..attribution import (
+            blurred,
+            expected_gradients,
+            integrated_gradients,
+            target_logits,
+            to_map,
+            white,
+        )
         from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, signed_rgb
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
+        options = self.options
         black = ctx.data.black(x)
-        attributions, delta = integrated_gradients(model, x, y, black, self.options.steps,
-                                                   self.options.internal_batch_size)
-        difference = target_logits(model, x, y) - target_logits(model, black, y)  # F(x) − F(baseline)
-        relative = (delta.abs() / difference.abs().clamp(min=1e-12)).cpu()
-        maps = to_map(attributions, signed=True)  # (B, H, W), sums to Σ attributions per image
-        ctx.shared.setdefault("maps", {})["integrated_gradients"] = maps
-        error = float(relative.median())
-        ctx.record("completeness_error", error)
-        ctx.record("max_abs_delta", float(delta.abs().max()))
-        if error > COMPLETENESS_WARNING:
-            ctx.notice(f"integrated_gradients: completeness error {error:.1%} at epoch {ctx.epoch} is above "
-                       f"{COMPLETENESS_WARNING:.0%}; raise the steps option (now {self.options.steps})")
+        maps, errors, relative, saved = {}, {}, {}, {}
+        for baseline in options.baselines:
+            if baseline == "noise":
+                torch.manual_seed(0)  # the same references every epoch (the runner restores the RNG)
+                attributions = expected_gradients(model, x, y, black, white(black, ctx.data), options.noise_baselines,
+                                                  options.steps, options.internal_batch_size)
+            else:
+                start = black if baseline == "black" else blurred(x, options.blur_sigma)
+                attributions, delta = integrated_gradients(model, x, y, start, options.steps,
+                                                           options.internal_batch_size)
+                difference = target_logits(model, x, y) - target_logits(model, start, y)  # F(x) − F(baseline)
+                relative[baseline] = (delta.abs() / difference.abs().clamp(min=1e-12)).cpu()
+                errors[baseline] = float(relative[baseline].median())
+                suffix = "" if baseline == "black" else f"/{baseline}"
+                ctx.record(f"completeness_error{suffix}", errors[baseline])
+                ctx.record(f"max_abs_delta{suffix}", float(delta.abs().max()))
+                saved[baseline] = {"delta": delta.cpu(), "difference": difference.cpu()}
+            maps[baseline] = to_map(attributions, signed=True)  # (B, H, W), sums to Σ attributions per image
+        ctx.shared.setdefault("maps", {}).update({METHOD_OF[b]: m for b, m in maps.items()})
+        coarse = {b: e for b, e in errors.items() if e > COMPLETENESS_WARNING}
+        if coarse:
+            said = ", ".join(f"{e:.1%} ({b})" for b, e in coarse.items())
+            ctx.notice(f"integrated_gradients: completeness error {said} at epoch {ctx.epoch} is above "
+                       f"{COMPLETENESS_WARNING:.0%}; raise the steps option (now {options.steps})")
 
-        arrays = maps.cpu().numpy()
+        arrays = {b: m.cpu().numpy() for b, m in maps.items()}
         probs = ctx.probe_probs()
-        sheet = per_image_sheet(len(arrays), 3, arrays.shape[1:])
+        first = options.baselines[0]
+        sheet = per_image_sheet(len(x), len(arrays) + 2, next(iter(arrays.values())).shape[1:])
         for i, place in enumerate(sheet.places):
             place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
-            place(signed_rgb(arrays[i]), f"IG: Σ {arrays[i].sum():+.2f}\ncompleteness error {float(relative[i]):.1%}")
-            place(overlay_rgb(ctx.pixels(i), np.clip(arrays[i], 0, None)), "positive evidence")
+            for baseline, values in arrays.items():
+                detail = f"err {float(relative[baseline][i]):.1%}" if baseline in relative else \
+                    f"{options.noise_baselines} refs"
+                place(signed_rgb(values[i]), f"{LABELS[baseline]}\nΣ {values[i].sum():+.2f}, {detail}")
+            place(overlay_rgb(ctx.pixels(i), np.clip(arrays[first][i], 0, None)), f"positive evidence\n({first})")
+        median = "; ".join(f"{b} {e:.2%}" for b, e in errors.items())
         ctx.save_figure(sheet.png(
-            f"integrated gradients, epoch {ctx.epoch}, {self.options.steps} steps from black (red = for the true "
-            f"class, blue = against); median completeness error {error:.2%}"), "integrated_gradients")
+            f"integrated gradients, epoch {ctx.epoch}, {options.steps} steps from each baseline (red = for the true "
+            f"class, blue = against); median completeness error (err): {median or 'not defined for noise'}"),
+            "integrated_gradients")
         tensors = io.BytesIO()
-        torch.save({"maps": maps.cpu(), "delta": delta.cpu(), "difference": difference.cpu()}, tensors)
+        main = saved.get("black", {})
+        torch.save({"maps": maps.get("black", next(iter(maps.values()))).cpu(), **main,
+                    "baselines": {b: {"maps": maps[b].cpu(), **saved.get(b, {})} for b in maps}}, tensors)
         ctx.save_file("attributions.pt", tensors.getvalue())
