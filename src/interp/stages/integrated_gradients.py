@@ -52,7 +52,14 @@ class IntegratedGradientsStage(Stage):
             to_map,
             white,
         )
-        from ..plotting import grey_rgb, overlay_rgb, per_image_sheet, signed_rgb
+        from ..plotting import (
+            SIGNED_CMAP,
+            grey_rgb,
+            overlay_rgb,
+            per_image_sheet,
+            signed_rgb,
+            symmetric_limit,
+        )
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
         options = self.options
@@ -85,18 +92,29 @@ class IntegratedGradientsStage(Stage):
         arrays = {b: m.cpu().numpy() for b, m in maps.items()}
         probs = ctx.probe_probs()
         first = options.baselines[0]
-        sheet = per_image_sheet(len(x), len(arrays) + 2, next(iter(arrays.values())).shape[1:])
+        columns = len(arrays) + 2
+        sheet = per_image_sheet(len(x), columns, next(iter(arrays.values())).shape[1:], bars=True)
+        # one colour scale per baseline, shared by every image (the bar above the column), centred at 0
+        limits = {b: symmetric_limit(values) for b, values in arrays.items()}
+        for g in range(sheet.groups):
+            sheet.colorbar(g * columns, None, label="image")
+            for k, baseline in enumerate(arrays, start=1):
+                sheet.colorbar(g * columns + k, SIGNED_CMAP, -limits[baseline], limits[baseline],
+                               LABELS[baseline].replace("IG from ", "from "))
+            sheet.colorbar(g * columns + columns - 1, None, label="overlay (own max)")
         for i, place in enumerate(sheet.places):
             place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
             for baseline, values in arrays.items():
                 detail = f"err {float(relative[baseline][i]):.1%}" if baseline in relative else \
                     f"{options.noise_baselines} refs"
-                place(signed_rgb(values[i]), f"{LABELS[baseline]}\nΣ {values[i].sum():+.2f}, {detail}")
+                place(signed_rgb(values[i], limits[baseline]),
+                      f"{LABELS[baseline]}\nΣ {values[i].sum():+.2f}, {detail}")
             place(overlay_rgb(ctx.pixels(i), np.clip(arrays[first][i], 0, None)), f"positive evidence\n({first})")
         median = "; ".join(f"{b} {e:.2%}" for b, e in errors.items())
         ctx.save_figure(sheet.png(
             f"integrated gradients, epoch {ctx.epoch}, {options.steps} steps from each baseline (red = for the true "
-            f"class, blue = against); median completeness error (err): {median or 'not defined for noise'}"),
+            f"class, blue = against; one colour scale per column); median completeness error (err): "
+            f"{median or 'not defined for noise'}"),
             "integrated_gradients")
         tensors = io.BytesIO()
         main = saved.get("black", {})
