@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from interp.config import Config, apply_overrides, load_config, save_config
+from interp.config import Config, apply_overrides, load_config, run_name, save_config
 from interp.errors import UserError
 from interp.stages import check_stages
 
@@ -20,7 +21,7 @@ def test_default_yaml_is_the_built_in_default() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_bundled_configs_validate(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.name
+    assert re.fullmatch(r"[a-z0-9]+-[a-z0-9]+|rings|polynomial", run_name(cfg))  # dataset-arch unless named
     assert cfg.data.dataset in ("mnist-sample", "mnist", "cifar10", "rings", "polynomial")
 
 
