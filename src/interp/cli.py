@@ -238,6 +238,7 @@ def _parse_hidden(text: str) -> list[int]:
 def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
     """Every summary table the stages returned: text columns left, numbers right, then the notes."""
     from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
 
     for summary in summaries.values():
@@ -249,7 +250,11 @@ def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
             view.add_column(column, justify="right" if is_number else "left", no_wrap=True)
         for row in summary.rows:
             view.add_row(*[f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row])
-        reporter.console.print(view)
+        # the table at its natural width even in a narrow terminal or a pipe (80 columns): a wrapped line
+        # reads better than numbers cut to "0.2…"
+        console = reporter.console
+        natural = Measurement.get(console, console.options.update(width=10_000), view).maximum
+        console.print(view, width=max(console.width, natural))
         for line in summary.notes:
             reporter.notice(line)
 
