@@ -119,6 +119,12 @@ def test_the_worker_never_runs_the_users_script(tmp_path: Path) -> None:
     assert not drawing_workers()
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even when these tests run in a background job
+    (which starts with SIGINT ignored, and a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_signal_during_training_stops_the_worker(tmp_path: Path) -> None:
     (tmp_path / "slow.py").write_text(
         "import time\nfrom interp.stages import Stage\n"
@@ -128,7 +134,8 @@ def test_a_signal_during_training_stops_the_worker(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "interp", "train", "--set", "train.epochs=3", "--set",
                              "data.train_limit=300", "--set", "train.device=cpu", "--set",
                              "analysis.stages=[confusion,'slow:Slow']"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            preexec_fn=default_sigint)
     confusion = tmp_path / "save" / "mnist-mlp" / "epoch_000" / "confusion" / "confusion.png"
     deadline = time.time() + 120
     while not ((tmp_path / "sleeping").exists() and confusion.exists()) and time.time() < deadline:

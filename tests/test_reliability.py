@@ -35,6 +35,13 @@ def one_line(result, code: int) -> str:
     return lines[0]
 
 
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even when these tests run in a background job
+    (which starts with SIGINT ignored, and a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # -- 1. Ctrl-C and SIGTERM ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_training_exits_with_the_resume_command(tmp_path: Path, sig: int, code: int) -> None:
@@ -46,7 +53,8 @@ def test_a_signal_during_training_exits_with_the_resume_command(tmp_path: Path, 
         "            time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-m", "interp", "train", "--set", "train.epochs=3", *QUICK[:4],
                              "--set", "analysis.stages=['slow:Slow']"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            preexec_fn=default_sigint)
     last = tmp_path / "save" / "mnist-mlp" / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while not (tmp_path / "sleeping").exists() and time.time() < deadline:  # in epoch 1's analysis
