@@ -305,3 +305,19 @@ def test_projector_features_come_from_the_evaluation_pass(tmp_path: Path) -> Non
     saved = np.loadtxt(result.run_dir / "00002" / "embeddings" / "tensors.tsv", delimiter="\t")
     assert saved.shape == (50, expected.shape[1])
     assert np.allclose(saved, expected.numpy(), atol=1e-4)
+
+
+def test_a_foreign_projector_entry_is_kept_and_never_breaks_the_run(data, tmp_path: Path) -> None:
+    """A run folder's projector_config.pbtxt may hold entries interp did not write (hand-edited, another
+    tool's): they stay as they are, and interp's own entries are still named and ordered."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    (tmp_path / "projector_config.pbtxt").write_text('embeddings {\n  tensor_name: "mine"\n  tensor_path: "x.tsv"\n}\n')
+    stage = STAGES["embeddings"](STAGES["embeddings"].Options(points=20, tsne="never"))
+    ctx, run, _ = make_context(data, "mlp", tmp_path, epoch=1)
+    _run_stages([stage], ctx, strict=True)
+    run.close()
+    config = text_format.Parse((tmp_path / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    assert [(e.tensor_name, e.tensor_path) for e in config.embeddings] == [
+        ("mine", "x.tsv"), ("embeddings, last epoch (1)", "00001/embeddings/tensors.tsv")]

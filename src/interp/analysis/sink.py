@@ -55,9 +55,13 @@ def write_atomic(target: Path, content: bytes) -> None:
         raise
 
 
-def _projector_step(entry: Any) -> int:
-    """The step of a projector entry, from its folder (``00003/embeddings/tensors.tsv``)."""
-    return int(entry.tensor_path.split("/", 1)[0])
+def _projector_place(entry: Any) -> tuple[int, str] | None:
+    """(step, tag) of a projector entry, from its folder (``00003/embeddings/tensors.tsv``); None for an
+    entry this sink did not write (a hand-edited or foreign projector_config.pbtxt), which is left as it is."""
+    parts = entry.tensor_path.split("/")
+    if len(parts) < 3 or not parts[0].isdigit():
+        return None
+    return int(parts[0]), parts[1]
 
 
 def _name_projector_entries(config: Any) -> None:
@@ -65,15 +69,11 @@ def _name_projector_entries(config: Any) -> None:
     alike in size) with the last training epoch first, then the analyses, then the earlier epochs:
     ``embeddings, last epoch (5)``, ``embeddings, of analysis/best (epoch 3)``, ``embeddings, previous
     epoch 004`` …"""
-    def tag(entry: Any) -> str:
-        return entry.tensor_path.split("/")[1]
-
-    training = [e for e in config.embeddings if tag(e) == "embeddings"]
-    last = max((_projector_step(e) for e in training), default=None)
-    for entry in config.embeddings:
-        step = _projector_step(entry)
-        if tag(entry) != "embeddings":
-            where = tag(entry).removesuffix("-embeddings").replace("-", "/")
+    places = [(entry, place) for entry in config.embeddings if (place := _projector_place(entry)) is not None]
+    last = max((step for _, (step, tag) in places if tag == "embeddings"), default=None)
+    for entry, (step, tag) in places:
+        if tag != "embeddings":
+            where = tag.removesuffix("-embeddings").replace("-", "/")
             entry.tensor_name = f"embeddings, of {where} (epoch {step})"
         elif step == last:
             entry.tensor_name = f"embeddings, last epoch ({step})"
@@ -163,7 +163,8 @@ class RunSink:
 
         config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
         if self._purge_step is not None:
-            keep = [e for e in config.embeddings if _projector_step(e) < self._purge_step]
+            keep = [e for e in config.embeddings
+                    if (place := _projector_place(e)) is None or place[0] < self._purge_step]
             del config.embeddings[:]
             config.embeddings.extend(keep)
         writer._projector_config = config
