@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import signal
 import struct
 from pathlib import Path
 
@@ -59,6 +60,12 @@ def make_cifar_batches(root: Path, per_batch: int = 40, seed: int = 0) -> dict[s
     with (folder / "batches.meta").open("wb") as handle:
         pickle.dump({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}, handle)
     return out
+
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even when these tests run in a background job
+    (which starts with SIGINT ignored, and a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

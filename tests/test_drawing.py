@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import quick_config
+from conftest import default_sigint, quick_config
 from interp.analysis.sink import RunSink
 from interp.train import fit
 
@@ -117,12 +117,6 @@ def test_the_worker_never_runs_the_users_script(tmp_path: Path) -> None:
     assert (tmp_path / "started").read_text() == "x"
     assert (tmp_path / "save" / "mine" / "epoch_000" / "confusion" / "confusion.png").is_file()
     assert not drawing_workers()
-
-
-def default_sigint() -> None:
-    """In the child: Ctrl-C as a terminal delivers it, even when these tests run in a background job
-    (which starts with SIGINT ignored, and a child would inherit that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_signal_during_training_stops_the_worker(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import quick_config
+from conftest import default_sigint, quick_config
 from interp.checkpoint import load_checkpoint, save_checkpoint
 from interp.cli import app
 from interp.train import fit
@@ -34,12 +34,6 @@ def one_line(result, code: int) -> str:
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     return lines[0]
 
-
-
-def default_sigint() -> None:
-    """In the child: Ctrl-C as a terminal delivers it, even when these tests run in a background job
-    (which starts with SIGINT ignored, and a child would inherit that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # -- 1. Ctrl-C and SIGTERM ---------------------------------------------------------------------------
