@@ -21,17 +21,13 @@ class Confusion(Stage):
     description = "confusion matrix on the evaluation set (raw and row-normalized) + per-class precision/recall/F1"
 
     def run(self, ctx: StageContext) -> None:
-        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
         classes = ctx.data.classes
-        labels = list(range(len(classes)))
         y_true = ctx.data.eval_y.cpu().numpy()
         y_pred = ctx.eval_logits().argmax(dim=1).cpu().numpy()
-        matrix = confusion_matrix(y_true, y_pred, labels=labels)  # (true, predicted)
+        matrix = confusion(y_true, y_pred, len(classes))  # (true, predicted)
         support = matrix.sum(axis=1, keepdims=True)
         normalized = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)
-        precision, recall, f1, counts = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, zero_division=0)
+        precision, recall, f1, counts = per_class_scores(matrix)
         accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
 
         rows = [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
@@ -51,6 +47,28 @@ class Confusion(Stage):
 
         noun = "images" if ctx.data.is_image else "points"
         ctx.draw("confusion", draw_confusion, matrix, normalized, list(classes), accuracy, ctx.epoch, noun)
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:
+    """Counts (classes, classes): row = true class, column = predicted class (scikit-learn's
+    ``confusion_matrix`` with ``labels=range(classes)``, without importing it on the training path)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    inside = (y_true >= 0) & (y_true < classes) & (y_pred >= 0) & (y_pred < classes)
+    cells = np.bincount(y_true[inside] * classes + y_pred[inside], minlength=classes * classes)
+    return cells.reshape(classes, classes)
+
+
+def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix; a ratio with nothing to divide
+    by is 0 (scikit-learn's ``precision_recall_fscore_support(..., zero_division=0)``)."""
+    true_positive = np.diag(matrix).astype(np.float64)
+    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
+
+    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        return np.divide(top, bottom, out=np.zeros(len(top)), where=bottom > 0)
+
+    f1 = ratio(2 * true_positive, (predicted + support).astype(np.float64))  # 2·tp / (2·tp + fp + fn)
+    return ratio(true_positive, predicted), ratio(true_positive, support), f1, support
 
 
 def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float, epoch: int,
