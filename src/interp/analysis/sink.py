@@ -7,6 +7,7 @@ the trainer only ever call these methods; nothing else opens a writer.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,15 +197,12 @@ class RunSink:
     def figure(self, path: str, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure (or a ``(callable, args)`` pair returning PNG bytes) rendered and written as
         :meth:`image` — by the drawing worker when there is one, else here and now."""
-        from .drawing import DrawingWorker, render_job
+        from .drawing import render_job
 
         if not self.drawing_worker:
             self.image(path, tag, render_job(figure), step)
             return
-        with self._lock:
-            if self._worker is None:
-                self._worker = DrawingWorker()
-            worker = self._worker
+        worker = self._drawing()
 
         def failed(why: str) -> None:
             self.append("errors.log", f"--- figure {path} (step {step}) was not drawn: {why}\n")
@@ -217,17 +215,56 @@ class RunSink:
 
                 plt.close(figure)  # pickled: the worker has its own copy
 
+    def _drawing(self) -> Any:
+        from .drawing import DrawingWorker
+
+        with self._lock:
+            if self._worker is None:
+                self._worker = DrawingWorker()
+            return self._worker
+
+    def start_drawing(self, worker: Any = None) -> None:
+        """Start the drawing worker ahead of the first figure (nothing without one), so that its imports
+        overlap the caller's work instead of delaying the first figure; ``worker``: one already started."""
+        if not self.drawing_worker:
+            return
+        with self._lock:
+            if worker is not None and self._worker is None:
+                self._worker = worker
+        self._drawing().start()
+
     def histogram(self, tag: str, values: Any, step: int) -> None:
         with self._lock:
             self.writer.add_histogram(tag, values, step)
 
     def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
                   thumbnails: Any, step: int) -> None:
+        """TensorBoard's ``add_embedding`` files (metadata.tsv, sprite.png, tensors.tsv under
+        ``<step>/<tag>/``, an entry in projector_config.pbtxt), with the vectors written by numpy: the
+        writer's own loop formats every number separately (a second for 1,000 × 128 values)."""
+        import numpy as np
+        from google.protobuf import text_format
+        from torch.utils.tensorboard._embedding import get_embedding_info, make_sprite, make_tsv
+
+        vectors = np.asarray(features, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(metadata) or len(thumbnails) != len(metadata):
+            raise ValueError(f"embedding {tag}: {len(metadata)} labels, {len(thumbnails)} thumbnails and "
+                             f"{vectors.shape} vectors do not match")
         with self._lock:
             writer = self.writer
-            writer.add_embedding(features, metadata=metadata, metadata_header=header, label_img=thumbnails,
-                                 global_step=step, tag=tag)
-            from google.protobuf import text_format
+            subdir = f"{str(step).zfill(5)}/{writer._encode(tag)}"
+            folder = self.root / subdir
+            folder.mkdir(parents=True, exist_ok=True)
+            make_tsv(metadata, str(folder), metadata_header=header)
+            make_sprite(thumbnails, str(folder))
+            text = io.StringIO()
+            np.savetxt(text, vectors, fmt="%.8g", delimiter="\t")
+            write_atomic(folder / "tensors.tsv", text.getvalue().encode("ascii"))
+            if not hasattr(writer, "_projector_config"):
+                from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+                writer._projector_config = ProjectorConfig()
+            writer._projector_config.embeddings.extend([get_embedding_info(metadata, thumbnails, subdir, step, tag)])
 
             _name_projector_entries(writer._projector_config)
             write_atomic(self.root / "projector_config.pbtxt",
