@@ -90,6 +90,12 @@ class DrawingWorker:
                 self._threads.append(thread)
         return self._process
 
+    def start(self) -> None:
+        """Start the child now rather than at the first figure: its imports then overlap the caller's."""
+        with self._lock:
+            if self.broken is None:
+                self._start()
+
     def submit(self, job: Any, done: Callable[[bytes], None], failed: Callable[[str], None]) -> None:
         """Pickle ``job`` now (so later changes to its arrays do not matter) and queue it."""
         payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)

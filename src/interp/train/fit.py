@@ -3,8 +3,10 @@ analysis, logging and checkpoint callbacks; ``load_model`` rebuilds a run's mode
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,22 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         if resume_state is None:  # the other ranks read what rank 0 checked (and repaired)
             resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
 
+    worker = None
+    if stages and dist.main and cfg.analysis.drawing_worker:  # its imports overlap the loading and setup below
+        from ..analysis.drawing import DrawingWorker
+
+        worker = DrawingWorker()
+        worker.start()
+    try:
+        return _fit_with(cfg, stages, device, dist, save_dir, name, resume, reporter, resumed, resume_state, worker)
+    finally:
+        if worker is not None:
+            worker.close(finish=False)  # handed to the run, which closed it already; else never used
+
+
+def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_dir: Path, name: str | None,
+              resume: Path | str | None, reporter: Reporter, resumed: Run | None,
+              resume_state: dict[str, Any] | None, worker: Any) -> TrainResult:
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed, progress=reporter.progress, notice=reporter.notice).to(device)
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
@@ -218,6 +236,8 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         best = None
 
     run.drawing_worker = cfg.analysis.drawing_worker
+    if worker is not None:
+        run.sink.start_drawing(worker)
     init_path = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init_path, map_location=device)["model"] \
         if dist.main and init_path.exists() else None
@@ -244,7 +264,8 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
                       features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
                       speed=speed, lr_at=lr_at)
     try:
-        trainer.fit(start_epoch, resuming=resume_state is not None)
+        with _cores_beside_worker(device, worker is not None and not dist.enabled):
+            trainer.fit(start_epoch, resuming=resume_state is not None)
         dist.barrier()  # the others wait for rank 0's last stages and checkpoint
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say how to go on
         try:  # a second Ctrl-C while the run is closed ends the process at once
@@ -313,3 +334,20 @@ def _resume_state(run: Run, cfg: Config, reporter: Reporter) -> dict[str, Any] |
             save_checkpoint(state, best_path)
             reporter.notice(f"repaired {best_path}: it now holds epoch {done}, the best one, as last.pt says")
     return state
+
+
+@contextlib.contextmanager
+def _cores_beside_worker(device: torch.device, worker: bool) -> Iterator[None]:
+    """Training on the CPU beside the drawing worker leaves it one core: torch's threads would otherwise
+    wait on each other whenever the worker draws (on 2 cores the attribution passes ran 2–4× slower with
+    2 threads than with 1). Not when the user chose the threads (OMP_NUM_THREADS or torch.set_num_threads)."""
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not worker or device.type != "cpu" or "OMP_NUM_THREADS" in os.environ or threads < cores or cores < 2:
+        yield
+        return
+    torch.set_num_threads(cores - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
