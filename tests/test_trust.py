@@ -315,6 +315,17 @@ def test_bootstrap_intervals_cover_the_sample_mean_and_match_the_normal_interval
     assert all(math.isnan(v) for v in bootstrap_interval([math.nan]))
 
 
+def test_average_ranks_equal_scipy_rankdata() -> None:
+    from scipy.stats import rankdata
+
+    from interp.trust import average_ranks
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # few distinct values: long runs of ties, a single value, one element
+        values = rng.integers(0, int(rng.integers(1, 20)), size=int(rng.integers(1, 300))).astype(float)
+        np.testing.assert_array_equal(average_ranks(values), rankdata(values))
+
+
 def test_spearman_and_ssim_against_their_definitions() -> None:
     from scipy.stats import spearmanr
 

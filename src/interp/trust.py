@@ -272,16 +272,27 @@ def mass_inside(maps: Tensor, masks: Tensor) -> Tensor:
 # -- similarity of maps --------------------------------------------------------------------------------
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman rank correlation of two maps: Pearson's r of their ranks, ties given their average rank
-    (what scipy.stats.spearmanr computes, without its overhead); NaN if either is constant."""
-    from scipy.stats import rankdata
-
+    (what scipy.stats.spearmanr computes, without its overhead or its second of import); NaN if either is
+    constant."""
     x, y = a.detach().flatten().double().cpu().numpy(), b.detach().flatten().double().cpu().numpy()
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = average_ranks(x), average_ranks(y)
     rx -= rx.mean()
     ry -= ry.mean()
     return float(np.dot(rx, ry) / math.sqrt(np.dot(rx, rx) * np.dot(ry, ry)))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1…n of ``values``, tied values sharing the mean of their ranks (scipy.stats.rankdata's default)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.concatenate([[True], ordered[1:] != ordered[:-1]])  # where each group of equal values starts
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(values)))
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(starts + (sizes + 1) / 2, sizes)  # ranks start … start + size − 1, 1-based
+    return ranks
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> np.ndarray:
