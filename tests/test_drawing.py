@@ -142,3 +142,26 @@ def test_a_signal_during_training_stops_the_worker(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert confusion.read_bytes()[:4] == b"\x89PNG"  # epoch 0's figure, drawn before the signal, is kept
     assert not drawing_workers()
+
+
+def test_the_training_process_leaves_drawing_libraries_to_the_worker(tmp_path: Path) -> None:
+    """Every default stage on the MLP: the figures are built by the worker, so the training process never
+    imports interp's plotting module, scikit-learn or scipy.stats (seconds of import on a small machine;
+    Captum imports pyplot by itself); the worker was started and did draw them."""
+    script = (
+        "import sys\n"
+        "from interp.config import load_config\n"
+        "from interp.train import fit\n"
+        "cfg = load_config(None, ['train.epochs=1', 'data.train_limit=300', 'train.device=cpu', 'analysis.stages=["
+        "confusion, saliency, integrated_gradients, weights, neurons, activations, "
+        "{embeddings: {points: 60, perplexity: 5}}, {trust: {images: 12}}]'])\n"
+        f"fit(cfg, save_dir={str(tmp_path)!r}, name='r')\n"
+        "print(sorted(m for m in ('interp.plotting', 'sklearn', 'scipy.stats') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    drawn = {p.relative_to(tmp_path / "r" / "epoch_001").as_posix() for p in (tmp_path / "r" / "epoch_001").rglob("*.png")}
+    assert {"confusion/confusion.png", "saliency/saliency.png", "integrated_gradients/integrated_gradients.png",
+            "weights/weights.png", "neurons/neurons.png", "activations/activations.png", "embeddings/embeddings.png",
+            "trust/deletion_insertion.png", "trust/randomization_maps.png"} <= drawn

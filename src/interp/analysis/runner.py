@@ -132,6 +132,12 @@ class StageContext:
     def pixels(self, i: int) -> np.ndarray:
         return self.probe.pixels[i].detach().cpu().numpy()
 
+    def probe_sheet(self) -> tuple[np.ndarray, list[str]]:
+        """The probe images' pixels (B, C, H, W) and their two-line titles: what a sheet drawn by the
+        drawing worker needs of them."""
+        probs = self.probe_probs()
+        return self.probe.pixels.detach().cpu().numpy(), [self.title(i, probs) for i in range(len(probs))]
+
 
 @dataclass
 class StageResults:

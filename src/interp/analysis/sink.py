@@ -258,7 +258,7 @@ class RunSink:
             make_tsv(metadata, str(folder), metadata_header=header)
             make_sprite(thumbnails, str(folder))
             text = io.StringIO()
-            np.savetxt(text, vectors, fmt="%.8g", delimiter="\t")
+            np.savetxt(text, vectors, fmt="%.9g", delimiter="\t")  # 9 digits: every float32 exactly
             write_atomic(folder / "tensors.tsv", text.getvalue().encode("ascii"))
             if not hasattr(writer, "_projector_config"):
                 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig

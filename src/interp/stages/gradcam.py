@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .base import Stage, register_stage
@@ -35,23 +36,28 @@ class GradCamStage(Stage):
 
     def run(self, ctx: StageContext) -> None:
         from ..attribution import gradcam, gradcam_layer
-        from ..plotting import UNSIGNED_CMAP, grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
 
         name, layer = gradcam_layer(ctx.model, self.options.layer, ctx.probe.x)
         cams = gradcam(ctx.model, layer, ctx.probe.x, ctx.probe.y)[:, 0]  # (B, H, W)
         ctx.shared.setdefault("maps", {})["gradcam"] = cams
-        arrays = cams.cpu().numpy()
-        probs = ctx.probe_probs()
-        sheet = per_image_sheet(len(arrays), 3, arrays.shape[1:], bars=True)
-        limit = float(max(arrays.max(), 1e-12))  # one scale for every image: magnitudes compare
-        for g in range(sheet.groups):
-            sheet.colorbar(3 * g, None, label="image")
-            sheet.colorbar(3 * g + 1, UNSIGNED_CMAP, 0, limit, "Grad-CAM")
-            sheet.colorbar(3 * g + 2, None, label="overlay (own max)")
-        for i, place in enumerate(sheet.places):
-            place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
-            place(unsigned_rgb(arrays[i], limit), "all zero" if arrays[i].max() <= 0 else f"max {arrays[i].max():.2g}")
-            place(overlay_rgb(ctx.pixels(i), arrays[i]))
-        ctx.save_figure(sheet.png(f"Grad-CAM at {name}, epoch {ctx.epoch} (true class; ReLU'd, bilinear "
-                                  "upsampling; one colour scale for all images)"), "gradcam")
+        pixels, titles = ctx.probe_sheet()
+        ctx.draw("gradcam", draw_gradcam, pixels, titles, cams.cpu().numpy(), name, ctx.epoch)
         ctx.record("zero_maps", float((cams.flatten(1).amax(dim=1) <= 0).float().mean()))
+
+
+def draw_gradcam(pixels: np.ndarray, titles: list[str], arrays: np.ndarray, layer: str, epoch: int) -> bytes:
+    """The sheet (run by the drawing worker): image, map, overlay per probe image; one colour scale."""
+    from ..plotting import UNSIGNED_CMAP, grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
+
+    sheet = per_image_sheet(len(arrays), 3, arrays.shape[1:], bars=True)
+    limit = float(max(arrays.max(), 1e-12))  # one scale for every image: magnitudes compare
+    for g in range(sheet.groups):
+        sheet.colorbar(3 * g, None, label="image")
+        sheet.colorbar(3 * g + 1, UNSIGNED_CMAP, 0, limit, "Grad-CAM")
+        sheet.colorbar(3 * g + 2, None, label="overlay (own max)")
+    for i, place in enumerate(sheet.places):
+        place(grey_rgb(pixels[i]), titles[i])
+        place(unsigned_rgb(arrays[i], limit), "all zero" if arrays[i].max() <= 0 else f"max {arrays[i].max():.2g}")
+        place(overlay_rgb(pixels[i], arrays[i]))
+    return sheet.png(f"Grad-CAM at {layer}, epoch {epoch} (true class; ReLU'd, bilinear upsampling; one colour "
+                     "scale for all images)")

@@ -52,15 +52,6 @@ class IntegratedGradientsStage(Stage):
             to_map,
             white,
         )
-        from ..plotting import (
-            SIGNED_CMAP,
-            grey_rgb,
-            overlay_rgb,
-            per_image_sheet,
-            signed_rgb,
-            symmetric_limit,
-        )
-
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
         options = self.options
         black = ctx.data.black(x)
@@ -89,35 +80,42 @@ class IntegratedGradientsStage(Stage):
             ctx.notice(f"integrated_gradients: completeness error {said} at epoch {ctx.epoch} is above "
                        f"{COMPLETENESS_WARNING:.0%}; raise the steps option (now {options.steps})")
 
-        arrays = {b: m.cpu().numpy() for b, m in maps.items()}
-        probs = ctx.probe_probs()
-        first = options.baselines[0]
-        columns = len(arrays) + 2
-        sheet = per_image_sheet(len(x), columns, next(iter(arrays.values())).shape[1:], bars=True)
-        # one colour scale per baseline, shared by every image (the bar above the column), centred at 0
-        limits = {b: symmetric_limit(values) for b, values in arrays.items()}
-        for g in range(sheet.groups):
-            sheet.colorbar(g * columns, None, label="image")
-            for k, baseline in enumerate(arrays, start=1):
-                sheet.colorbar(g * columns + k, SIGNED_CMAP, -limits[baseline], limits[baseline],
-                               LABELS[baseline].replace("IG from ", "from "))
-            sheet.colorbar(g * columns + columns - 1, None, label="overlay (own max)")
-        for i, place in enumerate(sheet.places):
-            place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
-            for baseline, values in arrays.items():
-                detail = f"err {float(relative[baseline][i]):.1%}" if baseline in relative else \
-                    f"{options.noise_baselines} refs"
-                place(signed_rgb(values[i], limits[baseline]),
-                      f"{LABELS[baseline]}\nΣ {values[i].sum():+.2f}, {detail}")
-            place(overlay_rgb(ctx.pixels(i), np.clip(arrays[first][i], 0, None)), f"positive evidence\n({first})")
-        median = "; ".join(f"{b} {e:.2%}" for b, e in errors.items())
-        ctx.save_figure(sheet.png(
-            f"integrated gradients, epoch {ctx.epoch}, {options.steps} steps from each baseline (red = for the true "
-            f"class, blue = against; one colour scale per column); median completeness error (err): "
-            f"{median or 'not defined for noise'}"),
-            "integrated_gradients")
+        pixels, titles = ctx.probe_sheet()
+        ctx.draw("integrated_gradients", draw_integrated_gradients, pixels, titles,
+                 {b: m.cpu().numpy() for b, m in maps.items()}, {b: r.numpy() for b, r in relative.items()}, errors,
+                 options.steps, options.noise_baselines, ctx.epoch)
         tensors = io.BytesIO()
         main = saved.get("black", {})
         torch.save({"maps": maps.get("black", next(iter(maps.values()))).cpu(), **main,
                     "baselines": {b: {"maps": maps[b].cpu(), **saved.get(b, {})} for b in maps}}, tensors)
         ctx.save_file("attributions.pt", tensors.getvalue())
+
+
+def draw_integrated_gradients(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.ndarray],
+                              relative: dict[str, np.ndarray], errors: dict[str, float], steps: int,
+                              noise_baselines: int, epoch: int) -> bytes:
+    """The sheet (run by the drawing worker): per image its pixels, the map from each baseline (one
+    colour scale per column, centred at 0) and the positive evidence of the first over the image."""
+    from ..plotting import SIGNED_CMAP, grey_rgb, overlay_rgb, per_image_sheet, signed_rgb, symmetric_limit
+
+    first = next(iter(arrays))
+    columns = len(arrays) + 2
+    sheet = per_image_sheet(len(pixels), columns, arrays[first].shape[1:], bars=True)
+    # one colour scale per baseline, shared by every image (the bar above the column), centred at 0
+    limits = {b: symmetric_limit(values) for b, values in arrays.items()}
+    for g in range(sheet.groups):
+        sheet.colorbar(g * columns, None, label="image")
+        for k, baseline in enumerate(arrays, start=1):
+            sheet.colorbar(g * columns + k, SIGNED_CMAP, -limits[baseline], limits[baseline],
+                           LABELS[baseline].replace("IG from ", "from "))
+        sheet.colorbar(g * columns + columns - 1, None, label="overlay (own max)")
+    for i, place in enumerate(sheet.places):
+        place(grey_rgb(pixels[i]), titles[i])
+        for baseline, values in arrays.items():
+            detail = f"err {float(relative[baseline][i]):.1%}" if baseline in relative else f"{noise_baselines} refs"
+            place(signed_rgb(values[i], limits[baseline]), f"{LABELS[baseline]}\nΣ {values[i].sum():+.2f}, {detail}")
+        place(overlay_rgb(pixels[i], np.clip(arrays[first][i], 0, None)), f"positive evidence\n({first})")
+    median = "; ".join(f"{b} {e:.2%}" for b, e in errors.items())
+    return sheet.png(f"integrated gradients, epoch {epoch}, {steps} steps from each baseline (red = for the true "
+                     f"class, blue = against; one colour scale per column); median completeness error (err): "
+                     f"{median or 'not defined for noise'}")

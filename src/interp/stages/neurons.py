@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,31 +62,38 @@ class NeuronsStage(Stage):
     Options = NeuronsOptions
 
     def run(self, ctx: StageContext) -> None:
-        import matplotlib
         from torch import nn
 
         from ..models import first_weight_layer
-        from ..plotting import BORDER_COLOUR, SIGNED_CMAP, figure
 
         tiles = first_layer_tiles(ctx.model, ctx.data.input_shape, self.options.max_units)
-        grid, limit = neuron_grid(tiles, self.options.cols)
         layer = first_weight_layer(ctx.model)
         total = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-        height, width = grid.shape[:2]
-        scale = min(9.0 / width, 9.0 / height, 0.2)  # inches per weight
-        fig, axes = figure(1, 1, panel=1.0)
-        fig.set_size_inches(max(width * scale, 3.0) + 1.2, height * scale + 0.9)
-        ax = axes[0, 0]
-        if grid.ndim == 2:
-            cmap = matplotlib.colormaps[SIGNED_CMAP].with_extremes(bad=BORDER_COLOUR)
-            image = ax.imshow(grid, cmap=cmap, vmin=-limit, vmax=limit)
-            fig.colorbar(image, ax=ax, shrink=0.7, label="weight")
-        else:
-            ax.imshow(grid)
-        ax.set_xticks([])
-        ax.set_yticks([])
         kind = "hidden units" if isinstance(layer, nn.Linear) else "filters"
-        shown = f"{len(tiles)} of {total}" if len(tiles) < total else f"{total}"
-        ax.set_title(f"first layer, epoch {ctx.epoch}: {shown} {kind}, {tiles.shape[1]}×{tiles.shape[2]} "
-                     f"weights each (red > 0 > blue, |w| ≤ {limit:.3f})")
-        ctx.save_figure(fig, "neurons")
+        ctx.draw("neurons", draw_neurons, tiles, self.options.cols, total, kind, ctx.epoch)
+
+
+def draw_neurons(tiles: np.ndarray, cols: int | None, total: int, kind: str, epoch: int) -> Any:
+    """The tiles as one mosaic with a colour bar (run by the drawing worker)."""
+    import matplotlib
+
+    from ..plotting import BORDER_COLOUR, SIGNED_CMAP, figure
+
+    grid, limit = neuron_grid(tiles, cols)
+    height, width = grid.shape[:2]
+    scale = min(9.0 / width, 9.0 / height, 0.2)  # inches per weight
+    fig, axes = figure(1, 1, panel=1.0)
+    fig.set_size_inches(max(width * scale, 3.0) + 1.2, height * scale + 0.9)
+    ax = axes[0, 0]
+    if grid.ndim == 2:
+        cmap = matplotlib.colormaps[SIGNED_CMAP].with_extremes(bad=BORDER_COLOUR)
+        image = ax.imshow(grid, cmap=cmap, vmin=-limit, vmax=limit)
+        fig.colorbar(image, ax=ax, shrink=0.7, label="weight")
+    else:
+        ax.imshow(grid)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    shown = f"{len(tiles)} of {total}" if len(tiles) < total else f"{total}"
+    ax.set_title(f"first layer, epoch {epoch}: {shown} {kind}, {tiles.shape[1]}×{tiles.shape[2]} "
+                 f"weights each (red > 0 > blue, |w| ≤ {limit:.3f})")
+    return fig

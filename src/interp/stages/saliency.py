@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Stage, register_stage
@@ -28,16 +29,6 @@ class SaliencyStage(Stage):
 
     def run(self, ctx: StageContext) -> None:
         from ..attribution import saliency, smoothgrad, to_map
-        from ..plotting import (
-            SIGNED_CMAP,
-            UNSIGNED_CMAP,
-            grey_rgb,
-            overlay_rgb,
-            per_image_sheet,
-            signed_rgb,
-            symmetric_limit,
-            unsigned_rgb,
-        )
 
         model, x, y = ctx.model, ctx.probe.x, ctx.probe.y
         black = ctx.data.black(x)
@@ -49,36 +40,50 @@ class SaliencyStage(Stage):
             maps["smoothgrad"] = to_map(smoothgrad(model, x, y, self.options.smoothgrad_samples,
                                                    self.options.smoothgrad_noise), signed=False)
         ctx.shared.setdefault("maps", {}).update({k: v for k, v in maps.items() if k != "baseline"})
-        arrays = {k: v.cpu().numpy() for k, v in maps.items()}
-        delta = arrays["saliency"] - arrays["baseline"]
-        probs = ctx.probe_probs()
-
-        n = len(x)
-        columns = 6 if self.options.smoothgrad else 5
-        sheet = per_image_sheet(n, columns, arrays["saliency"].shape[1:], bars=True)
-        # one colour scale per column, shared by every image, so that magnitudes compare across images
-        limit = float(max(arrays["saliency"].max(), arrays["baseline"].max(), 1e-12))
-        delta_limit = symmetric_limit(delta)
-        smooth_limit = float(max(arrays["smoothgrad"].max(), 1e-12)) if self.options.smoothgrad else 1.0
-        for g in range(sheet.groups):
-            first = g * columns
-            sheet.colorbar(first, None, label="image")
-            sheet.colorbar(first + 1, UNSIGNED_CMAP, 0, limit, "|∇| on black")
-            sheet.colorbar(first + 2, UNSIGNED_CMAP, 0, limit, "saliency |∇ logit|")
-            sheet.colorbar(first + 3, SIGNED_CMAP, -delta_limit, delta_limit, "saliency − black")
-            sheet.colorbar(first + 4, None, label="overlay (own max)")
-            if self.options.smoothgrad:
-                sheet.colorbar(first + 5, UNSIGNED_CMAP, 0, smooth_limit, "SmoothGrad")
-        for i, place in enumerate(sheet.places):
-            place(grey_rgb(ctx.pixels(i)), ctx.title(i, probs))
-            place(unsigned_rgb(arrays["baseline"][i], limit), f"max {arrays['baseline'][i].max():.2g}")
-            place(unsigned_rgb(arrays["saliency"][i], limit), f"max {arrays['saliency'][i].max():.2g}")
-            place(signed_rgb(delta[i], delta_limit))
-            place(overlay_rgb(ctx.pixels(i), arrays["saliency"][i]))
-            if self.options.smoothgrad:
-                place(unsigned_rgb(arrays["smoothgrad"][i], smooth_limit), f"max {arrays['smoothgrad'][i].max():.2g}")
-        ctx.save_figure(sheet.png(f"saliency, epoch {ctx.epoch}: gradient of the true-class logit; each column "
-                                  "has one colour scale for all images (bars above); delta red = stronger than on "
-                                  "a black image"), "saliency")
+        pixels, titles = ctx.probe_sheet()
+        ctx.draw("saliency", draw_saliency, pixels, titles, {k: v.cpu().numpy() for k, v in maps.items()}, ctx.epoch)
         ctx.record("mean_abs_gradient", float(maps["saliency"].mean()))
         ctx.record("baseline_mean_abs_gradient", float(maps["baseline"].mean()))
+
+
+def draw_saliency(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.ndarray], epoch: int) -> bytes:
+    """The sheet (run by the drawing worker): per image its pixels, |∇| on black, saliency, their
+    difference, an overlay and (when computed) SmoothGrad; one colour scale per column."""
+    from ..plotting import (
+        SIGNED_CMAP,
+        UNSIGNED_CMAP,
+        grey_rgb,
+        overlay_rgb,
+        per_image_sheet,
+        signed_rgb,
+        symmetric_limit,
+        unsigned_rgb,
+    )
+
+    smooth = "smoothgrad" in arrays
+    delta = arrays["saliency"] - arrays["baseline"]
+    columns = 6 if smooth else 5
+    sheet = per_image_sheet(len(pixels), columns, arrays["saliency"].shape[1:], bars=True)
+    # one colour scale per column, shared by every image, so that magnitudes compare across images
+    limit = float(max(arrays["saliency"].max(), arrays["baseline"].max(), 1e-12))
+    delta_limit = symmetric_limit(delta)
+    smooth_limit = float(max(arrays["smoothgrad"].max(), 1e-12)) if smooth else 1.0
+    for g in range(sheet.groups):
+        first = g * columns
+        sheet.colorbar(first, None, label="image")
+        sheet.colorbar(first + 1, UNSIGNED_CMAP, 0, limit, "|∇| on black")
+        sheet.colorbar(first + 2, UNSIGNED_CMAP, 0, limit, "saliency |∇ logit|")
+        sheet.colorbar(first + 3, SIGNED_CMAP, -delta_limit, delta_limit, "saliency − black")
+        sheet.colorbar(first + 4, None, label="overlay (own max)")
+        if smooth:
+            sheet.colorbar(first + 5, UNSIGNED_CMAP, 0, smooth_limit, "SmoothGrad")
+    for i, place in enumerate(sheet.places):
+        place(grey_rgb(pixels[i]), titles[i])
+        place(unsigned_rgb(arrays["baseline"][i], limit), f"max {arrays['baseline'][i].max():.2g}")
+        place(unsigned_rgb(arrays["saliency"][i], limit), f"max {arrays['saliency'][i].max():.2g}")
+        place(signed_rgb(delta[i], delta_limit))
+        place(overlay_rgb(pixels[i], arrays["saliency"][i]))
+        if smooth:
+            place(unsigned_rgb(arrays["smoothgrad"][i], smooth_limit), f"max {arrays['smoothgrad'][i].max():.2g}")
+    return sheet.png(f"saliency, epoch {epoch}: gradient of the true-class logit; each column has one colour "
+                     "scale for all images (bars above); delta red = stronger than on a black image")

@@ -481,7 +481,6 @@ class TrustStage(Stage):
             self.draw_cascades(ctx, cascades)
 
     def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
-        from ..plotting import TileSheet, grey_rgb, unsigned_rgb
 
         layers = next(iter(cascades.values())).layers
         panels = {name: {m: [1.0, *c.mean(m)] for m in c.scores[-1]} for name, c in cascades.items()}  # 1: itself
@@ -490,19 +489,11 @@ class TrustStage(Stage):
                  {name: COLOURS[name] for name in cascades}, ctx.epoch, images)
 
         methods = [m for m in cascades if m not in REFERENCES]
-        if not methods:
-            return
-        tile = (int(ctx.probe.x.shape[-2]), int(ctx.probe.x.shape[-1]))
-        sheet = TileSheet(len(methods), len(layers) + 2, tile, zoom=max(1, 112 // max(tile)))
-        for row, method in enumerate(methods):
-            cascade = cascades[method]
-            sheet.put(row, 0, grey_rgb(ctx.pixels(0)), method.replace("_", "\n"))
-            sheet.put(row, 1, unsigned_rgb(cascade.trained[0].abs().numpy()), "trained")
-            for col, (layer, values, rho) in enumerate(zip(cascade.layers, cascade.maps, cascade.correlations,
-                                                           strict=True), start=2):
-                sheet.put(row, col, unsigned_rgb(values[0].abs().numpy()), f"−{_short(layer)}\nρ {rho:.2f}")
-        ctx.save_figure(sheet.png(f"|map| of probe image 0 as layers are re-initialized from the top, epoch "
-                                  f"{ctx.epoch} (ρ: foreground |map|, mean over {images} images)"), "randomization_maps")
+        if methods:
+            ctx.draw("randomization_maps", draw_cascade_maps, ctx.pixels(0), methods,
+                     {m: (cascades[m].trained[0].abs().numpy(), [v[0].abs().numpy() for v in cascades[m].maps],
+                          list(cascades[m].correlations)) for m in methods},
+                     [_short(layer) for layer in layers], ctx.epoch, images)
 
 
 def _where(metric: str) -> str:
@@ -607,3 +598,22 @@ def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float
                  f"(mean over {images} images; a map still above {CORRELATION_LIMIT} on the foreground ignores the "
                  "weights)", fontsize=9.5)
     return fig
+
+
+def draw_cascade_maps(pixels: np.ndarray, methods: list[str],
+                      maps: dict[str, tuple[np.ndarray, list[np.ndarray], list[float]]], layers: list[str], epoch: int,
+                      images: int) -> bytes:
+    """Per method: probe image 0, its trained |map| and the |map| after each cumulative re-initialization
+    (``maps[method]``: trained, one per layer, the ρ of each), as one sheet (run by the drawing worker)."""
+    from ..plotting import TileSheet, grey_rgb, unsigned_rgb
+
+    tile = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+    sheet = TileSheet(len(methods), len(layers) + 2, tile, zoom=max(1, 112 // max(tile)))
+    for row, method in enumerate(methods):
+        trained, after, correlations = maps[method]
+        sheet.put(row, 0, grey_rgb(pixels), method.replace("_", "\n"))
+        sheet.put(row, 1, unsigned_rgb(trained), "trained")
+        for col, (layer, values, rho) in enumerate(zip(layers, after, correlations, strict=True), start=2):
+            sheet.put(row, col, unsigned_rgb(values), f"−{layer}\nρ {rho:.2f}")
+    return sheet.png(f"|map| of probe image 0 as layers are re-initialized from the top, epoch {epoch} (ρ: "
+                     f"foreground |map|, mean over {images} images)")
