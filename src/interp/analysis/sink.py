@@ -141,6 +141,7 @@ class RunSink:
         self._writer: Any = None
         self._lock = threading.RLock()
         self._worker: Any = None
+        self._sprite: tuple[bytes, bytes] | None = None  # (thumbnails' digest, the sprite sheet's PNG)
         self.drawing_worker = drawing_worker
 
     @property
@@ -242,6 +243,8 @@ class RunSink:
         """TensorBoard's ``add_embedding`` files (metadata.tsv, sprite.png, tensors.tsv under
         ``<step>/<tag>/``, an entry in projector_config.pbtxt), with the vectors written by numpy: the
         writer's own loop formats every number separately (a second for 1,000 × 128 values)."""
+        import hashlib
+
         import numpy as np
         from google.protobuf import text_format
         from torch.utils.tensorboard._embedding import get_embedding_info, make_sprite, make_tsv
@@ -256,7 +259,13 @@ class RunSink:
             folder = self.root / subdir
             folder.mkdir(parents=True, exist_ok=True)
             make_tsv(metadata, str(folder), metadata_header=header)
-            make_sprite(thumbnails, str(folder))
+            # the same thumbnails every epoch: the sprite sheet is encoded once and its bytes reused
+            key = hashlib.blake2b(np.ascontiguousarray(thumbnails.numpy()).tobytes(), digest_size=16).digest()
+            if self._sprite is not None and self._sprite[0] == key:
+                write_atomic(folder / "sprite.png", self._sprite[1])
+            else:
+                make_sprite(thumbnails, str(folder))
+                self._sprite = (key, (folder / "sprite.png").read_bytes())
             text = io.StringIO()
             np.savetxt(text, vectors, fmt="%.9g", delimiter="\t")  # 9 digits: every float32 exactly
             write_atomic(folder / "tensors.tsv", text.getvalue().encode("ascii"))
