@@ -4,8 +4,9 @@ A stage builds its figure (cheap: a few arrays and artists) and hands it to ``ct
 sink pickles it (matplotlib figures pickle with their data) and sends it to :class:`DrawingWorker`, a
 child process (``python -m interp.analysis.drawing``) that does the expensive part — laying out and
 rasterising — and sends the PNG bytes back. A thread of the training process writes them to the run
-folder and TensorBoard as they arrive. The run waits for the worker only when it closes; after Ctrl-C
-it keeps what is finished and stops the worker.
+folder and TensorBoard as they arrive. The run waits for the worker only when it closes — then, if
+figures are still queued, helper children on the cores training no longer uses draw them too; after
+Ctrl-C it keeps what is finished and stops the worker.
 
 The child is a plain subprocess fed through a pipe (not :mod:`multiprocessing`), so it never re-imports
 the user's ``__main__`` script, and it exits by itself when the training process goes away.
@@ -64,31 +65,87 @@ def render_job(job: Any) -> bytes:
     return render(job)
 
 
-class DrawingWorker:
-    """One child process that renders figures; ``submit(job, done)`` returns at once and calls
-    ``done(png)`` (or ``failed(message)``) from a thread of this process when the PNG is ready."""
+class _Child:
+    """One drawing process, with a thread feeding it jobs from the shared queue (at most ``IN_FLIGHT`` at a
+    time, so that the rest wait in the queue, where a helper can take them) and one reading its results."""
 
-    def __init__(self) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
+    IN_FLIGHT = 2  # one being drawn, one in the pipe
+
+    def __init__(self, owner: DrawingWorker) -> None:
+        self.owner = owner
+        self.free = threading.Semaphore(self.IN_FLIGHT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "interp.analysis.drawing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            start_new_session=False, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
+        self.threads = [threading.Thread(target=target, name=f"interp-drawing-{target.__name__}", daemon=True)
+                        for target in (self._feed, self._collect)]
+        for thread in self.threads:
+            thread.start()
+
+    def _feed(self) -> None:
+        assert self.process.stdin is not None
+        stream = self.process.stdin
+        while True:
+            self.free.acquire()
+            item = self.owner._outbox.get()
+            if item is None:
+                break
+            key, payload = item
+            try:
+                stream.write(_HEADER.pack(8 + len(payload)) + struct.pack(">Q", key) + payload)
+                stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self.owner._fail_all("the drawing worker stopped")
+                return
+        with contextlib.suppress(OSError):
+            stream.close()
+
+    def _collect(self) -> None:
+        assert self.process.stdout is not None
+        stream = self.process.stdout
+        owner = self.owner
+        while True:
+            try:
+                key, ok, value = _receive(stream)  # type: ignore[arg-type]
+            except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+                break
+            self.free.release()
+            with owner._lock:
+                callbacks = owner._pending.get(key)
+            if callbacks is not None:
+                try:
+                    (callbacks[0] if ok else callbacks[1])(value)
+                finally:
+                    with owner._lock:
+                        owner._pending.pop(key, None)
+                        owner._idle.notify_all()
+        for _ in range(self.IN_FLIGHT):  # a feeder waiting for room must not wait for ever
+            self.free.release()
+        owner._fail_all("the drawing worker stopped before it finished")
+
+
+class DrawingWorker:
+    """Child processes that render figures; ``submit(job, done)`` returns at once and calls ``done(png)``
+    (or ``failed(message)``) from a thread of this process when the PNG is ready.
+
+    One child draws while the caller works; at :meth:`close`, when figures are still waiting, up to
+    ``helpers`` more start (by default one per further CPU core, as the caller's core is free by then) and
+    share what is left."""
+
+    def __init__(self, helpers: int | None = None) -> None:
+        self._children: list[_Child] = []
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._pending: dict[int, tuple[Callable[[bytes], None], Callable[[str], None]]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._next = 0
-        self._threads: list[threading.Thread] = []
+        self.helpers = _cores() - 1 if helpers is None else helpers
         self.broken: str | None = None
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        if self._process is None:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "interp.analysis.drawing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                start_new_session=False, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
+    def _start(self) -> None:
+        if not self._children:
+            self._children.append(_Child(self))
             atexit.register(self.close)  # a loop that forgets to close still gets its figures
-            for target in (self._feed, self._collect):
-                thread = threading.Thread(target=target, name=f"interp-drawing-{target.__name__}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-        return self._process
 
     def start(self) -> None:
         """Start the child now rather than at the first figure: its imports then overlap the caller's."""
@@ -114,42 +171,6 @@ class DrawingWorker:
         with self._lock:
             return len(self._pending)
 
-    def _feed(self) -> None:
-        assert self._process is not None and self._process.stdin is not None
-        stream = self._process.stdin
-        while True:
-            item = self._outbox.get()
-            if item is None:
-                break
-            key, payload = item
-            try:
-                stream.write(_HEADER.pack(8 + len(payload)) + struct.pack(">Q", key) + payload)
-                stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                self._fail_all("the drawing worker stopped")
-                return
-        with contextlib.suppress(OSError):
-            stream.close()
-
-    def _collect(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        stream = self._process.stdout
-        while True:
-            try:
-                key, ok, value = _receive(stream)  # type: ignore[arg-type]
-            except (EOFError, OSError, ValueError, pickle.UnpicklingError):
-                break
-            with self._lock:
-                callbacks = self._pending.get(key)
-            if callbacks is not None:
-                try:
-                    (callbacks[0] if ok else callbacks[1])(value)
-                finally:
-                    with self._lock:
-                        self._pending.pop(key, None)
-                        self._idle.notify_all()
-        self._fail_all("the drawing worker stopped before it finished")
-
     def _fail_all(self, why: str) -> None:
         with self._lock:
             if self.broken is None:
@@ -165,26 +186,42 @@ class DrawingWorker:
             return self._idle.wait_for(lambda: not self._pending, timeout)
 
     def close(self, finish: bool = True) -> None:
-        """``finish``: write every queued figure first; otherwise keep only what is already rendered."""
-        if self._process is None:
+        """``finish``: write every queued figure first (with helpers when several are still queued);
+        otherwise keep only what is already rendered."""
+        if not self._children:
             return
         atexit.unregister(self.close)
         if finish:
+            waiting = self._outbox.qsize()
+            with self._lock:
+                if self.broken is None:
+                    for _ in range(min(self.helpers, waiting // 2)):  # a helper's start costs about one figure
+                        try:
+                            self._children.append(_Child(self))
+                        except OSError:  # no more processes: the children already running finish the work
+                            break
             self.wait()
-        self._outbox.put(None)
-        if not finish:
-            self._process.kill()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        for _ in self._children:
+            self._outbox.put(None)
+        for child in self._children:
+            if not finish:
+                child.process.kill()
+            try:
+                child.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        for child in self._children:
+            for thread in child.threads:
+                thread.join(timeout=5)
         with self._lock:
             self._pending.clear()
-        self._process = None
-        self._threads = []
+        self._children = []
+        self._outbox = queue.Queue()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def main() -> None:
