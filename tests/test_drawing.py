@@ -165,3 +165,22 @@ def test_the_training_process_leaves_drawing_libraries_to_the_worker(tmp_path: P
     assert {"confusion/confusion.png", "saliency/saliency.png", "integrated_gradients/integrated_gradients.png",
             "weights/weights.png", "neurons/neurons.png", "activations/activations.png", "embeddings/embeddings.png",
             "trust/deletion_insertion.png", "trust/randomization_maps.png"} <= drawn
+
+
+def test_figures_still_queued_at_close_are_shared_with_helpers() -> None:
+    """Eight slow jobs, then close(): a helper child takes part of the queue, every job is written once,
+    and no child is left."""
+    from interp.analysis.drawing import DrawingWorker
+
+    slow = "(__import__('time').sleep(0.4), __import__('os').getpid().to_bytes(8, 'big'))[1]"
+    worker = DrawingWorker(helpers=1)
+    worker.start()
+    done: dict[int, int] = {}
+    for i in range(8):
+        worker.submit((eval, (slow,)), lambda png, i=i: done.__setitem__(i, int.from_bytes(png, "big")),
+                      lambda why: pytest.fail(why))
+    worker.close()
+    assert sorted(done) == list(range(8))
+    assert len(set(done.values())) == 2  # the first child and one helper
+    assert os.getpid() not in done.values()
+    assert drawing_workers() == []
