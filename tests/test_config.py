@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from interp.config import Config, apply_overrides, load_config, run_name, save_config
+from interp.config import Config, apply_overrides, load_config, run_name, save_config, validate_config
 from interp.errors import UserError
 from interp.stages import check_stages
 
@@ -102,3 +102,12 @@ def test_default_stages_come_from_the_registry() -> None:
     assert names == default_stage_specs() == [n for n, cls in STAGES.items() if cls.default]
     assert names[0] == "confusion" and names[-1] == "trust"
     assert "neuron_video" not in names and "activation_gif" not in names
+
+
+def test_a_key_with_control_characters_is_named_on_one_line() -> None:
+    """A record separator (U+001E) is a line break to str.splitlines: the key is quoted instead."""
+    for raw, said in (({"\x1e": None}, "fuzz.yaml: '\\x1e': unknown key"),
+                      ({"model": {"arch\x0b": "mlp"}}, "fuzz.yaml: model.'arch\\x0b': unknown key")):
+        with pytest.raises(UserError) as caught:
+            validate_config(raw, "fuzz.yaml")
+        assert str(caught.value) == said

@@ -275,7 +275,9 @@ def validate_config(raw: dict[str, Any], source: str) -> Config:
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
-        loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        # a key with control characters (a record separator breaks the line) is quoted, so the error stays one line
+        loc = ".".join(str(part) if str(part).isprintable() else repr(str(part)) for part in first["loc"]) \
+            or "(top level)"
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         else:
