@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-__all__ = ["DrawingWorker", "render_job"]
+__all__ = ["DrawingWorker", "render_job", "usable_cores"]
 
 _HEADER = struct.Struct(">Q")
 # The worker runs beside training: one thread for its numerical libraries (t-SNE's OpenMP loop, BLAS), so
@@ -139,7 +139,7 @@ class DrawingWorker:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._next = 0
-        self.helpers = _cores() - 1 if helpers is None else helpers
+        self.helpers = usable_cores() - 1 if helpers is None else helpers
         self.broken: str | None = None
 
     def _start(self) -> None:
@@ -220,7 +220,8 @@ class DrawingWorker:
         self._outbox = queue.Queue()
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

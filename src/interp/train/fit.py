@@ -341,8 +341,10 @@ def _cores_beside_worker(device: torch.device, worker: bool) -> Iterator[None]:
     """Training on the CPU beside the drawing worker leaves it one core: torch's threads would otherwise
     wait on each other whenever the worker draws (on 2 cores the attribution passes ran 2–4× slower with
     2 threads than with 1). Not when the user chose the threads (OMP_NUM_THREADS or torch.set_num_threads)."""
+    from ..analysis.drawing import usable_cores
+
     threads = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if not worker or device.type != "cpu" or "OMP_NUM_THREADS" in os.environ or threads < cores or cores < 2:
         yield
         return
