@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["NullSink", "RunSink", "Sink", "write_atomic"]
+__all__ = ["NullSink", "RunSink", "Sink", "fast_event_checksums", "write_atomic"]
 
 
 class Sink(Protocol):
@@ -54,6 +54,33 @@ def write_atomic(target: Path, content: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fast_event_checksums() -> bool:
+    """Let TensorBoard's event writer checksum records with google-crc32c's C code.
+
+    Without TensorFlow, TensorBoard computes the masked CRC-32C of every record in pure Python, a byte at a
+    time: about 6 MB/s, so the ~8 MB of figures of the default run cost 1.5 s of the training process's
+    time (in the writer's thread, holding the interpreter lock). The replacement returns the same
+    numbers (tested against TensorBoard's own function). True when the C implementation is in use."""
+    try:
+        import google_crc32c
+    except ImportError:  # optional speed-up: TensorBoard's own checksum is correct, only slower
+        return False
+    if google_crc32c.implementation != "c":
+        return False
+    from tensorboard.summary.writer import record_writer
+
+    record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum: CRC-32C of ``data``, rotated right by 15 bits plus a constant (mod 2³²)."""
+    import google_crc32c
+
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _projector_place(entry: Any) -> tuple[int, str] | None:
@@ -150,6 +177,7 @@ class RunSink:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
+                fast_event_checksums()
                 self._writer = SummaryWriter(log_dir=str(self.root), purge_step=self._purge_step)
                 self._keep_projector_config(self._writer)
             return self._writer
