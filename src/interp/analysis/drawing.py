@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 import pickle
 import queue
@@ -245,6 +246,7 @@ def main() -> None:
         except Exception as exc:  # a figure that cannot be drawn fails alone
             result = (key, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         _send(out, result)
+    gc.freeze()  # the run waits for this process to end: skip the teardown's last walk over its objects
 
 
 if __name__ == "__main__":
