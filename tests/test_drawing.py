@@ -184,3 +184,21 @@ def test_figures_still_queued_at_close_are_shared_with_helpers() -> None:
     assert len(set(done.values())) == 2  # the first child and one helper
     assert os.getpid() not in done.values()
     assert drawing_workers() == []
+
+
+def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() -> None:
+    """``prepare``: the child imports them while it waits for work (a module that fails to import is
+    passed over); a child started without it has not imported them when its first job comes."""
+    from interp.analysis.drawing import DrawingWorker
+
+    probe = "repr('sklearn.manifold' in __import__('sys').modules).encode()"
+    seen: dict[str, bytes] = {}
+    for label, prepare in (("prepared", ["no_such_module_for_interp", "sklearn.manifold"]), ("plain", [])):
+        worker = DrawingWorker(helpers=0, prepare=prepare)
+        worker.start()
+        worker.submit((eval, (probe,)), lambda png, label=label: seen.__setitem__(label, png),
+                      lambda why: pytest.fail(why))
+        worker.close()
+    assert seen == {"prepared": b"True", "plain": b"False"}
+    assert drawing_workers() == []
+

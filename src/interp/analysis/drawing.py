@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import importlib
 import os
 import pickle
 import queue
@@ -25,7 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 __all__ = ["DrawingWorker", "render_job", "usable_cores"]
@@ -72,11 +73,11 @@ class _Child:
 
     IN_FLIGHT = 2  # one being drawn, one in the pipe
 
-    def __init__(self, owner: DrawingWorker) -> None:
+    def __init__(self, owner: DrawingWorker, prepare: Sequence[str] = ()) -> None:
         self.owner = owner
         self.free = threading.Semaphore(self.IN_FLIGHT)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "interp.analysis.drawing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "interp.analysis.drawing", *prepare], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             start_new_session=False, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
         self.threads = [threading.Thread(target=target, name=f"interp-drawing-{target.__name__}", daemon=True)
                         for target in (self._feed, self._collect)]
@@ -131,9 +132,10 @@ class DrawingWorker:
 
     One child draws while the caller works; at :meth:`close`, when figures are still waiting, up to
     ``helpers`` more start (by default one per further CPU core, as the caller's core is free by then) and
-    share what is left."""
+    share what is left. ``prepare``: modules the first child imports before its first figure arrives (those
+    the figures will need, e.g. scikit-learn for t-SNE), while the caller is still busy with its own setup."""
 
-    def __init__(self, helpers: int | None = None) -> None:
+    def __init__(self, helpers: int | None = None, prepare: Sequence[str] = ()) -> None:
         self._children: list[_Child] = []
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._pending: dict[int, tuple[Callable[[bytes], None], Callable[[str], None]]] = {}
@@ -141,11 +143,12 @@ class DrawingWorker:
         self._idle = threading.Condition(self._lock)
         self._next = 0
         self.helpers = usable_cores() - 1 if helpers is None else helpers
+        self.prepare = list(prepare)
         self.broken: str | None = None
 
     def _start(self) -> None:
         if not self._children:
-            self._children.append(_Child(self))
+            self._children.append(_Child(self, self.prepare))
             atexit.register(self.close)  # a loop that forgets to close still gets its figures
 
     def start(self) -> None:
@@ -227,12 +230,17 @@ def usable_cores() -> int:
 
 
 def main() -> None:
-    """The child: read jobs from stdin, write ``(key, ok, png | message)`` to the original stdout."""
+    """The child: read jobs from stdin, write ``(key, ok, png | message)`` to the original stdout. Its
+    arguments name modules to import first (see ``DrawingWorker(prepare=...)``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process decides when drawing stops
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed while drawing goes to stderr, never into the result stream
     source = sys.stdin.buffer
     from .. import plotting  # noqa: F401 — the backend and style the figures were built with
+
+    for name in sys.argv[1:]:
+        with contextlib.suppress(Exception):  # a module that fails to import fails the figure that needs it
+            importlib.import_module(name)
 
     while True:
         header = source.read(_HEADER.size)

@@ -35,6 +35,7 @@ class EmbeddingsStage(Stage):
                    "labels and thumbnails; PCA (and t-SNE at the end) as a PNG")
     Options = EmbeddingsOptions
     needs = frozenset({"images", "classes", "features"})
+    drawing_imports = ("sklearn.decomposition", "sklearn.manifold")
 
     def run(self, ctx: StageContext) -> None:
         import torch

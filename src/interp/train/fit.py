@@ -174,7 +174,7 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
     if stages and dist.main and cfg.analysis.drawing_worker:  # its imports overlap the loading and setup below
         from ..analysis.drawing import DrawingWorker
 
-        worker = DrawingWorker()
+        worker = DrawingWorker(prepare=sorted({name for stage in stages for name in stage.drawing_imports}))
         worker.start()
     try:
         return _fit_with(cfg, stages, device, dist, save_dir, name, resume, reporter, resumed, resume_state, worker)
