@@ -141,6 +141,7 @@ def train(
 
     from .train import fit
 
+    settle_collector()
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     reporter = RichReporter(quiet=not main_rank)
     result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter)
@@ -162,6 +163,7 @@ def analyze(
     """Run the analysis stages again on a saved checkpoint; output goes to save/<run>/analysis/<checkpoint>/."""
     from .analyze import analyze as analyze_run
 
+    settle_collector()
     reporter = RichReporter()
     result = analyze_run(run, checkpoint=checkpoint, stages=stage, notice=reporter.notice)
     _print_summaries(reporter, result.summaries)
@@ -258,6 +260,15 @@ def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
         console.print(view, width=max(console.width, natural))
         for line in summary.notes:
             reporter.notice(line)
+
+
+def settle_collector() -> None:
+    """For a process that has imported torch and will run for a while: torch's modules (hundreds of
+    thousands of objects, alive until the process ends) are frozen out of the cycle collector's full
+    walks, and its young generation is collected every 10,000 allocations instead of 700. Each pass of
+    a training loop found little to free; together they cost about a second of a default run."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -241,6 +241,8 @@ def main() -> None:
     for name in sys.argv[1:]:
         with contextlib.suppress(Exception):  # a module that fails to import fails the figure that needs it
             importlib.import_module(name)
+    gc.freeze()  # what is imported stays: only the figures' objects need the collector, and rarely
+    gc.set_threshold(10_000, 10, 10)
 
     while True:
         header = source.read(_HEADER.size)
