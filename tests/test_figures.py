@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,51 @@ def test_weight_titles_give_shape_and_count_and_epoch_0_has_no_comparison() -> N
     later = draw_weights([{**panel, "before": np.ones(4), "std_before": 0.01}], 4)
     assert later._suptitle.get_text() == "weight distributions: epoch 0 (grey) and epoch 4 (blue)"
     plt.close(later)
+
+
+@pytest.mark.parametrize("long_names", [False, True])
+def test_trust_curves_laid_out_by_hand_keep_every_text_inside_and_apart(long_names: bool) -> None:
+    """The deletion/insertion figure is placed without a layout engine: once drawn, every title, label,
+    tick label and legend lies inside the figure, legends right of the panels (never over a curve), and
+    no two texts of different panels overlap — with the usual method names and with very long ones."""
+    import matplotlib.pyplot as plt
+
+    from interp.plotting import render
+    from interp.stages.trust import draw_curves
+
+    names = ["saliency", "smoothgrad", "integrated_gradients", "edges", "random"]
+    if long_names:
+        names = [f"{n}_with_a_much_longer_name_than_usual" for n in names]
+    x = np.linspace(0, 1, 21)
+    lines = [{"name": n, "colour": f"C{i}", "style": "-" if i < 3 else "--", "down": 1 - x, "up": x,
+              "scores": (0.123, 0.876)} for i, n in enumerate(names)]
+    rows = [{"x": x, "titles": ("deletion: pixels become the black image", "insertion: pixels revealed on it"),
+             "xlabels": ("fraction of pixels deleted, most important first", "fraction of pixels inserted"),
+             "lines": lines, "score": "AUC"} for _ in range(3)]
+    fig = draw_curves(rows, 5, 100)
+    size = fig.get_size_inches() * fig.dpi
+    assert Image.open(io.BytesIO(render(draw_curves(rows, 5, 100)))).size == tuple(np.round(size))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = list(fig.axes)
+    assert len(panels) == 6
+    boxes = []  # (owner, bbox) of every text
+    for i, ax in enumerate(panels):
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
+        boxes += [(i, t.get_window_extent(renderer)) for t in texts if t.get_text()]
+        legend = ax.get_legend()
+        if legend is not None:
+            box = legend.get_window_extent(renderer)
+            boxes.append((i, box))
+            assert all(not box.overlaps(other.get_window_extent(renderer)) for other in panels)
+    boxes.append((-1, fig._suptitle.get_window_extent(renderer)))
+    for _, box in boxes:
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= size[0] + 0.5 and box.y1 <= size[1] + 0.5, box
+    for a, (owner_a, box_a) in enumerate(boxes):
+        for owner_b, box_b in boxes[a + 1:]:
+            if owner_a != owner_b:
+                assert not box_a.overlaps(box_b), (owner_a, owner_b)
+    plt.close(fig)
 
 
 @pytest.fixture(scope="module")

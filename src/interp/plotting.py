@@ -14,11 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 
 __all__ = [
     "SIGNED_CMAP",
     "UNSIGNED_CMAP",
     "figure",
+    "fixed_layout_figure",
     "grid_shape",
     "mosaic",
     "TileSheet",
@@ -55,10 +57,19 @@ def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = Fal
     return fig, axes
 
 
+def fixed_layout_figure(width: float, height: float) -> Figure:
+    """A figure whose caller places every axes itself (``fig.add_axes`` / ``set_position``): :func:`render`
+    draws it at exactly this size, with no layout pass and no trimming."""
+    fig = plt.figure(figsize=(width, height), layout="none")
+    fig.set_layout_engine(PlaceHolderLayoutEngine(True, True))
+    return fig
+
+
 def render(fig: Figure) -> bytes:
     """Draw ``fig`` into PNG bytes of exactly its size (the same every epoch, so that TensorBoard's step
-    slider does not jump); constrained layout keeps titles and outside legends inside. A figure without
-    a layout engine is trimmed to its contents instead. The figure is closed."""
+    slider does not jump); constrained layout keeps titles and outside legends inside, and a figure from
+    :func:`fixed_layout_figure` is drawn as placed. A figure without a layout engine is trimmed to its
+    contents instead. The figure is closed."""
     buffer = io.BytesIO()
     trimmed = fig.get_layout_engine() is None
     fig.savefig(buffer, format="png", facecolor="white", pil_kwargs={"compress_level": 1},
