@@ -145,28 +145,33 @@ def road_impute(x: Tensor, removed: Tensor, noise: float = 0.0, seed: int = 0,
     n, c, h, w = x.shape
     removed = removed.detach().cpu().bool().clone()
     removed[removed.flatten(1).all(dim=1)] = False
-    mask = removed.numpy().reshape(-1)  # (N·H·W,)
-    values = x.detach().cpu().double().permute(0, 2, 3, 1).reshape(-1, c).numpy()  # (N·H·W, C)
-    unknown = np.flatnonzero(mask)
-    if not len(unknown):
+    mask = removed.numpy()
+    values = x.detach().cpu().double().permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    count = int(mask.sum())
+    if not count:
         return x.clone()
-    count = len(unknown)
-    index = np.full(mask.size, -1)
-    index[unknown] = np.arange(count)
-    image, pixel = np.divmod(unknown, h * w)
-    row, col = np.divmod(pixel, w)
+    # Every image gets a one-pixel frame, so that each neighbour of a pixel is a place in one flat array:
+    # state −2 = outside the image, −1 = kept, k ≥ 0 = the k-th unknown (numbered image by image, row by row).
+    hp, wp = h + 2, w + 2
+    state = np.full((n, hp, wp), -2, dtype=np.int64)
+    state[:, 1:-1, 1:-1] = -1
+    state[:, 1:-1, 1:-1][mask] = np.arange(count)
+    state = state.reshape(-1)
+    framed = np.zeros((n, hp, wp, c))
+    framed[:, 1:-1, 1:-1] = values
+    framed = framed.reshape(-1, c)
+    places = np.flatnonzero(state >= 0)  # the unknowns' places, in their order
     diagonal = np.zeros(count)
     right = np.zeros((count, c))
     pairs: Pairs = []  # the upper triangle
     for (dy, dx), weight in NEIGHBOURS:
-        r, q = row + dy, col + dx
-        inside = np.flatnonzero((r >= 0) & (r < h) & (q >= 0) & (q < w))
-        neighbour = image[inside] * h * w + r[inside] * w + q[inside]
-        diagonal[inside] += weight  # Σ weights of the neighbours that exist
-        known = ~mask[neighbour]
-        right[inside[known]] += weight * values[neighbour[known]]  # kept neighbours: the right-hand side
+        neighbour = state[places + dy * wp + dx]
+        diagonal += weight * (neighbour != -2)  # Σ weights of the neighbours that exist
+        known = np.flatnonzero(neighbour == -1)
+        right[known] += weight * framed[places[known] + dy * wp + dx]  # kept neighbours: the right-hand side
         if (dy, dx) > (0, 0):  # each pair of removed neighbours once, from the earlier one
-            pairs.append((inside[~known], index[neighbour[~known]], weight))
+            later = np.flatnonzero(neighbour >= 0)
+            pairs.append((later, neighbour[later], weight))
     with _one_blas_thread():  # small steps: BLAS threads would only wait on each other
         if solver == "banded" or (solver == "auto" and w <= 64):
             solution = _banded_solve(diagonal, pairs, right)
@@ -175,8 +180,8 @@ def road_impute(x: Tensor, removed: Tensor, noise: float = 0.0, seed: int = 0,
     if noise > 0:
         solution = solution + noise * np.random.default_rng(seed).standard_normal(solution.shape)
     values = values.copy()
-    values[unknown] = solution
-    filled = torch.from_numpy(values.reshape(n, h, w, c)).permute(0, 3, 1, 2)
+    values[mask] = solution  # boolean indexing visits the unknowns in their numbering order
+    filled = torch.from_numpy(values).permute(0, 3, 1, 2)
     return filled.to(device=x.device, dtype=x.dtype).contiguous()
 
 
