@@ -153,13 +153,13 @@ def road_impute(x: Tensor, removed: Tensor, noise: float = 0.0, seed: int = 0,
     # Every image gets a one-pixel frame, so that each neighbour of a pixel is a place in one flat array:
     # state −2 = outside the image, −1 = kept, k ≥ 0 = the k-th unknown (numbered image by image, row by row).
     hp, wp = h + 2, w + 2
-    state = np.full((n, hp, wp), -2, dtype=np.int64)
-    state[:, 1:-1, 1:-1] = -1
-    state[:, 1:-1, 1:-1][mask] = np.arange(count)
-    state = state.reshape(-1)
-    framed = np.zeros((n, hp, wp, c))
-    framed[:, 1:-1, 1:-1] = values
-    framed = framed.reshape(-1, c)
+    grid = np.full((n, hp, wp), -2, dtype=np.int64)
+    grid[:, 1:-1, 1:-1] = -1
+    grid[:, 1:-1, 1:-1][mask] = np.arange(count)
+    state = grid.reshape(-1)
+    frame = np.zeros((n, hp, wp, c))
+    frame[:, 1:-1, 1:-1] = values
+    framed = frame.reshape(-1, c)
     places = np.flatnonzero(state >= 0)  # the unknowns' places, in their order
     diagonal = np.zeros(count)
     right = np.zeros((count, c))
