@@ -132,3 +132,23 @@ def test_dense_activations_show_every_probe_image_and_the_logits(run: Path) -> N
     assert ax.images[0].get_array().shape == (10, 128)
     assert [t.get_text() for t in ax.get_yticklabels()] == [str(i) for i in range(10)]
     plt.close(fig)
+
+
+def test_principal_components_equal_scikit_learns_pca() -> None:
+    """The embeddings figure's PCA (numpy): the projections, their signs and the variance shares equal
+    scikit-learn's exact PCA; a single feature gives one component and an all-zero second one."""
+    from sklearn.decomposition import PCA
+
+    from interp.stages.embeddings import principal_components
+
+    rng = np.random.default_rng(0)
+    for rows, cols in ((1000, 128), (60, 10), (25, 2)):
+        features = (rng.standard_normal((rows, cols)) * np.linspace(3, 0.1, cols)).astype(np.float32)
+        points, share = principal_components(features, 2)
+        reference = PCA(n_components=2, svd_solver="full").fit(features.astype(np.float64))
+        assert np.allclose(points, reference.transform(features.astype(np.float64)), atol=1e-9)
+        assert np.allclose(share, reference.explained_variance_ratio_, atol=1e-12)
+    line = np.arange(10.0)[:, None]
+    points, share = principal_components(line, 2)
+    assert np.allclose(points[:, 0], line[:, 0] - 4.5) and not points[:, 1].any()
+    assert share.tolist() == [1.0, 0.0]

@@ -35,7 +35,7 @@ class EmbeddingsStage(Stage):
                    "labels and thumbnails; PCA (and t-SNE at the end) as a PNG")
     Options = EmbeddingsOptions
     needs = frozenset({"images", "classes", "features"})
-    drawing_imports = ("sklearn.decomposition", "sklearn.manifold")
+    drawing_imports = ("sklearn.manifold",)  # t-SNE
 
     def run(self, ctx: StageContext) -> None:
         import torch
@@ -74,18 +74,30 @@ class EmbeddingsStage(Stage):
                  why, self.options.tsne_points)
 
 
+def principal_components(features: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``features`` projected on their first ``count`` principal components, and each
+    component's share of the variance. Signed like scikit-learn's PCA (each component's largest coefficient
+    positive), so the picture keeps its orientation; a missing component (fewer features) is all zero."""
+    x = np.asarray(features, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    axes = axes[:count]
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    variance = singular**2
+    share = variance[:count] / variance.sum() if variance.sum() > 0 else np.zeros(len(axes))
+    points = np.zeros((len(x), count))
+    points[:, :len(axes)] = centred @ axes.T
+    return points, np.pad(share, (0, count - len(share)))
+
+
 def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str], epoch: int,
                     perplexity: float | None, no_tsne: str | None = None, tsne_points: int | None = None) -> Any:
     """PCA of the features and, when ``perplexity`` is given, t-SNE, coloured by true class, misclassified
     points ringed in black. Without t-SNE its panel says why (``no_tsne``), so the figure keeps its size."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
     from ..plotting import figure
 
-    pca = PCA(n_components=2, random_state=0)
-    points = pca.fit_transform(features)
-    share = pca.explained_variance_ratio_
+    points, share = principal_components(features, 2)
     views: list[tuple[str, np.ndarray | None, tuple[str, str]]] = [
         (f"PCA (explains {share.sum():.0%} of the variance)", points,
          (f"PC 1 ({share[0]:.0%})", f"PC 2 ({share[1]:.0%})"))]
@@ -93,6 +105,8 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     if tsne_points is not None and tsne_points < len(features):  # the same subset at every epoch
         subset = np.sort(np.random.default_rng(0).choice(len(features), tsne_points, replace=False))
     if perplexity is not None:
+        from sklearn.manifold import TSNE
+
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0)
         views.append((f"t-SNE of {len(subset)} of them (perplexity {perplexity:g})",
                       tsne.fit_transform(features[subset]), ("t-SNE 1", "t-SNE 2")))
