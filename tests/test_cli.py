@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,29 @@ runner = CliRunner()
 
 
 def test_train_prints_epoch_lines_and_writes_a_run(tmp_path: Path) -> None:
+    collector = (gc.get_threshold(), gc.get_freeze_count())
     result = runner.invoke(app, ["train", "--save-dir", str(tmp_path), "--set", "train.epochs=1",
                                  "--set", "data.train_limit=500", "--set", "analysis.stages=[confusion]"])
     assert result.exit_code == 0, result.output
     assert "epoch 0/1" in result.output and "epoch 1/1 · train loss" in result.output
     assert "eval acc" in result.output and (tmp_path / "mnist-mlp" / "checkpoints" / "best.pt").is_file()
+    # run from Python, in the caller's process: its cycle collector is left as it was (the `interp`
+    # command tunes it in its own process only)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == collector
+
+
+def test_the_interp_command_tunes_the_collector_in_its_own_process(tmp_path: Path) -> None:
+    script = ("import gc, sys\n"
+              "from interp.cli import main\n"
+              "try:\n"
+              f"    main(['train', '--save-dir', {str(tmp_path)!r}, '--set', 'train.epochs=1', "
+              "'--set', 'data.train_limit=300', '--set', 'analysis.stages=[confusion]'])\n"
+              "except SystemExit as exit:\n"
+              "    assert exit.code in (0, None), exit.code\n"
+              "print(gc.get_threshold()[0], gc.get_freeze_count() > 10_000)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["10000", "True"]
 
 
 @pytest.mark.parametrize(

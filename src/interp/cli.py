@@ -262,17 +262,24 @@ def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
             reporter.notice(line)
 
 
+_OWN_PROCESS = False  # set by main(): the process is the `interp` command's, not a caller's
+
+
 def settle_collector() -> None:
-    """For a process that has imported torch and will run for a while: torch's modules (hundreds of
+    """In the `interp` command's own process, once torch is imported: torch's modules (hundreds of
     thousands of objects, alive until the process ends) are frozen out of the cycle collector's full
     walks, and its young generation is collected every 10,000 allocations instead of 700. Each pass of
-    a training loop found little to free; together they cost about a second of a default run."""
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    a training loop found little to free; together they cost about a second of a default run. A caller
+    that runs the commands in its own process (``app`` from Python) keeps its collector as it was."""
+    if _OWN_PROCESS:
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
 
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``interp`` console script."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     try:
         return app(args=argv if argv is not None else sys.argv[1:], prog_name="interp")
     finally:
