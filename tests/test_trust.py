@@ -642,3 +642,21 @@ def test_the_torch_free_trust_options_match_the_methods_and_rules() -> None:
     assert tuple(METHODS) == stage.METHOD_NAMES
     assert stage.CORRELATION_LIMIT == rules.CORRELATION_LIMIT
     assert set(ig.METHOD_OF.values()) <= set(METHODS)
+
+
+def test_the_curves_figure_keeps_its_size_when_road_waits_for_the_last_epoch(linear, data, tmp_path: Path) -> None:
+    """ROAD is computed at the last epoch only: before it, the figure keeps an empty ROAD row that says
+    so, so that TensorBoard's step slider shows one size of image throughout."""
+    from PIL import Image
+
+    sizes = {}
+    for epoch, final in ((1, False), (2, True)):
+        ctx, run = trust_context(linear, data, tmp_path, epoch=epoch, final=final)
+        stage = STAGES["trust"](STAGES["trust"].Options(methods=["saliency"], steps=4, images=6, epoch_images=6,
+                                                        randomization="never", resamples=100))
+        run_stages([stage], ctx, strict=True)
+        run.close()
+        sizes[final] = Image.open(tmp_path / f"epoch_{epoch:03d}" / "trust" / "deletion_insertion.png").size
+    assert sizes[False] == sizes[True]
+    saved = json.loads((tmp_path / "epoch_001" / "trust" / "trust.json").read_text())
+    assert saved["road_percentages"] is None  # the row is a placeholder: no ROAD numbers before the last epoch

@@ -449,9 +449,13 @@ class TrustStage(Stage):
     def draw(self, ctx: StageContext, methods: list[str], results: dict[str, dict[str, Any]],
              curves: dict[str, dict[str, np.ndarray]], cascades: dict[str, Cascade], count: int) -> None:
         names = [*methods, *REFERENCES]
-        rows = []
+        rows: list[dict[str, Any]] = []
         for baseline, (down, up) in PERTURBATIONS.items():
             if down not in curves["random"]:
+                if baseline == "road" and self.options.road == "final":  # its row says when, so the size stays
+                    rows.append({"titles": ["ROAD: most relevant removed first (MoRF)",
+                                            "ROAD: least relevant removed first (LeRF)"],
+                                 "note": "ROAD runs at the last epoch\n(trust: {road: always}\nfor every epoch)"})
                 continue
             if baseline == "road":
                 x = [0.0, *[p / 100 for p in self.options.road_percentages]]
@@ -535,7 +539,8 @@ def _short(layer: str) -> str:
 # -- figures (drawn by the drawing worker: plain values in, a matplotlib figure out) ---------------------
 def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
     """One row per perturbation (black, blur, ROAD): the deletion-like curve left, the insertion-like one
-    right, the references dashed and grey; each row's legend, with both scores, sits right of the row.
+    right, the references dashed and grey; each row's legend, with both scores, sits right of the row. A
+    row with a ``note`` instead of curves (ROAD before the last epoch) is drawn empty, saying why.
 
     Laid out by hand, not by constrained layout (a third of the drawing time of this, the costliest figure
     of a run): every text but the legends is fixed, so only the legends are measured, and the panels take
@@ -547,6 +552,16 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
     legends = []
     grid = [[fig.add_axes((0, 0, 1, 1)) for _ in range(2)] for _ in rows]
     for ax_row, row in zip(grid, rows, strict=True):
+        if "note" in row:  # not computed at this epoch: an empty row that says why
+            for ax, title in zip(ax_row, row["titles"], strict=True):
+                ax.set_title(title, fontsize=9, color="0.4")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_color("0.8")
+                ax.text(0.5, 0.5, row["note"], transform=ax.transAxes, ha="center", va="center", color="0.4",
+                        fontsize=8.5)
+            continue
         for ax, key, title, label in zip(ax_row, ("down", "up"), row["titles"], row["xlabels"], strict=True):
             for line in row["lines"]:
                 reference = line["style"] != "-"
