@@ -202,3 +202,22 @@ def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() 
     assert seen == {"prepared": b"True", "plain": b"False"}
     assert drawing_workers() == []
 
+
+
+def test_a_job_marked_ahead_is_drawn_before_those_waiting() -> None:
+    """A t-SNE takes seconds: marked :class:`Ahead`, it passes the jobs already waiting in the queue (not
+    the one being drawn nor the one in the child's pipe), so it does not run alone at the end of a run."""
+    from interp.analysis.drawing import Ahead, DrawingWorker, render_job
+
+    order: list[str] = []
+    worker = DrawingWorker(helpers=0)
+    worker.start()
+    slow = "(__import__('time').sleep(0.5), b'{}')[1]"
+    for name in ("first", "second", "third", "fourth"):
+        worker.submit((eval, (slow.format(name),)), lambda png: order.append(png.decode()), lambda why: pytest.fail(why))
+    worker.submit(Ahead((eval, ("b'ahead'",))), lambda png: order.append(png.decode()), lambda why: pytest.fail(why))
+    worker.close()
+    assert order.index("ahead") < order.index("third") < order.index("fourth")
+    assert sorted(order) == sorted(["first", "second", "third", "fourth", "ahead"])
+    assert render_job(Ahead((eval, ("b'here'",)))) == b"here"  # drawn in the training process, the same
+    assert drawing_workers() == []

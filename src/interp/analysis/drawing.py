@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-__all__ = ["DrawingWorker", "render_job", "usable_cores"]
+__all__ = ["Ahead", "DrawingWorker", "render_job", "usable_cores"]
 
 _HEADER = struct.Struct(">Q")
 # The worker runs beside training: one thread for its numerical libraries (t-SNE's OpenMP loop, BLAS), so
@@ -54,10 +54,27 @@ def _receive(stream: BinaryIO) -> Any:
     return pickle.loads(data)  # noqa: S301 — from our own parent or child process only
 
 
+_AHEAD, _IN_TURN, _LAST = 0, 1, 2  # queue ranks: jobs drawn ahead, jobs in turn, the children's stop
+
+
+class Ahead:
+    """A job to draw ahead of those already waiting: one that takes seconds (a t-SNE), which in its turn
+    would be among the last of a run and run alone while the other drawing processes have nothing left."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+
+
 def render_job(job: Any) -> bytes:
     """PNG bytes of a job: a matplotlib figure, or ``(function, args)`` / ``(function, args, kwargs)`` where
-    ``function`` (importable by name) returns a figure or PNG bytes."""
+    ``function`` (importable by name) returns a figure or PNG bytes (either one may come as an
+    :class:`Ahead`)."""
     from ..plotting import render
+
+    if isinstance(job, Ahead):
+        job = job.job
 
     if isinstance(job, tuple):
         function, args, *rest = job
@@ -89,7 +106,7 @@ class _Child:
         stream = self.process.stdin
         while True:
             self.free.acquire()
-            item = self.owner._outbox.get()
+            _, _, item = self.owner._outbox.get()
             if item is None:
                 break
             key, payload = item
@@ -137,7 +154,7 @@ class DrawingWorker:
 
     def __init__(self, helpers: int | None = None, prepare: Sequence[str] = ()) -> None:
         self._children: list[_Child] = []
-        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._outbox: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()  # (rank, key, item)
         self._pending: dict[int, tuple[Callable[[bytes], None], Callable[[str], None]]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -158,8 +175,10 @@ class DrawingWorker:
                 self._start()
 
     def submit(self, job: Any, done: Callable[[bytes], None], failed: Callable[[str], None]) -> None:
-        """Pickle ``job`` now (so later changes to its arrays do not matter) and queue it."""
-        payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        """Pickle ``job`` now (so later changes to its arrays do not matter) and queue it: after the jobs
+        already waiting, or ahead of them when it is an :class:`Ahead`."""
+        rank = _AHEAD if isinstance(job, Ahead) else _IN_TURN
+        payload = pickle.dumps(job.job if isinstance(job, Ahead) else job, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self.broken is not None:
                 failed(self.broken)
@@ -168,7 +187,7 @@ class DrawingWorker:
             key = self._next
             self._next += 1
             self._pending[key] = (done, failed)
-        self._outbox.put((key, payload))
+        self._outbox.put((rank, key, (key, payload)))
 
     @property
     def pending(self) -> int:
@@ -206,7 +225,7 @@ class DrawingWorker:
                             break
             self.wait()
         for _ in self._children:
-            self._outbox.put(None)
+            self._outbox.put((_LAST, 0, None))
         for child in self._children:
             if not finish:
                 child.process.kill()
@@ -221,7 +240,7 @@ class DrawingWorker:
         with self._lock:
             self._pending.clear()
         self._children = []
-        self._outbox = queue.Queue()
+        self._outbox = queue.PriorityQueue()
 
 
 def usable_cores() -> int:

@@ -95,6 +95,14 @@ class StageContext:
         self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}",
                          (function, args, kwargs), self.step)
 
+    def draw_ahead(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """:meth:`draw` for a figure that takes seconds to compute (a t-SNE): the drawing worker starts it
+        ahead of the figures already waiting, so that it does not run alone at the end of the run."""
+        from .drawing import Ahead
+
+        self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}",
+                         Ahead((function, args, kwargs)), self.step)
+
     def save_file(self, name: str, content: bytes | str) -> None:
         """A file beside the stage's figures (JSON, CSV, tensors)."""
         self.sink.file(f"{self.folder}/{self.stage}/{name}", content)

@@ -224,9 +224,10 @@ class RunSink:
         return target
 
     def figure(self, path: str, tag: str, figure: Any, step: int) -> None:
-        """A matplotlib figure (or a ``(callable, args)`` pair returning PNG bytes) rendered and written as
-        :meth:`image` — by the drawing worker when there is one, else here and now."""
-        from .drawing import render_job
+        """A matplotlib figure (or a ``(callable, args)`` pair returning PNG bytes, either maybe wrapped in
+        :class:`~interp.analysis.drawing.Ahead`) rendered and written as :meth:`image` — by the drawing
+        worker when there is one, else here and now."""
+        from .drawing import Ahead, render_job
 
         if not self.drawing_worker:
             self.image(path, tag, render_job(figure), step)
@@ -239,7 +240,7 @@ class RunSink:
         try:
             worker.submit(figure, lambda png: self.image(path, tag, png, step), failed)
         finally:
-            if not isinstance(figure, tuple):
+            if not isinstance(figure, tuple | Ahead):
                 import matplotlib.pyplot as plt
 
                 plt.close(figure)  # pickled: the worker has its own copy

@@ -70,8 +70,9 @@ class EmbeddingsStage(Stage):
         else:
             why = f"needs more than {3 * self.options.perplexity:g} points for perplexity {self.options.perplexity:g}"
         # the projections (t-SNE takes seconds) are computed by the drawing worker, off the training path
-        ctx.draw("embeddings", draw_embeddings, features.numpy(), labels, predicted, list(names), ctx.epoch, tsne,
-                 why, self.options.tsne_points)
+        draw = ctx.draw if tsne is None else ctx.draw_ahead  # a t-SNE takes seconds: started first
+        draw("embeddings", draw_embeddings, features.numpy(), labels, predicted, list(names), ctx.epoch, tsne,
+             why, self.options.tsne_points)
 
 
 def principal_components(features: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
