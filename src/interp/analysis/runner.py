@@ -92,16 +92,17 @@ class StageContext:
         """``function(*args, **kwargs)`` — a module-level function of plain values (arrays, numbers,
         strings) that returns a matplotlib figure or PNG bytes — drawn as ``<stage>/<name>.png``, by the
         drawing worker when the run has one, so that building the figure is off the training path too."""
-        self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}",
-                         (function, args, kwargs), self.step)
+        self._figure(name, (function, args, kwargs))
 
     def draw_ahead(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """:meth:`draw` for a figure that takes seconds to compute (a t-SNE): the drawing worker starts it
         ahead of the figures already waiting, so that it does not run alone at the end of the run."""
         from .drawing import Ahead
 
-        self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}",
-                         Ahead((function, args, kwargs)), self.step)
+        self._figure(name, Ahead((function, args, kwargs)))
+
+    def _figure(self, name: str, job: Any) -> None:
+        self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}", job, self.step)
 
     def save_file(self, name: str, content: bytes | str) -> None:
         """A file beside the stage's figures (JSON, CSV, tensors)."""
