@@ -165,10 +165,11 @@ def road_impute(x: Tensor, removed: Tensor, noise: float = 0.0, seed: int = 0,
     right = np.zeros((count, c))
     pairs: Pairs = []  # the upper triangle
     for (dy, dx), weight in NEIGHBOURS:
-        neighbour = state[places + dy * wp + dx]
+        where = places + dy * wp + dx
+        neighbour = state[where]
         diagonal += weight * (neighbour != -2)  # Σ weights of the neighbours that exist
         known = np.flatnonzero(neighbour == -1)
-        right[known] += weight * framed[places[known] + dy * wp + dx]  # kept neighbours: the right-hand side
+        right[known] += weight * framed[where[known]]  # kept neighbours: the right-hand side
         if (dy, dx) > (0, 0):  # each pair of removed neighbours once, from the earlier one
             later = np.flatnonzero(neighbour >= 0)
             pairs.append((later, neighbour[later], weight))
