@@ -177,8 +177,8 @@ class DrawingWorker:
     def submit(self, job: Any, done: Callable[[bytes], None], failed: Callable[[str], None]) -> None:
         """Pickle ``job`` now (so later changes to its arrays do not matter) and queue it: after the jobs
         already waiting, or ahead of them when it is an :class:`Ahead`."""
-        rank = _AHEAD if isinstance(job, Ahead) else _IN_TURN
-        payload = pickle.dumps(job.job if isinstance(job, Ahead) else job, protocol=pickle.HIGHEST_PROTOCOL)
+        rank, job = (_AHEAD, job.job) if isinstance(job, Ahead) else (_IN_TURN, job)
+        payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self.broken is not None:
                 failed(self.broken)

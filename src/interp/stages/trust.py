@@ -485,7 +485,6 @@ class TrustStage(Stage):
             self.draw_cascades(ctx, cascades)
 
     def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
-
         layers = next(iter(cascades.values())).layers
         panels = {name: {m: [1.0, *c.mean(m)] for m in c.scores[-1]} for name, c in cascades.items()}  # 1: itself
         images = len(next(iter(cascades.values())).trained)
@@ -591,7 +590,7 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
     for r, ax_row in enumerate(grid):
         bottom = height - top - panel_h - r * (panel_h + between)
         for c, ax in enumerate(ax_row):
-            ax.set_position((( left + c * (panel_w + gap)) / width, bottom / height, panel_w / width, panel_h / height))
+            ax.set_position(((left + c * (panel_w + gap)) / width, bottom / height, panel_w / width, panel_h / height))
     return fig
 
 
