@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +177,100 @@ def test_tsne_map_runs_the_iterations_asked_and_keeps_the_neighbours() -> None:
     assert np.allclose(tsne_map(features, 30.0, 500), short)  # seeded
     with pytest.raises(ValueError, match="tsne_iterations"):
         EmbeddingsOptions(tsne_iterations=100)
+
+
+def _bars(values: list[float], title: str, label: str = "count") -> Any:
+    """A constrained-layout figure of two panels and a colour bar; the first panel's y label ``label``."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3), layout="constrained")
+    axes[0].bar(range(len(values)), values)
+    axes[0].set_ylabel(label)
+    image = axes[1].imshow(np.outer(values, values))
+    fig.colorbar(image, ax=axes[1], label="product")
+    axes[1].set_title(title)
+    fig.suptitle("a figure drawn at every epoch")
+    return fig
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_render_keeps_a_kinds_layout_across_epochs_and_lays_out_anew_when_texts_no_longer_fit() -> None:
+    """Figures of one kind (``reuse``) are drawn in the first one's constrained layout, so the panels stay
+    in place from epoch to epoch; the same figure drawn again comes out pixel for pixel as laid out the
+    first time. A figure whose label grew wide (it would leave the figure) is laid out anew, as
+    constrained layout alone would, and every text stays inside it."""
+    from interp import plotting
+
+    kind = ("test", object())  # a kind of its own
+    first = _bars([1, 2, 3], "epoch 0")
+    png = plotting.render(first, kind)
+    kept = [ax.get_position().bounds for ax in first.axes]
+    again = _bars([1, 2, 3], "epoch 0")
+    assert np.array_equal(_pixels(plotting.render(again, kind)), _pixels(png))
+
+    later = _bars([3, 1, 2], "epoch 1", "n")  # a narrower label: the layout holds
+    alone = _bars([3, 1, 2], "epoch 1", "n")
+    plotting.render(alone)
+    plotting.render(later, kind)
+    assert [ax.get_position().bounds for ax in later.axes] == kept
+    assert [ax.get_position().bounds for ax in alone.axes] != kept  # laid out by itself, it would move
+
+    long = "images seen\nin this class\nat this epoch"  # three lines: wider than the margin kept for one
+    wide = _bars([2, 3, 1], "epoch 2", long)
+    alone = _bars([2, 3, 1], "epoch 2", long)
+    wide_png = plotting.render(wide, kind)
+    assert [ax.get_position().bounds for ax in wide.axes] != kept
+    assert np.array_equal(_pixels(wide_png), _pixels(plotting.render(alone)))
+    assert (_pixels(wide_png)[:, :3] == 255).all()  # the label's first line is not cut at the left edge
+    assert [ax.get_position().bounds for ax in wide.axes] == [ax.get_position().bounds for ax in alone.axes]
+    after = _bars([1, 3, 2], "epoch 3")  # the new layout is the one kept
+    plotting.render(after, kind)
+    assert [ax.get_position().bounds for ax in after.axes] == [ax.get_position().bounds for ax in wide.axes]
+
+
+def test_render_draws_like_savefig() -> None:
+    """One pass of the renderer (the layout inside it) gives the pixels matplotlib's savefig gives with
+    its two passes, for a constrained figure and a hand-placed one."""
+    import matplotlib.pyplot as plt
+
+    from interp import plotting
+
+    for make in (lambda: _bars([3, 1, 2], "epoch 4"), _placed):
+        fig = make()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", facecolor="white")
+        plt.close(fig)
+        assert np.array_equal(_pixels(plotting.render(make())), _pixels(buffer.getvalue()))
+
+
+def _placed() -> Any:
+    from interp.plotting import fixed_layout_figure
+
+    fig = fixed_layout_figure(4, 3)
+    ax = fig.add_axes((0.15, 0.15, 0.8, 0.7))
+    ax.plot([0, 1, 2], [2, 0, 1], label="a line")
+    ax.legend()
+    ax.set_title("placed by hand")
+    return fig
+
+
+def _left_spine(png: bytes) -> int:
+    """The column of the longest vertical dark line: the first panel's left edge."""
+    return int((_pixels(png).mean(axis=2) < 60).sum(axis=0).argmax())
+
+
+def test_figures_built_by_one_drawing_function_keep_its_layout() -> None:
+    """A drawing job ``(function, args)`` names its kind by its function: the second epoch's figure keeps
+    the first one's panels in place, where laid out alone its panel would sit further left (a narrower
+    label)."""
+    from interp.analysis.drawing import render_job
+    from interp.plotting import render
+
+    first = render_job((_bars, ([1, 2, 3], "epoch 0", "a label")))
+    second = render_job((_bars, ([3, 1, 2], "epoch 1", "n")))
+    alone = render(_bars([3, 1, 2], "epoch 1", "n"))
+    assert _left_spine(second) == _left_spine(first)
+    assert _left_spine(alone) < _left_spine(first)

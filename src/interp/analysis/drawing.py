@@ -76,12 +76,14 @@ def render_job(job: Any) -> bytes:
     if isinstance(job, Ahead):
         job = job.job
 
+    reuse = None
     if isinstance(job, tuple):
         function, args, *rest = job
         job = function(*args, **(rest[0] if rest else {}))
+        reuse = f"{function.__module__}.{function.__qualname__}"  # its figures keep one layout across epochs
     if isinstance(job, bytes | bytearray):
         return bytes(job)
-    return render(job)
+    return render(job, reuse)
 
 
 class _Child:
