@@ -50,6 +50,29 @@ def test_weight_titles_give_shape_and_count_and_epoch_0_has_no_comparison() -> N
     plt.close(later)
 
 
+def test_weight_titles_of_a_deep_conv_net_stay_inside_their_column() -> None:
+    """Nine panels of an all-conv net, three to a row: drawn, each panel's title lies inside the figure and
+    clear of the titles beside it (a long shape, count and spread on one line ran into the next title and
+    past the figure's edge)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from interp.plotting import render
+    from interp.stages.weights import draw_weights
+
+    bins = np.linspace(-1, 1, 5)
+    panels = [{"name": f"features.conv{i}.0.weight", "shape": [64, 64, 3, 3], "bins": bins, "now": np.ones(4),
+               "before": np.ones(4), "std_now": 0.0271, "std_before": 0.0244} for i in range(9)]
+    fig = draw_weights(panels, 12)
+    render(fig)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    for box in boxes:
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+
+
 @pytest.mark.parametrize("long_names", [False, True])
 def test_trust_curves_laid_out_by_hand_keep_every_text_inside_and_apart(long_names: bool) -> None:
     """The deletion/insertion figure is placed without a layout engine: once drawn, every title, label,

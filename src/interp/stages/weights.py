@@ -86,7 +86,7 @@ def draw_weights(panels: list[dict[str, Any]], epoch: int) -> Any:
         spread = (f"σ {panel['std_before']:.3f} → {panel['std_now']:.3f}" if panel["before"] is not None
                   else f"σ {panel['std_now']:.3f}")
         grouped = f"{count:,}".replace(",", "\u2009")  # 100 352: a count, not a shape
-        ax.set_title(f"{panel['name']}\n{shape} = {grouped} weights · {spread}", fontsize=8)
+        ax.set_title(f"{panel['name']}\n{shape} = {grouped} weights\n{spread}", fontsize=8)  # fits the panel
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
