@@ -26,8 +26,8 @@ def test_confusion_colour_scales_are_fixed_and_empty_cells_blank() -> None:
     assert counts.images[0].get_clim() == (0, 7)  # the largest class: the same at every epoch
     assert normalized.images[0].get_clim() == (0, 1.0)
     for ax in (counts, normalized):
-        assert len(ax.texts) == np.count_nonzero(matrix)  # zero cells are left blank
-    assert sorted(t.get_text() for t in counts.texts) == ["1", "2", "5", "7"]
+        assert len([t for t in ax.texts if t.get_text()]) == np.count_nonzero(matrix)  # zero cells are left blank
+    assert sorted(t.get_text() for t in counts.texts if t.get_text()) == ["1", "2", "5", "7"]
     plt.close(fig)
 
 
@@ -297,3 +297,64 @@ def test_figures_built_by_one_drawing_function_keep_its_layout() -> None:
     alone = render(_bars([3, 1, 2], "epoch 1", "n"))
     assert _left_spine(second) == _left_spine(first)
     assert _left_spine(alone) < _left_spine(first)
+
+
+def test_a_confusion_figure_updated_in_place_draws_like_a_new_one() -> None:
+    """The drawing worker keeps the last confusion figure and writes the next epoch's numbers into it: the
+    PNG is pixel for pixel the one a newly built figure gives (cells that became empty blank, colours of
+    the numbers, the title); other classes or another colour scale build a new figure."""
+    from interp.analysis import drawing
+    from interp.stages.confusion import draw_confusion
+
+    classes = [str(i) for i in range(4)]
+    rng = np.random.default_rng(0)
+    epochs = []
+    for epoch in range(3):
+        matrix = rng.integers(0, 6, (4, 4)) * (rng.random((4, 4)) < 0.5)
+        np.fill_diagonal(matrix, 0)
+        np.fill_diagonal(matrix, 20 - matrix.sum(axis=1))  # 20 images per class, every epoch
+        epochs.append((matrix, matrix / 20, classes, float(np.trace(matrix)) / 80, epoch, "images"))
+    drawing._KEPT.clear()
+    for args in epochs:
+        updated = drawing.render_job((draw_confusion, args))
+        assert drawing._KEPT  # kept for the next epoch
+        drawing._KEPT.clear()
+        built = drawing.render_job((draw_confusion, args))
+        assert np.array_equal(_pixels(updated), _pixels(built))
+    kept = drawing._KEPT.popitem()[1]
+    other = epochs[0][0].copy()
+    other[0, 0] += 5  # a larger class: another colour scale
+    assert not draw_confusion.update(kept, other, other / 25, classes, 0.5, 3, "images")
+    assert not draw_confusion.update(kept, *epochs[0][:2], list("abcd"), 0.5, 3, "images")
+    assert draw_confusion.update(kept, *epochs[1])
+
+
+def _curve_rows(rng: np.random.Generator, road: bool) -> list[dict[str, Any]]:
+    x = np.linspace(0, 1, 11)
+    lines = [{"name": n, "colour": f"C{i}", "style": "-" if i < 2 else ":", "down": rng.random(11), "up": rng.random(11),
+              "scores": tuple(rng.random(2))} for i, n in enumerate(["saliency", "integrated_gradients", "random"])]
+    rows: list[dict[str, Any]] = [{"x": x, "titles": ("deletion", "insertion"), "xlabels": ("deleted", "inserted"),
+                                   "lines": lines, "score": "AUC"}]
+    if road:
+        rows.append({"x": x[1:-1:2], "titles": ("MoRF", "LeRF"), "xlabels": ("removed", "removed"), "score": "mean",
+                     "lines": [{**line, "down": rng.random(5), "up": rng.random(5)} for line in lines]})
+    else:
+        rows.append({"titles": ("MoRF", "LeRF"), "note": "at the last epoch"})
+    return rows
+
+
+def test_trust_curves_updated_in_place_draw_like_new_ones() -> None:
+    """The deletion/insertion figure kept by the drawing worker and given the next epoch's curves and
+    scores is pixel for pixel a newly built one; the last epoch's, whose ROAD row is filled, is built anew."""
+    from interp.analysis import drawing
+    from interp.stages.trust import draw_curves
+
+    rng = np.random.default_rng(1)
+    drawing._KEPT.clear()
+    for epoch, road in ((0, False), (1, False), (2, False), (3, True)):
+        rows = _curve_rows(rng, road)
+        kept = next(iter(drawing._KEPT.values()), None)
+        updated = drawing.render_job((draw_curves, (rows, epoch, 50)))
+        assert (next(iter(drawing._KEPT.values())) is kept) == (epoch in (1, 2))  # updated, not built anew
+        drawing._KEPT.clear()
+        assert np.array_equal(_pixels(updated), _pixels(drawing.render_job((draw_curves, (rows, epoch, 50)))))

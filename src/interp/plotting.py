@@ -197,10 +197,12 @@ def _draw_in(fig: Figure, layout: _Layout) -> bytes | None:
     engine = fig.get_layout_engine()
     fig.set_layout_engine("none")
     png, texts = _draw(fig)
+    fig.set_layout_engine(engine)  # a figure updated for the next epoch comes back here, not to _draw alone
+    for ax, (flag, _, _) in zip(fig.axes, before_axes, strict=True):
+        ax.set_in_layout(flag)
     touching = _touching(fig, texts)
     if touching is not None and layout.touching is not None and touching <= layout.touching:
         return png
-    fig.set_layout_engine(engine)
     for ax, (flag, original, active) in zip(fig.axes, before_axes, strict=True):  # as built: the layout
         ax.set_position(original, which="original")  # engine starts from there
         ax.set_position(active, which="active")

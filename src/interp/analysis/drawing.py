@@ -67,23 +67,37 @@ class Ahead:
         self.job = job
 
 
+_KEPT: dict[str, Any] = {}  # the last figure of each drawing function that can update one
+
+
 def render_job(job: Any) -> bytes:
     """PNG bytes of a job: a matplotlib figure, or ``(function, args)`` / ``(function, args, kwargs)`` where
     ``function`` (importable by name) returns a figure or PNG bytes (either one may come as an
-    :class:`Ahead`)."""
+    :class:`Ahead`).
+
+    A function's figures keep one layout from epoch to epoch (see :func:`interp.plotting.render`). One
+    with an ``update(fig, *args, **kwargs)`` attribute has its last figure kept, and made the next one's
+    in place when ``update`` can (it returns False otherwise): building a figure — its axes, ticks and
+    texts — is a quarter to a third of the cost of one whose numbers alone change from epoch to epoch."""
     from ..plotting import render
 
     if isinstance(job, Ahead):
         job = job.job
-
-    reuse = None
-    if isinstance(job, tuple):
-        function, args, *rest = job
-        job = function(*args, **(rest[0] if rest else {}))
-        reuse = f"{function.__module__}.{function.__qualname__}"  # its figures keep one layout across epochs
-    if isinstance(job, bytes | bytearray):
-        return bytes(job)
-    return render(job, reuse)
+    if not isinstance(job, tuple):
+        return bytes(job) if isinstance(job, bytes | bytearray) else render(job)
+    function, args, *rest = job
+    kwargs = rest[0] if rest else {}
+    reuse = f"{function.__module__}.{function.__qualname__}"
+    update = getattr(function, "update", None)
+    kept = _KEPT.pop(reuse, None)  # a figure that fails to draw is not kept
+    updated = update is not None and kept is not None and update(kept, *args, **kwargs)
+    figure = kept if updated else function(*args, **kwargs)
+    if isinstance(figure, bytes | bytearray):
+        return bytes(figure)
+    png = render(figure, reuse)
+    if update is not None:
+        _KEPT[reuse] = figure
+    return png
 
 
 class _Child:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -564,10 +565,9 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
         for ax, key, title, label in zip(ax_row, ("down", "up"), row["titles"], row["xlabels"], strict=True):
             for line in row["lines"]:
                 reference = line["style"] != "-"
-                scores = " / ".join(f"{s:.3f}" for s in line["scores"])
                 ax.plot(row["x"], line[key], color=line["colour"], linestyle=line["style"],
                         linewidth=1.3 if reference else 1.6, marker="o" if len(row["x"]) < 10 else None, markersize=3,
-                        label=f"{line['name']} ({scores})")
+                        label=_curve_label(line))
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.set_xlabel(label, fontsize=8)
@@ -579,8 +579,8 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
             loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7.5, frameon=False,
             title=f"{row['score']}: {'del.' if row['score'] == 'AUC' else 'MoRF'} / "
                   f"{'ins.' if row['score'] == 'AUC' else 'LeRF'}", title_fontsize=7.5))
-    fig.suptitle(f"trust, epoch {epoch}: pixels ranked by each map, the edge map and random orders "
-                 f"(mean of {images} images)", fontsize=10, y=1 - 0.06 / height, va="top")
+    _curves_title(fig, epoch, images)
+    _CURVE_KINDS[fig] = _curve_kind(rows)
     # inches: y tick labels and label left of each panel, two-line titles above, x labels below
     left, gap, right, top, below, between = 0.55, 0.72, 0.06, 0.72, 0.45, 0.85
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg, the backend of interp.plotting
@@ -592,6 +592,51 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
         for c, ax in enumerate(ax_row):
             ax.set_position(((left + c * (panel_w + gap)) / width, bottom / height, panel_w / width, panel_h / height))
     return fig
+
+
+def _curves_title(fig: Any, epoch: int, images: int) -> None:
+    height = fig.get_figheight()
+    fig.suptitle(f"trust, epoch {epoch}: pixels ranked by each map, the edge map and random orders "
+                 f"(mean of {images} images)", fontsize=10, y=1 - 0.06 / height, va="top")
+
+
+def _curve_kind(rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """What two epochs' figures must share for one to be updated into the other: all but the curves'
+    values and the scores."""
+    return tuple((row.get("note"), tuple(row["titles"]), tuple(row.get("xlabels", ())), row.get("score"),
+                  tuple(np.asarray(row.get("x", ())).tolist()),
+                  tuple((line["name"], line["style"], line["colour"]) for line in row.get("lines", ())))
+                 for row in rows)
+
+
+_CURVE_KINDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _update_curves(fig: Any, rows: list[dict[str, Any]], epoch: int, images: int) -> bool:
+    """``fig``, an earlier epoch's figure from :func:`draw_curves`, made this epoch's (its curves, the
+    scores in its legends, its title); False (unchanged) when the rows differ in more than their values
+    (ROAD's row filled at the last epoch, other methods)."""
+    if _CURVE_KINDS.get(fig) != _curve_kind(rows):
+        return False
+    axes = iter(fig.axes)
+    for row in rows:
+        ax_row = (next(axes), next(axes))
+        if "note" in row:
+            continue
+        for ax, key in zip(ax_row, ("down", "up"), strict=True):
+            for artist, line in zip(ax.lines, row["lines"], strict=True):
+                artist.set_ydata(line[key])
+        for text, line in zip(ax_row[1].get_legend().get_texts(), row["lines"], strict=True):
+            text.set_text(_curve_label(line))
+    _curves_title(fig, epoch, images)
+    return True
+
+
+def _curve_label(line: dict[str, Any]) -> str:
+    return f"{line['name']} ({' / '.join(f'{s:.3f}' for s in line['scores'])})"
+
+
+draw_curves.update = _update_curves  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job
 
 
 MEASURE_TITLES = {"spearman_abs_foreground": "ρ of |map|, foreground pixels (the verdict's)",
