@@ -14,15 +14,24 @@ from typer.testing import CliRunner
 from interp.cli import app
 
 runner = CliRunner()
+
+
+def sizes(small: int, cap: int, hostile: int) -> st.SearchStrategy:
+    """A size: below 1, above the config's ``cap`` (up to ``hostile``), or a valid one up to ``small``. A
+    valid but huge model (two hidden layers of 40,000 units: 600 million weights) is no user mistake, and
+    no one can train and analyse it in the minute an example is given."""
+    return st.one_of(st.integers(-2, 0), st.integers(1, small), st.integers(cap + 1, hostile))
+
+
 KEYS = {
     "name": st.text(max_size=12), "seed": st.integers(-5, 2**64),
     "data": {"dataset": st.sampled_from(["mnist-sample", "mnist", "cifar10", "folder", "rings", "x:y", "", "../a:b"]),
-             "batch_size": st.integers(-3, 10**8), "train_limit": st.integers(-1, 300), "points": st.integers(-1, 10**9),
+             "batch_size": st.integers(-3, 10**8), "train_limit": st.integers(-1, 300), "points": sizes(5000, 5_000_000, 10**9),
              "image_size": st.one_of(st.integers(-1, 10**6), st.lists(st.integers(0, 99), max_size=3)),
              "eval_fraction": st.floats(allow_nan=True), "root": st.text(max_size=8)},
     "model": {"arch": st.sampled_from(["mlp", "allconv", "torchvision:resnet18", ":", "os:system", "math:sqrt",
                                        "torchvision:nope", "interp.models:MLP"]),
-              "hidden": st.lists(st.integers(-2, 10**7), max_size=3), "width": st.integers(-2, 10**6),
+              "hidden": st.lists(sizes(256, 65_536, 10**7), max_size=3), "width": sizes(32, 4096, 10**6),
               "activation": st.sampled_from(["relu", "tanh", "swish", 3])},
     "train": {"epochs": st.integers(-1, 10**9), "lr": st.floats(allow_nan=True, allow_infinity=True),
               "optimizer": st.sampled_from(["adam", "sgd", "rmsprop"]),
