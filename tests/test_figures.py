@@ -227,30 +227,30 @@ def test_render_keeps_a_kinds_layout_across_epochs_and_lays_out_anew_when_texts_
     constrained layout alone would, and every text stays inside it."""
     from interp import plotting
 
-    kind = ("test", object())  # a kind of its own
+    kind, layouts = "bars", {}  # the layouts one run keeps
     first = _bars([1, 2, 3], "epoch 0")
-    png = plotting.render(first, kind)
+    png = plotting.render(first, kind, layouts)
     kept = [ax.get_position().bounds for ax in first.axes]
     again = _bars([1, 2, 3], "epoch 0")
-    assert np.array_equal(_pixels(plotting.render(again, kind)), _pixels(png))
+    assert np.array_equal(_pixels(plotting.render(again, kind, layouts)), _pixels(png))
 
     later = _bars([3, 1, 2], "epoch 1", "n")  # a narrower label: the layout holds
     alone = _bars([3, 1, 2], "epoch 1", "n")
     plotting.render(alone)
-    plotting.render(later, kind)
+    plotting.render(later, kind, layouts)
     assert [ax.get_position().bounds for ax in later.axes] == kept
     assert [ax.get_position().bounds for ax in alone.axes] != kept  # laid out by itself, it would move
 
     long = "images seen\nin this class\nat this epoch"  # three lines: wider than the margin kept for one
     wide = _bars([2, 3, 1], "epoch 2", long)
     alone = _bars([2, 3, 1], "epoch 2", long)
-    wide_png = plotting.render(wide, kind)
+    wide_png = plotting.render(wide, kind, layouts)
     assert [ax.get_position().bounds for ax in wide.axes] != kept
     assert np.array_equal(_pixels(wide_png), _pixels(plotting.render(alone)))
     assert (_pixels(wide_png)[:, :3] == 255).all()  # the label's first line is not cut at the left edge
     assert [ax.get_position().bounds for ax in wide.axes] == [ax.get_position().bounds for ax in alone.axes]
     after = _bars([1, 3, 2], "epoch 3")  # the new layout is the one kept
-    plotting.render(after, kind)
+    plotting.render(after, kind, layouts)
     assert [ax.get_position().bounds for ax in after.axes] == [ax.get_position().bounds for ax in wide.axes]
 
 
@@ -289,14 +289,16 @@ def test_figures_built_by_one_drawing_function_keep_its_layout() -> None:
     """A drawing job ``(function, args)`` names its kind by its function: the second epoch's figure keeps
     the first one's panels in place, where laid out alone its panel would sit further left (a narrower
     label)."""
-    from interp.analysis.drawing import render_job
+    from interp.analysis.drawing import DrawingMemory, render_job
     from interp.plotting import render
 
-    first = render_job((_bars, ([1, 2, 3], "epoch 0", "a label")))
-    second = render_job((_bars, ([3, 1, 2], "epoch 1", "n")))
+    memory = DrawingMemory()
+    first = render_job((_bars, ([1, 2, 3], "epoch 0", "a label")), memory)
+    second = render_job((_bars, ([3, 1, 2], "epoch 1", "n")), memory)
     alone = render(_bars([3, 1, 2], "epoch 1", "n"))
     assert _left_spine(second) == _left_spine(first)
     assert _left_spine(alone) < _left_spine(first)
+    assert _left_spine(render_job((_bars, ([3, 1, 2], "epoch 1", "n")))) == _left_spine(alone)  # no memory: alone
 
 
 def test_a_confusion_figure_updated_in_place_draws_like_a_new_one() -> None:
@@ -314,14 +316,14 @@ def test_a_confusion_figure_updated_in_place_draws_like_a_new_one() -> None:
         np.fill_diagonal(matrix, 0)
         np.fill_diagonal(matrix, 20 - matrix.sum(axis=1))  # 20 images per class, every epoch
         epochs.append((matrix, matrix / 20, classes, float(np.trace(matrix)) / 80, epoch, "images"))
-    drawing._KEPT.clear()
+    memory = drawing.DrawingMemory()
     for args in epochs:
-        updated = drawing.render_job((draw_confusion, args))
-        assert drawing._KEPT  # kept for the next epoch
-        drawing._KEPT.clear()
-        built = drawing.render_job((draw_confusion, args))
+        updated = drawing.render_job((draw_confusion, args), memory)
+        assert memory.figures  # kept for the next epoch
+        memory.figures.clear()
+        built = drawing.render_job((draw_confusion, args), memory)
         assert np.array_equal(_pixels(updated), _pixels(built))
-    kept = drawing._KEPT.popitem()[1]
+    kept = memory.figures.popitem()[1]
     other = epochs[0][0].copy()
     other[0, 0] += 5  # a larger class: another colour scale
     assert not draw_confusion.update(kept, other, other / 25, classes, 0.5, 3, "images")
@@ -350,11 +352,28 @@ def test_trust_curves_updated_in_place_draw_like_new_ones() -> None:
     from interp.stages.trust import draw_curves
 
     rng = np.random.default_rng(1)
-    drawing._KEPT.clear()
+    memory = drawing.DrawingMemory()
     for epoch, road in ((0, False), (1, False), (2, False), (3, True)):
         rows = _curve_rows(rng, road)
-        kept = next(iter(drawing._KEPT.values()), None)
-        updated = drawing.render_job((draw_curves, (rows, epoch, 50)))
-        assert (next(iter(drawing._KEPT.values())) is kept) == (epoch in (1, 2))  # updated, not built anew
-        drawing._KEPT.clear()
-        assert np.array_equal(_pixels(updated), _pixels(drawing.render_job((draw_curves, (rows, epoch, 50)))))
+        kept = next(iter(memory.figures.values()), None)
+        updated = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
+        assert (next(iter(memory.figures.values())) is kept) == (epoch in (1, 2))  # updated, not built anew
+        memory.figures.clear()
+        built = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
+        assert np.array_equal(_pixels(updated), _pixels(built))
+
+
+def test_a_layout_that_could_not_hold_its_texts_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When even constrained layout leaves a text outside the figure (a title wider than the figure), the
+    next figure of that kind is laid out at once, not first drawn in that layout and then again; it comes
+    out as constrained layout alone draws it."""
+    from interp import plotting
+
+    kind, layouts = "bars", {}
+    title = "a title far wider than this six-inch figure " * 3
+    plotting.render(_bars([1, 2, 3], title), kind, layouts)
+    tries: list[object] = []
+    monkeypatch.setattr(plotting, "_draw_in", lambda fig, layout: tries.append(layout))
+    png = plotting.render(_bars([3, 1, 2], title), kind, layouts)
+    assert tries == []
+    assert np.array_equal(_pixels(png), _pixels(plotting.render(_bars([3, 1, 2], title))))

@@ -69,14 +69,16 @@ def fixed_layout_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def render(fig: Figure, reuse: Hashable | None = None) -> bytes:
+def render(fig: Figure, reuse: Hashable | None = None, layouts: dict[Any, Any] | None = None) -> bytes:
     """Draw ``fig`` into PNG bytes of exactly its size (the same every epoch, so that TensorBoard's step
     slider does not jump); constrained layout keeps titles and outside legends inside, and a figure from
     :func:`fixed_layout_figure` is drawn as placed. A figure without a layout engine is trimmed to its
     contents instead. The figure is closed.
 
-    ``reuse``: a name for the kind of figure (e.g. the function that built it). The constrained layout of
-    the first figure of a kind is kept and later ones of the same kind and structure are drawn in it, so
+    ``reuse``: a name for the kind of figure (e.g. the function that built it), and ``layouts`` the
+    caller's dict that keeps the layouts (one per run, so that a figure depends on its run alone). The
+    constrained layout of the first figure of a kind is kept there and later ones of the same kind and
+    structure are drawn in it, so
     that from epoch to epoch the panels stay where they were in the step slider, and the layout pass (a
     third of a figure's cost) is spared. A figure whose texts would then leave the figure, or touch a
     text or panel they did not touch in the kept layout, is laid out anew, and its layout is kept."""
@@ -87,16 +89,16 @@ def render(fig: Figure, reuse: Hashable | None = None) -> bytes:
             fig.savefig(buffer, format="png", facecolor="white", pil_kwargs={"compress_level": 1},
                         bbox_inches="tight", pad_inches=0.08)
             return buffer.getvalue()
-        if not isinstance(engine, ConstrainedLayoutEngine) or reuse is None or fig.subfigs:
+        if not isinstance(engine, ConstrainedLayoutEngine) or reuse is None or layouts is None or fig.subfigs:
             return _draw(fig)[0]
         key = (reuse, _structure(fig))
-        kept = _LAYOUTS.get(key)
-        if kept is not None:
+        kept = layouts.get(key)
+        if kept is not None and kept.touching is not None:  # else it had a text outside: it holds nothing
             png = _draw_in(fig, kept)
             if png is not None:
                 return png
-        png, texts = _draw(fig)
-        _LAYOUTS[key] = _Layout(fig, texts)
+        png, texts = _draw(fig, measure=True)
+        layouts[key] = _Layout(fig, texts)
         return png
     finally:
         plt.close(fig)
@@ -110,14 +112,17 @@ class _Text(NamedTuple):
 _TOUCH = 1.0  # pixels two boxes must share to count as touching
 
 
-def _draw(fig: Figure) -> tuple[bytes, list[_Text]]:
-    """One pass of the Agg renderer (the layout engine runs first, inside it), noting every line of text
-    drawn, with its axes and extent; then the PNG. (``savefig`` would draw the figure twice: once, without
-    painting, for a layout that ``Figure.draw`` does anyway.)"""
+def _draw(fig: Figure, measure: bool = False) -> tuple[bytes, list[_Text]]:
+    """One pass of the Agg renderer (the layout engine runs first, inside it), then the PNG; with
+    ``measure``, every line of text drawn, with its axes and extent. (``savefig`` would draw the figure
+    twice: once, without painting, for a layout that ``Figure.draw`` does anyway.)"""
     canvas = fig.canvas
     if not isinstance(canvas, FigureCanvasAgg):
         canvas = FigureCanvasAgg(fig)
     fig.patch.set_facecolor("white")
+    if not measure:
+        canvas.draw()
+        return _png(canvas), []
     renderer = canvas.get_renderer()
     drawing = [-1]
     lines: list[tuple[int, float, float, str, Any, float, Any]] = []
@@ -147,11 +152,15 @@ def _draw(fig: Figure) -> tuple[bytes, list[_Text]]:
             ax.__dict__.pop("draw", None)
     texts = [_Text(owner, _line_box(renderer, x, y, s, prop, angle, ismath, fig.dpi))
              for owner, x, y, s, prop, angle, ismath in lines]
+    return _png(canvas), texts
+
+
+def _png(canvas: FigureCanvasAgg) -> bytes:
     pixels = canvas.buffer_rgba()
     buffer = io.BytesIO()
     Image.frombuffer("RGBA", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBA", 0, 1).save(
         buffer, format="png", compress_level=1)
-    return buffer.getvalue(), texts
+    return buffer.getvalue()
 
 
 def _line_box(renderer: Any, x: float, y: float, s: str, prop: Any, angle: float, ismath: Any,
@@ -196,20 +205,19 @@ def _draw_in(fig: Figure, layout: _Layout) -> bytes | None:
         getattr(fig, name).set_position(position)
     engine = fig.get_layout_engine()
     fig.set_layout_engine("none")
-    png, texts = _draw(fig)
+    png, texts = _draw(fig, measure=True)
     fig.set_layout_engine(engine)  # a figure updated for the next epoch comes back here, not to _draw alone
-    for ax, (flag, _, _) in zip(fig.axes, before_axes, strict=True):
-        ax.set_in_layout(flag)
     touching = _touching(fig, texts)
-    if touching is not None and layout.touching is not None and touching <= layout.touching:
-        return png
-    for ax, (flag, original, active) in zip(fig.axes, before_axes, strict=True):  # as built: the layout
-        ax.set_position(original, which="original")  # engine starts from there
-        ax.set_position(active, which="active")
+    holds = touching is not None and layout.touching is not None and touching <= layout.touching
+    for ax, (flag, original, active) in zip(fig.axes, before_axes, strict=True):
+        if not holds:  # as built: the layout engine starts from there
+            ax.set_position(original, which="original")
+            ax.set_position(active, which="active")
         ax.set_in_layout(flag)
-    for name, position in before.items():
-        getattr(fig, name).set_position(position)
-    return None
+    if not holds:
+        for name, position in before.items():
+            getattr(fig, name).set_position(position)
+    return png if holds else None
 
 
 def _touching(fig: Figure, texts: list[_Text]) -> set[tuple[int, int]] | None:
@@ -242,8 +250,6 @@ def _structure(fig: Figure) -> tuple[Any, ...]:
     return (tuple(np.round(fig.bbox.size, 1)), tuple((type(ax).__name__, ax.get_label(), place(ax)) for ax in fig.axes),
             tuple(name for name in _PLACED_TEXTS if getattr(fig, name, None) is not None), len(fig.legends))
 
-
-_LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
 
 
 def grid_shape(n: int, cols: int | None = None) -> tuple[int, int]:

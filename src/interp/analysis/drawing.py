@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-__all__ = ["Ahead", "DrawingWorker", "render_job", "usable_cores"]
+__all__ = ["Ahead", "DrawingMemory", "DrawingWorker", "render_job", "usable_cores"]
 
 _HEADER = struct.Struct(">Q")
 # The worker runs beside training: one thread for its numerical libraries (t-SNE's OpenMP loop, BLAS), so
@@ -67,18 +67,26 @@ class Ahead:
         self.job = job
 
 
-_KEPT: dict[str, Any] = {}  # the last figure of each drawing function that can update one
+class DrawingMemory:
+    """What one run's drawing keeps from figure to figure: each kind's layout (see
+    :func:`interp.plotting.render`) and the last figure of each drawing function that can update one. One
+    per run (per drawing process, or per sink drawing in the training process), so that a figure depends
+    on its run alone."""
+
+    def __init__(self) -> None:
+        self.layouts: dict[Any, Any] = {}
+        self.figures: dict[str, Any] = {}
 
 
-def render_job(job: Any) -> bytes:
+def render_job(job: Any, memory: DrawingMemory | None = None) -> bytes:
     """PNG bytes of a job: a matplotlib figure, or ``(function, args)`` / ``(function, args, kwargs)`` where
     ``function`` (importable by name) returns a figure or PNG bytes (either one may come as an
     :class:`Ahead`).
 
-    A function's figures keep one layout from epoch to epoch (see :func:`interp.plotting.render`). One
-    with an ``update(fig, *args, **kwargs)`` attribute has its last figure kept, and made the next one's
-    in place when ``update`` can (it returns False otherwise): building a figure — its axes, ticks and
-    texts — is a quarter to a third of the cost of one whose numbers alone change from epoch to epoch."""
+    With a ``memory``, a function's figures keep one layout from epoch to epoch, and one with an
+    ``update(fig, *args, **kwargs)`` attribute has its last figure kept, and made the next one's in place
+    when ``update`` can (it returns False otherwise): building a figure — its axes, ticks and texts — is a
+    quarter to a third of the cost of one whose numbers alone change from epoch to epoch."""
     from ..plotting import render
 
     if isinstance(job, Ahead):
@@ -87,16 +95,19 @@ def render_job(job: Any) -> bytes:
         return bytes(job) if isinstance(job, bytes | bytearray) else render(job)
     function, args, *rest = job
     kwargs = rest[0] if rest else {}
+    if memory is None:
+        figure = function(*args, **kwargs)
+        return bytes(figure) if isinstance(figure, bytes | bytearray) else render(figure)
     reuse = f"{function.__module__}.{function.__qualname__}"
     update = getattr(function, "update", None)
-    kept = _KEPT.pop(reuse, None)  # a figure that fails to draw is not kept
+    kept = memory.figures.pop(reuse, None)  # a figure that fails to draw is not kept
     updated = update is not None and kept is not None and update(kept, *args, **kwargs)
     figure = kept if updated else function(*args, **kwargs)
     if isinstance(figure, bytes | bytearray):
         return bytes(figure)
-    png = render(figure, reuse)
+    png = render(figure, reuse, memory.layouts)
     if update is not None:
-        _KEPT[reuse] = figure
+        memory.figures[reuse] = figure
     return png
 
 
@@ -278,6 +289,7 @@ def main() -> None:
             importlib.import_module(name)
     gc.freeze()  # what is imported stays: only the figures' objects need the collector, and rarely
     gc.set_threshold(10_000, 10, 10)
+    memory = DrawingMemory()  # this process draws for one run
 
     while True:
         header = source.read(_HEADER.size)
@@ -286,7 +298,7 @@ def main() -> None:
         data = source.read(_HEADER.unpack(header)[0])
         key = struct.unpack(">Q", data[:8])[0]
         try:
-            png = render_job(pickle.loads(data[8:]))  # noqa: S301 — from the training process that started us
+            png = render_job(pickle.loads(data[8:]), memory)  # noqa: S301 — from the training process that started us
             result: tuple[int, bool, Any] = (key, True, png)
         except Exception as exc:  # a figure that cannot be drawn fails alone
             result = (key, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")

@@ -170,6 +170,7 @@ class RunSink:
         self._worker: Any = None
         self._sprite: tuple[bytes, bytes] | None = None  # (thumbnails' digest, the sprite sheet's PNG)
         self.drawing_worker = drawing_worker
+        self._memory: Any = None  # layouts and figures kept between epochs when drawing here
 
     @property
     def writer(self) -> Any:
@@ -227,10 +228,11 @@ class RunSink:
         """A matplotlib figure (or a ``(callable, args)`` pair returning PNG bytes, either maybe wrapped in
         :class:`~interp.analysis.drawing.Ahead`) rendered and written as :meth:`image` — by the drawing
         worker when there is one, else here and now."""
-        from .drawing import Ahead, render_job
+        from .drawing import Ahead, DrawingMemory, render_job
 
         if not self.drawing_worker:
-            self.image(path, tag, render_job(figure), step)
+            self._memory = self._memory or DrawingMemory()
+            self.image(path, tag, render_job(figure, self._memory), step)
             return
         worker = self._drawing()
 
