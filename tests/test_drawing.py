@@ -203,7 +203,6 @@ def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() 
     assert drawing_workers() == []
 
 
-
 def test_a_job_marked_ahead_is_drawn_before_those_waiting() -> None:
     """A t-SNE takes seconds: marked :class:`Ahead`, it passes the jobs already waiting in the queue (not
     the one being drawn nor the one in the child's pipe), so it does not run alone at the end of a run."""
