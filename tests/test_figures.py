@@ -220,40 +220,6 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def test_render_keeps_a_kinds_layout_across_epochs_and_lays_out_anew_when_texts_no_longer_fit() -> None:
-    """Figures of one kind (``reuse``) are drawn in the first one's constrained layout, so the panels stay
-    in place from epoch to epoch; the same figure drawn again comes out pixel for pixel as laid out the
-    first time. A figure whose label grew wide (it would leave the figure) is laid out anew, as
-    constrained layout alone would, and every text stays inside it."""
-    from interp import plotting
-
-    kind, layouts = "bars", {}  # the layouts one run keeps
-    first = _bars([1, 2, 3], "epoch 0")
-    png = plotting.render(first, kind, layouts)
-    kept = [ax.get_position().bounds for ax in first.axes]
-    again = _bars([1, 2, 3], "epoch 0")
-    assert np.array_equal(_pixels(plotting.render(again, kind, layouts)), _pixels(png))
-
-    later = _bars([3, 1, 2], "epoch 1", "n")  # a narrower label: the layout holds
-    alone = _bars([3, 1, 2], "epoch 1", "n")
-    plotting.render(alone)
-    plotting.render(later, kind, layouts)
-    assert [ax.get_position().bounds for ax in later.axes] == kept
-    assert [ax.get_position().bounds for ax in alone.axes] != kept  # laid out by itself, it would move
-
-    long = "images seen\nin this class\nat this epoch"  # three lines: wider than the margin kept for one
-    wide = _bars([2, 3, 1], "epoch 2", long)
-    alone = _bars([2, 3, 1], "epoch 2", long)
-    wide_png = plotting.render(wide, kind, layouts)
-    assert [ax.get_position().bounds for ax in wide.axes] != kept
-    assert np.array_equal(_pixels(wide_png), _pixels(plotting.render(alone)))
-    assert (_pixels(wide_png)[:, :3] == 255).all()  # the label's first line is not cut at the left edge
-    assert [ax.get_position().bounds for ax in wide.axes] == [ax.get_position().bounds for ax in alone.axes]
-    after = _bars([1, 3, 2], "epoch 3")  # the new layout is the one kept
-    plotting.render(after, kind, layouts)
-    assert [ax.get_position().bounds for ax in after.axes] == [ax.get_position().bounds for ax in wide.axes]
-
-
 def test_render_draws_like_savefig() -> None:
     """One pass of the renderer (the layout inside it) gives the pixels matplotlib's savefig gives with
     its two passes, for a constrained figure and a hand-placed one."""
@@ -280,27 +246,6 @@ def _placed() -> Any:
     return fig
 
 
-def _left_spine(png: bytes) -> int:
-    """The column of the longest vertical dark line: the first panel's left edge."""
-    return int((_pixels(png).mean(axis=2) < 60).sum(axis=0).argmax())
-
-
-def test_figures_built_by_one_drawing_function_keep_its_layout() -> None:
-    """A drawing job ``(function, args)`` names its kind by its function: the second epoch's figure keeps
-    the first one's panels in place, where laid out alone its panel would sit further left (a narrower
-    label)."""
-    from interp.analysis.drawing import DrawingMemory, render_job
-    from interp.plotting import render
-
-    memory = DrawingMemory()
-    first = render_job((_bars, ([1, 2, 3], "epoch 0", "a label")), memory)
-    second = render_job((_bars, ([3, 1, 2], "epoch 1", "n")), memory)
-    alone = render(_bars([3, 1, 2], "epoch 1", "n"))
-    assert _left_spine(second) == _left_spine(first)
-    assert _left_spine(alone) < _left_spine(first)
-    assert _left_spine(render_job((_bars, ([3, 1, 2], "epoch 1", "n")))) == _left_spine(alone)  # no memory: alone
-
-
 def test_a_confusion_figure_updated_in_place_draws_like_a_new_one() -> None:
     """The drawing worker keeps the last confusion figure and writes the next epoch's numbers into it: the
     PNG is pixel for pixel the one a newly built figure gives (cells that became empty blank, colours of
@@ -323,7 +268,7 @@ def test_a_confusion_figure_updated_in_place_draws_like_a_new_one() -> None:
         memory.figures.clear()
         built = drawing.render_job((draw_confusion, args), memory)
         assert np.array_equal(_pixels(updated), _pixels(built))
-    kept = memory.figures.popitem()[1]
+    kept = memory.figures.popitem()[1][0]
     other = epochs[0][0].copy()
     other[0, 0] += 5  # a larger class: another colour scale
     assert not draw_confusion.update(kept, other, other / 25, classes, 0.5, 3, "images")
@@ -355,25 +300,9 @@ def test_trust_curves_updated_in_place_draw_like_new_ones() -> None:
     memory = drawing.DrawingMemory()
     for epoch, road in ((0, False), (1, False), (2, False), (3, True)):
         rows = _curve_rows(rng, road)
-        kept = next(iter(memory.figures.values()), None)
+        kept = next(iter(memory.figures.values()), (None,))[0]
         updated = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
-        assert (next(iter(memory.figures.values())) is kept) == (epoch in (1, 2))  # updated, not built anew
+        assert (next(iter(memory.figures.values()))[0] is kept) == (epoch in (1, 2))  # updated, not built anew
         memory.figures.clear()
         built = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
         assert np.array_equal(_pixels(updated), _pixels(built))
-
-
-def test_a_layout_that_could_not_hold_its_texts_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When even constrained layout leaves a text outside the figure (a title wider than the figure), the
-    next figure of that kind is laid out at once, not first drawn in that layout and then again; it comes
-    out as constrained layout alone draws it."""
-    from interp import plotting
-
-    kind, layouts = "bars", {}
-    title = "a title far wider than this six-inch figure " * 3
-    plotting.render(_bars([1, 2, 3], title), kind, layouts)
-    tries: list[object] = []
-    monkeypatch.setattr(plotting, "_draw_in", lambda fig, layout: tries.append(layout))
-    png = plotting.render(_bars([3, 1, 2], title), kind, layouts)
-    assert tries == []
-    assert np.array_equal(_pixels(png), _pixels(plotting.render(_bars([3, 1, 2], title))))

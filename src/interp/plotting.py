@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Hashable
-from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import matplotlib
 
@@ -15,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.layout_engine import ConstrainedLayoutEngine, PlaceHolderLayoutEngine  # noqa: E402
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 from PIL import Image  # noqa: E402
 
 __all__ = [
@@ -69,187 +68,46 @@ def fixed_layout_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def render(fig: Figure, reuse: Hashable | None = None, layouts: dict[Any, Any] | None = None) -> bytes:
+def render(fig: Figure) -> bytes:
     """Draw ``fig`` into PNG bytes of exactly its size (the same every epoch, so that TensorBoard's step
     slider does not jump); constrained layout keeps titles and outside legends inside, and a figure from
     :func:`fixed_layout_figure` is drawn as placed. A figure without a layout engine is trimmed to its
     contents instead. The figure is closed.
 
-    ``reuse``: a name for the kind of figure (e.g. the function that built it), and ``layouts`` the
-    caller's dict that keeps the layouts (one per run, so that a figure depends on its run alone). The
-    constrained layout of the first figure of a kind is kept there and later ones of the same kind and
-    structure are drawn in it, so
-    that from epoch to epoch the panels stay where they were in the step slider, and the layout pass (a
-    third of a figure's cost) is spared. A figure whose texts would then leave the figure, or touch a
-    text or panel they did not touch in the kept layout, is laid out anew, and its layout is kept."""
+    One pass of the Agg renderer, the layout engine running inside it: ``savefig`` would draw the figure
+    twice (once without painting, for a layout that ``Figure.draw`` does anyway). The pixels are the same."""
     try:
-        engine = fig.get_layout_engine()
-        if engine is None:
+        if fig.get_layout_engine() is None:
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", facecolor="white", pil_kwargs={"compress_level": 1},
                         bbox_inches="tight", pad_inches=0.08)
             return buffer.getvalue()
-        if not isinstance(engine, ConstrainedLayoutEngine) or reuse is None or layouts is None or fig.subfigs:
-            return _draw(fig)[0]
-        key = (reuse, _structure(fig))
-        kept = layouts.get(key)
-        if kept is not None and kept.touching is not None:  # else it had a text outside: it holds nothing
-            png = _draw_in(fig, kept)
-            if png is not None:
-                return png
-        png, texts = _draw(fig, measure=True)
-        layouts[key] = _Layout(fig, texts)
-        return png
+        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        fig.patch.set_facecolor("white")
+        canvas.draw()
+        pixels = canvas.buffer_rgba()
+        buffer = io.BytesIO()
+        Image.frombuffer("RGBA", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBA", 0, 1).save(
+            buffer, format="png", compress_level=1)
+        return buffer.getvalue()
     finally:
         plt.close(fig)
 
 
-class _Text(NamedTuple):
-    owner: int  # the index of the axes it was drawn with in ``fig.axes``; −1: the figure's own (suptitle, legend)
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+def placement(fig: Figure) -> Callable[[], None]:
+    """A function that puts ``fig``'s axes back where they are now. Constrained layout starts from the
+    axes' positions, so a figure updated in place for another epoch is put back as it was built before it
+    is drawn: it is then laid out exactly as a newly built one."""
+    placed = [(ax, ax.get_position(original=True).frozen(), ax.get_position().frozen(), ax.get_in_layout())
+              for ax in fig.axes]
 
-
-_TOUCH = 1.0  # pixels two boxes must share to count as touching
-
-
-def _draw(fig: Figure, measure: bool = False) -> tuple[bytes, list[_Text]]:
-    """One pass of the Agg renderer (the layout engine runs first, inside it), then the PNG; with
-    ``measure``, every line of text drawn, with its axes and extent. (``savefig`` would draw the figure
-    twice: once, without painting, for a layout that ``Figure.draw`` does anyway.)"""
-    canvas = fig.canvas
-    if not isinstance(canvas, FigureCanvasAgg):
-        canvas = FigureCanvasAgg(fig)
-    fig.patch.set_facecolor("white")
-    if not measure:
-        canvas.draw()
-        return _png(canvas), []
-    renderer = canvas.get_renderer()
-    drawing = [-1]
-    lines: list[tuple[int, float, float, str, Any, float, Any]] = []
-
-    def draw_text(gc: Any, x: float, y: float, s: str, prop: Any, angle: float, ismath: Any = False,
-                  mtext: Any = None) -> None:
-        lines.append((drawing[-1], x, y, s, prop, angle, ismath))
-        RendererAgg.draw_text(renderer, gc, x, y, s, prop, angle, ismath, mtext)
-
-    def owned(index: int, draw: Any) -> Any:
-        def draw_axes(r: Any) -> None:
-            drawing.append(index)
-            try:
-                draw(r)
-            finally:
-                drawing.pop()
-        return draw_axes
-
-    renderer.draw_text = draw_text  # type: ignore[method-assign]
-    for index, ax in enumerate(fig.axes):
-        ax.draw = owned(index, ax.draw)  # type: ignore[method-assign]
-    try:
-        canvas.draw()
-    finally:
-        del renderer.draw_text
-        for ax in fig.axes:
-            ax.__dict__.pop("draw", None)
-    texts = [_Text(owner, _line_box(renderer, x, y, s, prop, angle, ismath, fig.dpi))
-             for owner, x, y, s, prop, angle, ismath in lines]
-    return _png(canvas), texts
-
-
-def _png(canvas: FigureCanvasAgg) -> bytes:
-    pixels = canvas.buffer_rgba()
-    buffer = io.BytesIO()
-    Image.frombuffer("RGBA", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBA", 0, 1).save(
-        buffer, format="png", compress_level=1)
-    return buffer.getvalue()
-
-
-def _line_box(renderer: Any, x: float, y: float, s: str, prop: Any, angle: float, ismath: Any,
-              dpi: float) -> tuple[float, float, float, float]:
-    """The extent (x0, y0, x1, y1, y upwards) of one line of text that the renderer was asked to draw at
-    (x, y) (y downwards): from its descent below the baseline to its full height above it, rotated."""
-    import matplotlib.text
-
-    measure = getattr(matplotlib.text, "_get_text_metrics_with_cache", None)  # the metrics the draw used
-    w, h, d = (measure(renderer, s, prop, ismath, dpi) if measure is not None
-               else renderer.get_text_width_height_descent(s, prop, ismath))
-    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    up = renderer.height - y
-    xs = [x + cx * cos - cy * sin for cx in (0.0, w) for cy in (-d, h)]
-    ys = [up + cx * sin + cy * cos for cx in (0.0, w) for cy in (-d, h)]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-_PLACED_TEXTS = ("_suptitle", "_supxlabel", "_supylabel")  # the figure's texts that constrained layout moves
-
-
-class _Layout:
-    """Where constrained layout put a figure's axes and its suptitle, and which of its texts touched another
-    owner's text or panel there (none, unless it could not be helped)."""
-
-    def __init__(self, fig: Figure, texts: list[_Text]) -> None:
-        self.positions = [ax.get_position(original=True).frozen() for ax in fig.axes]
-        self.placed = {name: getattr(fig, name).get_position() for name in _PLACED_TEXTS
-                       if getattr(fig, name, None) is not None}
-        self.touching = _touching(fig, texts)
-
-
-def _draw_in(fig: Figure, layout: _Layout) -> bytes | None:
-    """``fig`` drawn in a kept layout; None (the figure as it was, ready to be laid out) when a text would
-    leave the figure or touch another owner's text or panel that it did not touch in that layout."""
-    before_axes = [(ax.get_in_layout(), ax.get_position(original=True).frozen(), ax.get_position().frozen())
-                   for ax in fig.axes]
-    for ax, position in zip(fig.axes, layout.positions, strict=True):
-        ax.set_position(position)
-    before = {name: getattr(fig, name).get_position() for name in layout.placed}
-    for name, position in layout.placed.items():
-        getattr(fig, name).set_position(position)
-    engine = fig.get_layout_engine()
-    fig.set_layout_engine("none")
-    png, texts = _draw(fig, measure=True)
-    fig.set_layout_engine(engine)  # a figure updated for the next epoch comes back here, not to _draw alone
-    touching = _touching(fig, texts)
-    holds = touching is not None and layout.touching is not None and touching <= layout.touching
-    for ax, (flag, original, active) in zip(fig.axes, before_axes, strict=True):
-        if not holds:  # as built: the layout engine starts from there
+    def restore() -> None:
+        for ax, original, active, in_layout in placed:
             ax.set_position(original, which="original")
             ax.set_position(active, which="active")
-        ax.set_in_layout(flag)
-    if not holds:
-        for name, position in before.items():
-            getattr(fig, name).set_position(position)
-    return png if holds else None
+            ax.set_in_layout(in_layout)  # set_position takes the axes out of the layout
 
-
-def _touching(fig: Figure, texts: list[_Text]) -> set[tuple[int, int]] | None:
-    """The pairs of owners (axes indices, −1 for the figure) one of whose texts touches a text or the panel
-    of the other; None when a text reaches outside the figure."""
-    if not texts:
-        return set()
-    boxes = np.array([text.box for text in texts])
-    width, height = fig.bbox.width, fig.bbox.height
-    if (boxes[:, :2] < -0.5).any() or (boxes[:, 2] > width + 0.5).any() or (boxes[:, 3] > height + 0.5).any():
-        return None
-    owners = np.array([text.owner for text in texts])
-    panels = np.array([ax.bbox.extents for ax in fig.axes]).reshape(-1, 4)
-    every = np.concatenate([boxes, panels])
-    whose = np.concatenate([owners, np.arange(len(panels))])
-    x0, y0, x1, y1 = boxes.T[:, :, None]
-    ex0, ey0, ex1, ey1 = every.T[:, None, :]
-    touch = (x0 < ex1 - _TOUCH) & (ex0 < x1 - _TOUCH) & (y0 < ey1 - _TOUCH) & (ey0 < y1 - _TOUCH)
-    rows, cols = np.nonzero(touch & (owners[:, None] != whose[None, :]))
-    return {(int(min(a, b)), int(max(a, b))) for a, b in zip(owners[rows], whose[cols], strict=True)}
-
-
-def _structure(fig: Figure) -> tuple[Any, ...]:
-    """What must match for one figure to be drawn in another's layout: its size, its axes (kind, label and
-    place in the grid) and the figure's own placed texts and legends."""
-    def place(ax: Axes) -> Any:
-        spec = ax.get_subplotspec()
-        return None if spec is None else spec.get_geometry()
-
-    return (tuple(np.round(fig.bbox.size, 1)), tuple((type(ax).__name__, ax.get_label(), place(ax)) for ax in fig.axes),
-            tuple(name for name in _PLACED_TEXTS if getattr(fig, name, None) is not None), len(fig.legends))
-
+    return restore
 
 
 def grid_shape(n: int, cols: int | None = None) -> tuple[int, int]:

@@ -68,14 +68,12 @@ class Ahead:
 
 
 class DrawingMemory:
-    """What one run's drawing keeps from figure to figure: each kind's layout (see
-    :func:`interp.plotting.render`) and the last figure of each drawing function that can update one. One
-    per run (per drawing process, or per sink drawing in the training process), so that a figure depends
-    on its run alone."""
+    """The last figure of each drawing function that can update one (with where its axes were when it was
+    built), kept from one epoch's figure to the next. One per run (per drawing process, or per sink
+    drawing in the training process)."""
 
     def __init__(self) -> None:
-        self.layouts: dict[Any, Any] = {}
-        self.figures: dict[str, Any] = {}
+        self.figures: dict[str, tuple[Any, Callable[[], None]]] = {}
 
 
 def render_job(job: Any, memory: DrawingMemory | None = None) -> bytes:
@@ -83,11 +81,11 @@ def render_job(job: Any, memory: DrawingMemory | None = None) -> bytes:
     ``function`` (importable by name) returns a figure or PNG bytes (either one may come as an
     :class:`Ahead`).
 
-    With a ``memory``, a function's figures keep one layout from epoch to epoch, and one with an
-    ``update(fig, *args, **kwargs)`` attribute has its last figure kept, and made the next one's in place
-    when ``update`` can (it returns False otherwise): building a figure — its axes, ticks and texts — is a
-    quarter to a third of the cost of one whose numbers alone change from epoch to epoch."""
-    from ..plotting import render
+    With a ``memory``, a function with an ``update(fig, *args, **kwargs)`` attribute has its last figure
+    kept and made the next one's in place when ``update`` can (it returns False otherwise), then drawn
+    from where its axes were built, so that it comes out exactly as a newly built one: building a figure —
+    its axes, ticks and texts — is a quarter to a third of the cost of one whose numbers alone change."""
+    from ..plotting import placement, render
 
     if isinstance(job, Ahead):
         job = job.job
@@ -95,19 +93,20 @@ def render_job(job: Any, memory: DrawingMemory | None = None) -> bytes:
         return bytes(job) if isinstance(job, bytes | bytearray) else render(job)
     function, args, *rest = job
     kwargs = rest[0] if rest else {}
-    if memory is None:
-        figure = function(*args, **kwargs)
-        return bytes(figure) if isinstance(figure, bytes | bytearray) else render(figure)
-    reuse = f"{function.__module__}.{function.__qualname__}"
     update = getattr(function, "update", None)
-    kept = memory.figures.pop(reuse, None)  # a figure that fails to draw is not kept
-    updated = update is not None and kept is not None and update(kept, *args, **kwargs)
-    figure = kept if updated else function(*args, **kwargs)
-    if isinstance(figure, bytes | bytearray):
-        return bytes(figure)
-    png = render(figure, reuse, memory.layouts)
-    if update is not None:
-        memory.figures[reuse] = figure
+    name = f"{function.__module__}.{function.__qualname__}"
+    kept = memory.figures.pop(name, None) if memory is not None and update is not None else None
+    if kept is not None and update is not None and update(kept[0], *args, **kwargs):
+        figure, built = kept
+        built()
+    else:
+        figure = function(*args, **kwargs)
+        if isinstance(figure, bytes | bytearray):
+            return bytes(figure)
+        built = placement(figure)
+    png = render(figure)
+    if memory is not None and update is not None:
+        memory.figures[name] = (figure, built)  # a figure that fails to draw is not kept
     return png
 
 
