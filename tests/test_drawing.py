@@ -186,6 +186,28 @@ def test_figures_still_queued_at_close_are_shared_with_helpers() -> None:
     assert drawing_workers() == []
 
 
+def test_the_caller_draws_figures_still_queued_at_close_when_asked() -> None:
+    """``caller_draws``: close() draws waiting jobs in the calling thread beside the child instead of
+    starting a helper; every job is written once, a failing one fails alone, and no child is left."""
+    from interp.analysis.drawing import DrawingWorker
+
+    slow = "(__import__('time').sleep(0.3), __import__('os').getpid().to_bytes(8, 'big'))[1]"
+    worker = DrawingWorker(helpers=1, caller_draws=True)
+    worker.start()
+    done: dict[int, int] = {}
+    failed: list[str] = []
+    for i in range(8):
+        worker.submit((eval, (slow,)), lambda png, i=i: done.__setitem__(i, int.from_bytes(png, "big")),
+                      lambda why: pytest.fail(why))
+    worker.submit((eval, ("1 / 0",)), lambda png: pytest.fail("drawn"), failed.append)
+    worker.close()
+    assert sorted(done) == list(range(8))
+    pids = set(done.values())
+    assert os.getpid() in pids and len(pids) == 2  # the caller and the one child, no helper
+    assert failed == ["ZeroDivisionError: division by zero"]
+    assert drawing_workers() == []
+
+
 def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() -> None:
     """``prepare``: the child imports them while it waits for work (a module that fails to import is
     passed over); a child started without it has not imported them when its first job comes."""

@@ -90,15 +90,18 @@ def expected_gradients(model: nn.Module, x: Tensor, target: Tensor, low: Tensor,
 
 
 def blurred(x: Tensor, sigma: float = BLUR_SIGMA) -> Tensor:
-    """A Gaussian-blurred copy of each image (B, C, H, W), standard deviation ``sigma`` × the shorter side
-    (torchvision, reflect padding). The weights add up to 1, so blurring normalized values is the same as
-    normalizing blurred pixels."""
-    from torchvision.transforms.functional import gaussian_blur
+    """A Gaussian-blurred copy of each image (B, C, H, W), standard deviation ``sigma`` × the shorter side,
+    cut at 3 σ (SciPy, mirrored edges: the pixel at the edge is not repeated). The weights add up to 1, so
+    blurring normalized values is the same as normalizing blurred pixels. (SciPy rather than torchvision:
+    importing torchvision imports ``torch._dynamo``, a second or more.)"""
+    from scipy import ndimage
 
     side = min(int(x.shape[-2]), int(x.shape[-1]))
     spread = max(sigma * side, 1e-3)
-    radius = max(0, min(math.ceil(3 * spread), side - 1))  # reflect padding needs the radius below the side
-    return gaussian_blur(x, [2 * radius + 1] * 2, [spread, spread])
+    radius = max(0, min(math.ceil(3 * spread), side - 1))  # mirroring needs the radius below the side
+    values = x.detach().cpu().double().numpy()
+    out = ndimage.gaussian_filter(values, (0, 0, spread, spread), mode="mirror", radius=(0, 0, radius, radius))
+    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
 
 
 def white(black: Tensor, data: Any = None) -> Tensor:

@@ -144,7 +144,7 @@ def train(
     settle_collector()
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     reporter = RichReporter(quiet=not main_rank)
-    result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter)
+    result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter, draw_at_close=True)
     if not main_rank:
         return
     _print_summaries(reporter, result.summaries)

@@ -176,9 +176,14 @@ class DrawingWorker:
     One child draws while the caller works; at :meth:`close`, when figures are still waiting, up to
     ``helpers`` more start (by default one per further CPU core, as the caller's core is free by then) and
     share what is left. ``prepare``: modules the first child imports before its first figure arrives (those
-    the figures will need, e.g. scikit-learn for t-SNE), while the caller is still busy with its own setup."""
+    the figures will need, e.g. scikit-learn for t-SNE), while the caller is still busy with its own setup.
 
-    def __init__(self, helpers: int | None = None, prepare: Sequence[str] = ()) -> None:
+    ``caller_draws``: at :meth:`close` the calling thread draws waiting figures itself, beside the children,
+    instead of the first helper, whose start (a Python with matplotlib, about one figure's worth of work on
+    a freed core) it saves. Only for a process whose matplotlib state is interp's to set (the ``interp``
+    command's): drawing there selects the Agg backend."""
+
+    def __init__(self, helpers: int | None = None, prepare: Sequence[str] = (), caller_draws: bool = False) -> None:
         self._children: list[_Child] = []
         self._outbox: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()  # (rank, key, item)
         self._pending: dict[int, tuple[Callable[[bytes], None], Callable[[str], None]]] = {}
@@ -187,7 +192,9 @@ class DrawingWorker:
         self._next = 0
         self.helpers = usable_cores() - 1 if helpers is None else helpers
         self.prepare = list(prepare)
+        self.caller_draws = caller_draws
         self.broken: str | None = None
+        self._memory: DrawingMemory | None = None  # the caller's, when it draws
 
     def _start(self) -> None:
         if not self._children:
@@ -229,6 +236,32 @@ class DrawingWorker:
         for _, failed in pending.values():
             failed(why)
 
+    def _draw_waiting(self) -> None:
+        """Draw queued jobs in this thread until none is left (see ``caller_draws``)."""
+        while self.broken is None:
+            try:
+                rank, key, item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:  # a child's stop: not ours
+                self._outbox.put((rank, key, item))
+                return
+            with self._lock:
+                callbacks = self._pending.get(key)
+            if callbacks is None:
+                continue
+            self._memory = self._memory or DrawingMemory()
+            try:
+                png = render_job(pickle.loads(item[1]), self._memory)  # noqa: S301 — pickled by submit above
+            except Exception as exc:  # a figure that cannot be drawn fails alone, as in a child
+                callbacks[1](_failure(exc))
+            else:
+                callbacks[0](png)
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+                    self._idle.notify_all()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Until every submitted figure is written (True), or ``timeout`` seconds pass (False)."""
         with self._lock:
@@ -242,13 +275,16 @@ class DrawingWorker:
         atexit.unregister(self.close)
         if finish:
             waiting = self._outbox.qsize()
+            here = self.caller_draws and self.helpers > 0 and waiting > 0
             with self._lock:
                 if self.broken is None:
-                    for _ in range(min(self.helpers, waiting // 2)):  # a helper's start costs about one figure
+                    for _ in range(min(self.helpers - here, waiting // 2)):  # a start costs about one figure
                         try:
                             self._children.append(_Child(self))
                         except OSError:  # no more processes: the children already running finish the work
                             break
+            if here:
+                self._draw_waiting()
             self.wait()
         for _ in self._children:
             self._outbox.put((_LAST, 0, None))
@@ -267,6 +303,11 @@ class DrawingWorker:
             self._pending.clear()
         self._children = []
         self._outbox = queue.PriorityQueue()
+
+
+def _failure(exc: Exception) -> str:
+    """Why a figure was not drawn, on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def usable_cores() -> int:
@@ -300,7 +341,7 @@ def main() -> None:
             png = render_job(pickle.loads(data[8:]), memory)  # noqa: S301 — from the training process that started us
             result: tuple[int, bool, Any] = (key, True, png)
         except Exception as exc:  # a figure that cannot be drawn fails alone
-            result = (key, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            result = (key, False, _failure(exc))
         _send(out, result)
     gc.freeze()  # the run waits for this process to end: skip the teardown's last walk over its objects
 

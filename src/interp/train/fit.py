@@ -102,11 +102,13 @@ def _load_weights(model: nn.Module, weights: dict[str, Tensor], path: Path, cfg:
 
 
 def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, resume: Path | str | None = None,
-        reporter: Reporter | None = None) -> TrainResult:
+        reporter: Reporter | None = None, draw_at_close: bool = False) -> TrainResult:
     """Train ``cfg``'s model on its dataset, running the analysis stages at epoch 0 and after epochs.
 
     Writes ``save/<run>/`` (config.yaml, metrics.jsonl, checkpoints, TensorBoard events, stage figures).
     With ``resume`` (a run folder) training continues from its last.pt to ``cfg.train.epochs``.
+    ``draw_at_close``: this process helps the drawing worker with the figures still waiting when training
+    ends (``DrawingWorker(caller_draws=True)``: the ``interp`` command's own process, not a notebook's).
     """
     reporter = reporter or SilentReporter()
     check_sources(cfg.data)
@@ -120,7 +122,7 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     if not dist.main:
         reporter = SilentReporter()  # rank 0 speaks for all
     try:
-        return _fit(cfg, stages, device, dist, Path(save_dir), name, resume, reporter)
+        return _fit(cfg, stages, device, dist, Path(save_dir), name, resume, reporter, draw_at_close)
     finally:
         if dist.enabled:
             from torch import distributed as torch_distributed
@@ -147,7 +149,7 @@ def _on_main(dist: Dist, work: Callable[[], Any]) -> Any:
 
 
 def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_dir: Path, name: str | None,
-         resume: Path | str | None, reporter: Reporter) -> TrainResult:
+         resume: Path | str | None, reporter: Reporter, draw_at_close: bool = False) -> TrainResult:
     resumed: Run | None = None
     resume_state: dict[str, Any] | None = None
 
@@ -174,7 +176,8 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
     if stages and dist.main and cfg.analysis.drawing_worker:  # its imports overlap the loading and setup below
         from ..analysis.drawing import DrawingWorker
 
-        worker = DrawingWorker(prepare=sorted({name for stage in stages for name in stage.drawing_imports}))
+        worker = DrawingWorker(prepare=sorted({name for stage in stages for name in stage.drawing_imports}),
+                               caller_draws=draw_at_close)
         worker.start()
     try:
         return _fit_with(cfg, stages, device, dist, save_dir, name, resume, reporter, resumed, resume_state, worker)
@@ -191,7 +194,6 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_outputs).to(device)
     check_model(model, cfg.model.arch, probe.x, data.num_outputs)
-    optimizer = make_optimizer(cfg, model)
     generator = torch.Generator().manual_seed(cfg.seed)
     # checked before anything is written; moves a conv net to channels_last when chosen
     speed = speed_for(model, device, cfg.train.precision, cfg.train.channels_last, cfg.data.augment, data.is_image)
@@ -216,8 +218,10 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
         run = resumed if resumed is not None else Run(Path(resume))  # type: ignore[arg-type]
         last = run.checkpoints / "last.pt"
         _load_weights(model, resume_state["model"], last, cfg)
+        resumed_optimizer = make_optimizer(cfg, model)
+        optimizer: torch.optim.Optimizer | Callable[[], torch.optim.Optimizer] = resumed_optimizer
         try:
-            optimizer.load_state_dict(resume_state["optimizer"])
+            resumed_optimizer.load_state_dict(resume_state["optimizer"])
             set_rng_state(resume_state["rng"], generator)
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             run.close()
@@ -231,6 +235,7 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
         reporter.notice(f"resuming {run.path} after epoch {start_epoch}")
     else:
         start_epoch = 0
+        optimizer = lambda: make_optimizer(cfg, model)  # noqa: E731 — made after epoch 0's analysis (see Trainer)
         run_dir = _on_main(dist, make_run)
         run = created if created is not None else Run(Path(run_dir))
         best = None

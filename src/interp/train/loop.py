@@ -153,9 +153,12 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
 
 class Trainer:
     """Trains ``model`` on ``data`` and emits events. ``analyzed`` is the model as the evaluation sees it
-    (the same module, or one returning only the logits)."""
+    (the same module, or one returning only the logits). ``optimizer`` may come as a function that makes it,
+    called when it is first needed (after epoch 0's analysis): making the first torch optimizer imports
+    ``torch._dynamo``, a second or more that would otherwise delay the run's first figures."""
 
-    def __init__(self, model: nn.Module, data: Data, probe: Probe, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: nn.Module, data: Data, probe: Probe,
+                 optimizer: torch.optim.Optimizer | Callable[[], torch.optim.Optimizer],
                  loss_fn: nn.Module, generator: torch.Generator, *, epochs: int, batch_size: int,
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
                  analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop",
@@ -165,7 +168,7 @@ class Trainer:
         self.analyzed = analyzed or model
         self.data = data
         self.probe = probe
-        self.optimizer = optimizer
+        self._optimizer = optimizer
         self.loss_fn = loss_fn
         self.generator = generator
         self.epochs = epochs
@@ -182,6 +185,12 @@ class Trainer:
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)
         self.lr_at = lr_at  # the learning rate of each global step (from 0), or None: the optimiser's own
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if not isinstance(self._optimizer, torch.optim.Optimizer):
+            self._optimizer = self._optimizer()
+        return self._optimizer
 
     def fit(self, start_epoch: int = 0, resuming: bool = False) -> None:
         """Epoch 0 (evaluation only) unless resuming, then epochs ``start_epoch + 1 … epochs``."""
