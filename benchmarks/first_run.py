@@ -8,6 +8,7 @@ fastest wall time (the closest to a quiet machine). Target: under 8 s wall on a 
 
     python benchmarks/first_run.py                          # this checkout, 3 rounds
     python benchmarks/first_run.py --baseline /tmp/old/src  # side by side with another checkout's src/
+    python benchmarks/first_run.py --baseline /tmp/a/src --baseline /tmp/b/src  # or several
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ def one_run(src: Path, folder: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", type=Path, help="another checkout's src/ folder to compare with")
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another checkout's src/ folder to compare with (repeatable)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     trees = {"this": Path(__file__).resolve().parent.parent / "src"}
     if args.baseline:
-        trees = {"baseline": args.baseline.resolve(), **trees}
+        names = ["baseline"] if len(args.baseline) == 1 else [f"baseline{i + 1}" for i in range(len(args.baseline))]
+        trees = {**{name: src.resolve() for name, src in zip(names, args.baseline, strict=True)}, **trees}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
