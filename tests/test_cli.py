@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,26 @@ def test_train_prints_epoch_lines_and_writes_a_run(tmp_path: Path) -> None:
     # run from Python, in the caller's process: its cycle collector is left as it was (the `interp`
     # command tunes it in its own process only)
     assert (gc.get_threshold(), gc.get_freeze_count()) == collector
+
+
+def test_the_trust_table_prints_whole_numbers_in_a_pipe(tmp_path: Path) -> None:
+    """The summary table at its natural width, wider than the 80 columns of a pipe: every number whole
+    (not cut to "0.2…") and equal, to its 3 decimals, to summary.json's."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "interp", "train", "--save-dir", str(tmp_path), "--set",
+                           "train.epochs=1", "--set", "data.train_limit=300",
+                           "--set", "analysis.stages=[saliency, {trust: {images: 12, resamples: 100}}]"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "…" not in done.stdout
+    summary = json.loads((tmp_path / "mnist-mlp" / "epoch_001" / "trust" / "summary.json").read_text())
+    lines = done.stdout.splitlines()
+    for row in summary["rows"]:
+        printed = next(line.split() for line in lines if line.split()[:1] == [row[0]])
+        assert printed == [f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row]
+    table = [line for line in lines if line.split()[:1] in ([row[0]] for row in summary["rows"])]
+    assert max(map(len, table)) > 80  # wider than the pipe, and whole
 
 
 def test_the_interp_command_tunes_the_collector_in_its_own_process(tmp_path: Path) -> None:

@@ -254,10 +254,15 @@ def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
         for row in summary.rows:
             view.add_row(*[f"{v:.3f}" if isinstance(v, float) else ("—" if v is None else str(v)) for v in row])
         # the table at its natural width even in a narrow terminal or a pipe (80 columns): a wrapped line
-        # reads better than numbers cut to "0.2…"
+        # reads better than numbers cut to "0.2…" (print's own width= is capped at the console's width)
         console = reporter.console
         natural = Measurement.get(console, console.options.update(width=10_000), view).maximum
-        console.print(view, width=max(console.width, natural))
+        width = console.width
+        console.width = max(width, natural)
+        try:
+            console.print(view)
+        finally:
+            console.width = width
         for line in summary.notes:
             reporter.notice(line)
 
