@@ -306,3 +306,34 @@ def test_trust_curves_updated_in_place_draw_like_new_ones() -> None:
         memory.figures.clear()
         built = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
         assert np.array_equal(_pixels(updated), _pixels(built))
+
+
+def test_a_sheet_title_breaks_where_it_says_and_wraps_the_rest() -> None:
+    """TileSheet.png: a newline in the title starts a line (the integrated-gradients sheet puts its
+    completeness errors on their own line), and each part still wraps to the sheet's width; every title
+    line adds the same height and the panels are drawn below them unchanged."""
+    import io
+
+    from PIL import Image
+
+    from interp.plotting import TileSheet
+
+    def drawn(title: str) -> np.ndarray:
+        sheet = TileSheet(1, 2, (28, 28))
+        for c in range(2):
+            sheet.put(0, c, np.full((28, 28, 3), 128, dtype=np.uint8), f"panel {c}")
+        return np.asarray(Image.open(io.BytesIO(sheet.png(title))).convert("L"))
+
+    one = drawn("short title")
+    two = drawn("short title\nsecond line")
+    wrapped = drawn("word " * 40 + "\nlast line")
+    assert two.shape[0] - one.shape[0] == 16 and two.shape[1] == one.shape[1]
+    assert wrapped.shape[0] - one.shape[0] > 16  # the long part wrapped to more than one line
+    assert np.array_equal(two[16:][-100:], one[-100:])  # the panels, moved down by one line
+
+    def rows_with_ink(image: np.ndarray) -> list[int]:
+        top = image[:60]
+        return [int(r) for r in np.flatnonzero((top < 128).any(axis=1))]
+
+    lines = rows_with_ink(two)
+    assert lines and max(lines) - min(lines) > 16  # text on two lines at the top

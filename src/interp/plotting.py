@@ -273,11 +273,13 @@ class TileSheet:
         self.bar_labels.append((left, left + self.tw, top, f"{vmin:.2g}", f"{vmax:.2g}", label))
 
     def png(self, title: str) -> bytes:
-        """The sheet as PNG bytes with every panel's title and the sheet's ``title`` (wrapped to its width),
-        drawn with Pillow in matplotlib's font: pixel-exact and a fraction of a matplotlib render's time."""
+        """The sheet as PNG bytes with every panel's title and the sheet's ``title`` (wrapped to its width;
+        a newline in it starts a new line), drawn with Pillow in matplotlib's font: pixel-exact and a
+        fraction of a matplotlib render's time."""
         from PIL import Image, ImageDraw
 
-        lines = textwrap.wrap(title, width=max(40, int(self.width / 8.8)))
+        width = max(40, int(self.width / 8.8))
+        lines = [line for part in title.split("\n") for line in textwrap.wrap(part, width=width)]
         extra = 16 * (len(lines) - 1)
         canvas = Image.new("RGB", (self.width, self.height + extra), "white")
         canvas.paste(Image.fromarray(self.pixels), (0, extra))

@@ -117,5 +117,5 @@ def draw_integrated_gradients(pixels: np.ndarray, titles: list[str], arrays: dic
         place(overlay_rgb(pixels[i], np.clip(arrays[first][i], 0, None)), f"positive evidence\n({first})")
     median = "; ".join(f"{b} {e:.2%}" for b, e in errors.items())
     return sheet.png(f"integrated gradients, epoch {epoch}, {steps} steps from each baseline (red = for the true "
-                     f"class, blue = against; one colour scale per column); median completeness error (err): "
+                     f"class, blue = against; one colour scale per column)\nmedian completeness error (err): "
                      f"{median or 'not defined for noise'}")
