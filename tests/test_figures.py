@@ -337,3 +337,31 @@ def test_a_sheet_title_breaks_where_it_says_and_wraps_the_rest() -> None:
 
     lines = rows_with_ink(two)
     assert lines and max(lines) - min(lines) > 16  # text on two lines at the top
+
+
+def test_the_neurons_sheet_shows_every_weight_in_its_colour() -> None:
+    """draw_neurons: the mosaic of first-layer tiles, each weight a zoom × zoom square of exactly the colour
+    the diverging scale gives it (one scale, ± the largest |w|, grey borders), the longer side about
+    1,000 px, and the same size at every epoch."""
+    import io
+
+    from PIL import Image
+
+    from interp.plotting import SIGNED_CMAP, TileSheet, to_rgb
+    from interp.stages.neurons import draw_neurons, neuron_grid
+
+    rng = np.random.default_rng(0)
+    tiles = rng.normal(0, 0.05, (128, 28, 28))
+    png = draw_neurons(tiles, None, 128, "hidden units", 5)
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    grid, limit = neuron_grid(tiles)
+    assert limit == pytest.approx(np.abs(tiles).max())
+    zoom = round(1000 / max(grid.shape))
+    sheet = TileSheet(1, 1, grid.shape, zoom=zoom, bars=True)  # where the panel lies
+    top, left = sheet.TOP + sheet.TITLE, sheet.lefts[0]
+    panel = image[top:top + grid.shape[0] * zoom, left:left + grid.shape[1] * zoom]
+    expected = np.repeat(np.repeat(to_rgb(grid, SIGNED_CMAP, -limit, limit), zoom, axis=0), zoom, axis=1)
+    assert np.array_equal(panel, expected)
+    assert 950 <= max(panel.shape[:2]) <= 1050
+    later = np.asarray(Image.open(io.BytesIO(draw_neurons(tiles * 3, None, 128, "hidden units", 6))))
+    assert later.shape[:2] == image.shape[:2]
