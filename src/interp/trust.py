@@ -194,9 +194,8 @@ def _banded_solve(diagonal: np.ndarray, pairs: Pairs, right: np.ndarray) -> np.n
     upper[band] = diagonal
     for first, later, weight in pairs:
         upper[band + first - later, later] = -weight
-    # both arrays are ours alone: LAPACK factors and solves in place instead of copying them first
-    return solveh_banded(upper, right.copy(), overwrite_ab=True, overwrite_b=True,
-                         check_finite=False).reshape(right.shape)
+    # the band matrix is ours alone: LAPACK factors it in place instead of copying it first
+    return solveh_banded(upper, right, overwrite_ab=True, check_finite=False).reshape(right.shape)
 
 
 def _sparse_solve(diagonal: np.ndarray, pairs: Pairs, right: np.ndarray) -> np.ndarray:
