@@ -238,6 +238,7 @@ class DrawingWorker:
 
     def _draw_waiting(self) -> None:
         """Draw queued jobs in this thread until none is left (see ``caller_draws``)."""
+        memory = self._memory = self._memory or DrawingMemory()
         while self.broken is None:
             try:
                 rank, key, item = self._outbox.get_nowait()
@@ -250,9 +251,8 @@ class DrawingWorker:
                 callbacks = self._pending.get(key)
             if callbacks is None:
                 continue
-            self._memory = self._memory or DrawingMemory()
             try:
-                png = render_job(pickle.loads(item[1]), self._memory)  # noqa: S301 — pickled by submit above
+                png = render_job(pickle.loads(item[1]), memory)  # noqa: S301 — pickled by submit above
             except Exception as exc:  # a figure that cannot be drawn fails alone, as in a child
                 callbacks[1](_failure(exc))
             else:

@@ -170,7 +170,7 @@ class RunSink:
         self._worker: Any = None
         self._sprite: tuple[bytes, bytes] | None = None  # (thumbnails' digest, the sprite sheet's PNG)
         self.drawing_worker = drawing_worker
-        self._memory: Any = None  # layouts and figures kept between epochs when drawing here
+        self._memory: Any = None  # figures kept between epochs when drawing here (DrawingMemory)
 
     @property
     def writer(self) -> Any:
