@@ -365,3 +365,48 @@ def test_the_neurons_sheet_shows_every_weight_in_its_colour() -> None:
     assert 950 <= max(panel.shape[:2]) <= 1050
     later = np.asarray(Image.open(io.BytesIO(draw_neurons(tiles * 3, None, 128, "hidden units", 6))))
     assert later.shape[:2] == image.shape[:2]
+
+
+def _fixed_title_figures(rng: np.random.Generator) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    from interp.stages.activations import draw_activations
+    from interp.stages.confusion import draw_confusion
+    from interp.stages.embeddings import draw_embeddings
+    from interp.stages.trust import MEASURE_TITLES, draw_curves, draw_randomization
+
+    matrix = rng.integers(0, 30, (10, 10))
+    classes = [str(i) for i in range(10)]
+    panels = [{"name": "features.conv1", "kind": "maps", "values": rng.random((8, 6, 6)), "shape": [8, 6, 6],
+               "channels": 8},
+              {"name": "features.fc1", "kind": "units", "values": rng.random((10, 40)) * 3e4, "shape": [40],
+               "rows": classes, "columns": None},
+              {"name": "head", "kind": "units", "values": rng.normal(size=(10, 10)), "shape": [10], "rows": classes,
+               "columns": classes}]
+    features, labels = rng.normal(size=(200, 16)) * 1e4, rng.integers(0, 10, 200)
+    layers = ["head", "features.fc1"]
+    similarities = {name: {m: list(rng.random(3)) for m in MEASURE_TITLES} for name in ("saliency", "edges")}
+    return {"confusion": (draw_confusion, (matrix, matrix / matrix.sum(axis=1, keepdims=True), classes, 0.5, 1, "images")),
+            "activations": (draw_activations, (rng.random((28, 28, 3)), "7", panels, 1)),
+            "embeddings": (draw_embeddings, (features, labels, (labels + (rng.random(200) < 0.2)) % 10, classes, 1,
+                                             None, "drawn at the last epoch")),
+            "curves": (draw_curves, (_curve_rows(rng, True), 5, 50)),
+            "randomization": (draw_randomization, (layers, similarities, {"saliency": "C0", "edges": "0.35"}, 5, 20))}
+
+
+@pytest.mark.parametrize("name", ["confusion", "activations", "embeddings", "curves", "randomization"])
+def test_titles_fixed_above_their_panels_are_where_matplotlib_would_put_them(name: str, monkeypatch) -> None:
+    """The figures that skip matplotlib's title placement (it measures every tick label at each draw to
+    find what sits above a panel) draw pixel for pixel as they do with it, large numbers on the axes
+    included: nothing but the title is ever above their panels."""
+    import contextlib
+
+    from interp import plotting
+    from interp.plotting import render
+
+    function, args = _fixed_title_figures(np.random.default_rng(2))[name]
+    fig = function(*args)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert titled and all(ax.title.get_position()[1] == 1.0 for ax in titled)
+    fixed = render(fig)
+    monkeypatch.setattr(plotting, "fixed_title_position", contextlib.nullcontext)  # matplotlib places them
+    placed = render(function(*args))
+    assert np.array_equal(_pixels(fixed), _pixels(placed))

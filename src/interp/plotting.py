@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import textwrap
@@ -24,6 +25,7 @@ __all__ = [
     "UNSIGNED_CMAP",
     "figure",
     "fixed_layout_figure",
+    "fixed_title_position",
     "grid_shape",
     "mosaic",
     "TileSheet",
@@ -52,12 +54,22 @@ plt.rcParams.update({
 })
 
 
-def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False,
+def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False, fixed_titles: bool = False,
            **kwargs: object) -> tuple[Figure, np.ndarray]:
-    """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly."""
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel + 0.3, rows * panel + 0.5),  # type: ignore[call-overload]
-                             squeeze=squeeze, layout="constrained", **kwargs)
+    """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly
+    (``fixed_titles``: made inside :func:`fixed_title_position`)."""
+    with fixed_title_position() if fixed_titles else contextlib.nullcontext():
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * panel + 0.3, rows * panel + 0.5),  # type: ignore[call-overload]
+                                 squeeze=squeeze, layout="constrained", **kwargs)
     return fig, axes
+
+
+def fixed_title_position() -> contextlib.AbstractContextManager[None]:
+    """Axes made inside this context have their titles just above their top edge, where matplotlib puts
+    them anyway when nothing else is there, without measuring every tick label at each draw to check (a
+    fifth of the drawing time of a figure of small panels). Only for panels with x ticks at the bottom and
+    a y axis that cannot show an offset or a power of ten at its top (fixed limits, category ticks, none)."""
+    return plt.rc_context({"axes.titley": 1.0})
 
 
 def fixed_layout_figure(width: float, height: float) -> Figure:

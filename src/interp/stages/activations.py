@@ -117,7 +117,7 @@ def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]
     from ..plotting import figure, mosaic, show_image
 
     maps = any(panel["kind"] == "maps" for panel in panels)
-    fig, axes = figure(1, len(panels) + maps, panel=3.2)
+    fig, axes = figure(1, len(panels) + maps, panel=3.2, fixed_titles=True)  # images, or classes and units
     if maps:  # the image the feature maps belong to
         show_image(axes[0, 0], pixels, f"input: {label}\n(the maps are of this image)")
     for ax, panel in zip(axes[0, int(maps):], panels, strict=True):

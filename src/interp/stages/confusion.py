@@ -80,7 +80,7 @@ def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str
     n = len(classes)
     labels = list(range(n))
     panel = max(3.6, 0.42 * n)
-    fig, axes = figure(1, 2, panel=panel)
+    fig, axes = figure(1, 2, panel=panel, fixed_titles=True)  # class names on both axes
     # fixed colour limits, so that TensorBoard's step slider compares like with like: counts up to the
     # largest class (the same every epoch), rates from 0 to 1
     support = int(matrix.sum(axis=1).max()) or 1

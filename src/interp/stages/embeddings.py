@@ -127,7 +127,7 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
         views.append(("t-SNE", None, ("", "")))
     wrong = labels != predicted
     ring = wrong.mean() <= 0.5  # when most points are wrong (an untrained net), rings would hide the colours
-    fig, axes = figure(1, 2, panel=4.6)
+    fig, axes = figure(1, 2, panel=4.6, fixed_titles=True)  # no ticks
     for ax, (title, xy, (xlabel, ylabel)), rows in zip(axes[0], views, [np.arange(len(features)), subset], strict=True):
         ax.set_title(title)
         ax.set_xticks([])

@@ -545,12 +545,13 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
     Laid out by hand, not by constrained layout (a third of the drawing time of this, the costliest figure
     of a run): every text but the legends is fixed, so only the legends are measured, and the panels take
     the width they leave."""
-    from ..plotting import fixed_layout_figure
+    from ..plotting import fixed_layout_figure, fixed_title_position
 
     width, height = 10.2, 3.0 * len(rows) + 0.6
     fig = fixed_layout_figure(width, height)
     legends = []
-    grid = [[fig.add_axes((0, 0, 1, 1)) for _ in range(2)] for _ in rows]
+    with fixed_title_position():  # probabilities from 0 to 1.02: nothing above a panel but its title
+        grid = [[fig.add_axes((0, 0, 1, 1)) for _ in range(2)] for _ in rows]
     for ax_row, row in zip(grid, rows, strict=True):
         if "note" in row:  # not computed at this epoch: an empty row that says why
             for ax, title in zip(ax_row, row["titles"], strict=True):
@@ -651,7 +652,7 @@ def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float
     the references (edges: ρ 1, random: ρ ≈ 0) dashed and grey, the legend below the panels."""
     from ..plotting import figure
 
-    fig, axes = figure(2, 2, panel=1.0)
+    fig, axes = figure(2, 2, panel=1.0, fixed_titles=True)  # similarities from −0.3 to 1.05
     fig.set_size_inches(max(8.0, 0.9 * len(layers) + 5.0), 7.2)
     steps = list(range(len(layers) + 1))
     for ax, (measure, title) in zip(axes.flat, MEASURE_TITLES.items(), strict=True):
