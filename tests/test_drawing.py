@@ -208,6 +208,30 @@ def test_the_caller_draws_figures_still_queued_at_close_when_asked() -> None:
     assert drawing_workers() == []
 
 
+def test_a_caller_drawing_at_close_never_waits_for_a_figure_kept_in_the_childs_pipe() -> None:
+    """Once the caller draws at close, the child is given one figure at a time instead of keeping the next
+    one in its pipe: when the queue runs dry the caller does not wait for a figure the child has not even
+    begun. Here the child takes 0.3 s a figure and the caller 0.1 s: without that, the child would still
+    be drawing some 0.4 s after the caller's last one."""
+    from interp import plotting  # noqa: F401 — imported by the caller's first figure: not timed here
+    from interp.analysis.drawing import DrawingWorker
+
+    job = (f"(__import__('time').sleep(0.1 if __import__('os').getpid() == {os.getpid()} else 0.3), "
+           "repr((__import__('os').getpid(), __import__('time').time())).encode())[1]")
+    worker = DrawingWorker(helpers=1, caller_draws=True)
+    ready: list[bytes] = []
+    worker.submit((eval, ("b''",)), ready.append, lambda why: pytest.fail(why))
+    assert worker.wait(timeout=60) and ready == [b""]  # the child is up: the next two go into its hands and pipe
+    ends: list[tuple[int, float]] = []
+    for _ in range(8):
+        worker.submit((eval, (job,)), lambda png: ends.append(eval(png)), lambda why: pytest.fail(why))
+    worker.close()
+    caller = max(end for pid, end in ends if pid == os.getpid())
+    child = max(end for pid, end in ends if pid != os.getpid())
+    assert len(ends) == 8 and child - caller < 0.2
+    assert drawing_workers() == []
+
+
 def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() -> None:
     """``prepare``: the child imports them while it waits for work (a module that fails to import is
     passed over); a child started without it has not imported them when its first job comes."""

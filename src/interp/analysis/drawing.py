@@ -132,6 +132,11 @@ class _Child:
         stream = self.process.stdin
         while True:
             self.free.acquire()
+            if self.owner.sharing:  # the caller draws too: one job at a time, none left waiting in this pipe
+                for _ in range(self.IN_FLIGHT - 1):  # the other slots: the child has nothing in hand
+                    self.free.acquire()
+                for _ in range(self.IN_FLIGHT - 1):
+                    self.free.release()
             _, _, item = self.owner._outbox.get()
             if item is None:
                 break
@@ -180,7 +185,8 @@ class DrawingWorker:
 
     ``caller_draws``: at :meth:`close` the calling thread draws waiting figures itself, beside the children,
     instead of the first helper, whose start (a Python with matplotlib, about one figure's worth of work on
-    a freed core) it saves. Only for a process whose matplotlib state is interp's to set (the ``interp``
+    a freed core) it saves. The children then take one figure at a time instead of keeping the next one in
+    their pipe, where the caller, out of work, would wait for it to be drawn after the current one. Only for a process whose matplotlib state is interp's to set (the ``interp``
     command's): drawing there selects the Agg backend."""
 
     def __init__(self, helpers: int | None = None, prepare: Sequence[str] = (), caller_draws: bool = False) -> None:
@@ -193,6 +199,7 @@ class DrawingWorker:
         self.helpers = usable_cores() - 1 if helpers is None else helpers
         self.prepare = list(prepare)
         self.caller_draws = caller_draws
+        self.sharing = False  # set while the caller draws at close
         self.broken: str | None = None
         self._memory: DrawingMemory | None = None  # the caller's, when it draws
 
@@ -284,6 +291,7 @@ class DrawingWorker:
                         except OSError:  # no more processes: the children already running finish the work
                             break
             if here:
+                self.sharing = True
                 self._draw_waiting()
             self.wait()
         for _ in self._children:
