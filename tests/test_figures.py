@@ -410,3 +410,39 @@ def test_titles_fixed_above_their_panels_are_where_matplotlib_would_put_them(nam
     monkeypatch.setattr(plotting, "fixed_title_position", contextlib.nullcontext)  # matplotlib places them
     placed = render(function(*args))
     assert np.array_equal(_pixels(fixed), _pixels(placed))
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_activations_updated_in_place_draw_like_new_ones(conv: bool) -> None:
+    """The activations figure kept by the drawing worker and given the next epoch's values (other colour
+    limits, so other colour-bar ticks) is pixel for pixel a newly built one; other layers build anew."""
+    from interp.analysis import drawing
+    from interp.stages.activations import draw_activations
+
+    rng = np.random.default_rng(3)
+    classes = [str(i) for i in range(10)]
+
+    def panels(scale: float) -> list[dict[str, Any]]:
+        head = {"name": "head", "kind": "units", "values": rng.normal(size=(10, 10)) * scale, "shape": [10],
+                "rows": classes, "columns": classes}
+        if conv:
+            return [{"name": "features.conv3", "kind": "maps", "values": rng.random((12, 7, 7)) * scale,
+                     "shape": [16, 7, 7], "channels": 16}, head]
+        return [{"name": "features.fc1", "kind": "units", "values": rng.random((10, 64)) * scale, "shape": [64],
+                 "rows": classes, "columns": None}, head]
+
+    pixels = rng.random((28, 28, 3))
+    memory = drawing.DrawingMemory()
+    for epoch, scale in enumerate((1.0, 40.0, 0.02)):
+        args = (pixels, "7", panels(scale), epoch)
+        kept = next(iter(memory.figures.values()), (None,))[0]
+        updated = drawing.render_job((draw_activations, args), memory)
+        assert (next(iter(memory.figures.values()))[0] is kept) == (epoch > 0)  # updated, not built anew
+        memory.figures.clear()
+        built = drawing.render_job((draw_activations, args), memory)
+        assert np.array_equal(_pixels(updated), _pixels(built))
+    kept = memory.figures.popitem()[1][0]
+    other = panels(1.0)
+    other[0]["name"] = "features.other"
+    assert not draw_activations.update(kept, pixels, "7", other, 3)
+    assert not draw_activations.update(kept, pixels, "1", panels(1.0), 3)

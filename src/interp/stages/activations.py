@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -114,27 +115,24 @@ class ActivationsStage(Stage):
 def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int) -> Any:
     """The input image, then per layer a grid of its channels' maps (conv) or a heat map of probe images ×
     units (dense), each with its own colour bar."""
-    from ..plotting import figure, mosaic, show_image
+    from ..plotting import figure, show_image
 
     maps = any(panel["kind"] == "maps" for panel in panels)
     fig, axes = figure(1, len(panels) + maps, panel=3.2, fixed_titles=True)  # images, or classes and units
     if maps:  # the image the feature maps belong to
         show_image(axes[0, 0], pixels, f"input: {label}\n(the maps are of this image)")
-    for ax, panel in zip(axes[0, int(maps):], panels, strict=True):
-        values = panel["values"]
+    shown = _panel_values(panels)
+    images = []
+    for ax, panel in zip(axes[0, int(maps):], shown, strict=True):
+        image = ax.imshow(panel["values"], cmap="viridis", aspect="equal" if panel["kind"] == "maps" else "auto",
+                          interpolation="nearest")
+        images.append(image)
         if panel["kind"] == "maps":
-            grid = mosaic(values)
-            finite = grid[np.isfinite(grid)]
-            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            image = ax.imshow(grid, cmap="viridis", vmin=low, vmax=max(high, low + 1e-6))
             ax.set_xticks([])
             ax.set_yticks([])
             shape = "×".join(map(str, panel["shape"]))
-            ax.set_title(f"{panel['name']} ({shape})\nfirst {len(values)} of {panel['channels']} channels")
+            ax.set_title(f"{panel['name']} ({shape})\nfirst {panel['shown']} of {panel['channels']} channels")
         else:
-            low, high = float(values.min()), float(values.max())
-            image = ax.imshow(values, cmap="viridis", vmin=low, vmax=max(high, low + 1e-6), aspect="auto",
-                              interpolation="nearest")
             ax.set_yticks(range(len(panel["rows"])), panel["rows"], fontsize=7)
             ax.set_ylabel("probe image (true class)")
             if panel.get("columns"):  # the classifier: one logit per class
@@ -145,5 +143,52 @@ def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]
                 ax.set_xlabel("unit, most active first")
             ax.set_title(f"{panel['name']} ({panel['shape'][0]} units)\nevery probe image")
         fig.colorbar(image, ax=ax, shrink=0.7, label="activation")
-    fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer)")
+    _fill_activations(fig, images, shown, epoch)
+    _ACTIVATION_FIGURES[fig] = (_activation_kind(pixels, label, panels), [fig.axes.index(i.axes) for i in images])
     return fig
+
+
+def _panel_values(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each panel with the array it shows (conv: the channels' maps as one mosaic) and its colour limits."""
+    from ..plotting import mosaic
+
+    out = []
+    for panel in panels:
+        values = panel["values"]
+        grid = mosaic(values) if panel["kind"] == "maps" else values
+        finite = grid[np.isfinite(grid)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        out.append({**panel, "values": grid, "limits": (low, max(high, low + 1e-6)), "shown": len(values)})
+    return out
+
+
+def _fill_activations(fig: Any, images: list[Any], shown: list[dict[str, Any]], epoch: int) -> None:
+    """The panels' values and colour limits (their colour bars follow) and the title."""
+    for image, panel in zip(images, shown, strict=True):
+        image.set_data(panel["values"])
+        image.set_clim(*panel["limits"])
+    fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer)")
+
+
+def _activation_kind(pixels: np.ndarray, label: str, panels: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """What two epochs' figures must share for one to be updated into the other: all but the values."""
+    return (label, np.asarray(pixels).tobytes(), tuple(
+        (p["name"], p["kind"], tuple(p["shape"]), p.get("channels"), tuple(p.get("rows") or ()),
+         tuple(p.get("columns") or ()), np.shape(p["values"])) for p in panels))
+
+
+# each figure drawn: what it shows (see _activation_kind) and where its panels are in fig.axes
+_ACTIVATION_FIGURES: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], list[int]]] = weakref.WeakKeyDictionary()
+
+
+def _update_activations(fig: Any, pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int) -> bool:
+    """``fig``, an earlier epoch's figure from :func:`draw_activations`, made this epoch's; False
+    (unchanged) when this epoch's would differ in more than its values (other layers, another image)."""
+    kind, places = _ACTIVATION_FIGURES.get(fig, (None, []))
+    if kind != _activation_kind(pixels, label, panels):
+        return False
+    _fill_activations(fig, [fig.axes[i].images[0] for i in places], _panel_values(panels), epoch)
+    return True
+
+
+draw_activations.update = _update_activations  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job
