@@ -446,3 +446,28 @@ def test_activations_updated_in_place_draw_like_new_ones(conv: bool) -> None:
     other[0]["name"] = "features.other"
     assert not draw_activations.update(kept, pixels, "7", other, 3)
     assert not draw_activations.update(kept, pixels, "1", panels(1.0), 3)
+
+
+def test_embeddings_updated_in_place_draw_like_new_ones() -> None:
+    """The PCA-only embeddings figure kept by the drawing worker and given the next epoch's features (other
+    limits, other misclassified points and count) is pixel for pixel a newly built one; the last epoch's,
+    with its t-SNE, and one whose rings appear are built anew."""
+    from interp.analysis import drawing
+    from interp.stages.embeddings import draw_embeddings
+
+    rng = np.random.default_rng(4)
+    names = [f"class {i}" for i in range(5)]
+    labels = rng.integers(0, 5, 120)
+    memory = drawing.DrawingMemory()
+    why = "drawn at the last epoch"
+    for epoch, (scale, wrong, tsne) in enumerate(((1.0, 0.1, None), (30.0, 0.3, None), (0.01, 0.05, None),
+                                                  (2.0, 0.8, None), (1.0, 0.1, 30.0))):
+        predicted = np.where(rng.random(120) < wrong, (labels + 1) % 5, labels)
+        features = rng.normal(size=(120, 8)) * scale + labels[:, None]
+        args = (features, labels, predicted, names, epoch, tsne, why if tsne is None else None, 100, 250)
+        kept = next(iter(memory.figures.values()), (None,))[0]
+        updated = drawing.render_job((draw_embeddings, args), memory)
+        assert (next(iter(memory.figures.values()))[0] is kept) == (epoch in (1, 2))  # updated, not built anew
+        memory.figures.clear()
+        built = drawing.render_job((draw_embeddings, args), memory)
+        assert np.array_equal(_pixels(updated), _pixels(built))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -114,42 +115,91 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     from ..plotting import figure
 
     points, share = principal_components(features, 2)
-    views: list[tuple[str, np.ndarray | None, tuple[str, str]]] = [
-        (f"PCA (explains {share.sum():.0%} of the variance)", points,
-         (f"PC 1 ({share[0]:.0%})", f"PC 2 ({share[1]:.0%})"))]
     subset = np.arange(len(features))
     if tsne_points is not None and tsne_points < len(features):  # the same subset at every epoch
         subset = np.sort(np.random.default_rng(0).choice(len(features), tsne_points, replace=False))
-    if perplexity is not None:
-        views.append((f"t-SNE of {len(subset)} of them (perplexity {perplexity:g})",
-                      tsne_map(features[subset], perplexity, tsne_iterations), ("t-SNE 1", "t-SNE 2")))
-    else:
-        views.append(("t-SNE", None, ("", "")))
+    tsne = None if perplexity is None else tsne_map(features[subset], perplexity, tsne_iterations)
     wrong = labels != predicted
     ring = wrong.mean() <= 0.5  # when most points are wrong (an untrained net), rings would hide the colours
     fig, axes = figure(1, 2, panel=4.6, fixed_titles=True)  # no ticks
-    for ax, (title, xy, (xlabel, ylabel)), rows in zip(axes[0], views, [np.arange(len(features)), subset], strict=True):
-        ax.set_title(title)
+    pca, other = axes[0]
+    _scatter(pca, points, labels, wrong, ring, names)
+    if tsne is not None:
+        other.set_title(f"t-SNE of {len(subset)} of them (perplexity {perplexity:g})")
+        _scatter(other, tsne, labels[subset], wrong[subset], ring, names)
+        other.set_xlabel("t-SNE 1")
+        other.set_ylabel("t-SNE 2")
+    else:
+        other.set_title("t-SNE")
+        other.text(0.5, 0.5, textwrap.fill(no_tsne or "not computed", 34), ha="center", va="center",
+                   transform=other.transAxes, color="0.4")
+        for spine in other.spines.values():
+            spine.set_color("0.8")
+    for ax in (pca, other):
         ax.set_xticks([])
         ax.set_yticks([])
-        if xy is None:
-            ax.text(0.5, 0.5, textwrap.fill(no_tsne or "not computed", 34), ha="center", va="center",
-                    transform=ax.transAxes, color="0.4")
-            for spine in ax.spines.values():
-                spine.set_color("0.8")
-            continue
-        for c, name in enumerate(names):
-            mine = labels[rows] == c
-            ax.scatter(xy[mine, 0], xy[mine, 1], s=6, color=f"C{c % 10}", label=name, alpha=0.8, linewidths=0)
-        ringed = wrong[rows] & ring
-        ax.scatter(xy[ringed, 0], xy[ringed, 1], s=22, facecolors="none", edgecolors="black", linewidths=0.6,
-                   label=f"misclassified ({int(ringed.sum())})" if ring else "_")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_aspect("equal", adjustable="datalim")
-    handles, texts = axes[0, 0].get_legend_handles_labels()
+    handles, texts = pca.get_legend_handles_labels()
     fig.legend(handles, texts, title="true class", markerscale=2, fontsize=7, loc="outside right center",
                frameon=False)
+    _label_embeddings(fig, features, share, wrong, ring, epoch)
+    if tsne is None:
+        _EMBEDDING_KINDS[fig] = _embedding_kind(features, labels, predicted, names, no_tsne)
+    return fig
+
+
+def _scatter(ax: Any, xy: np.ndarray, labels: np.ndarray, wrong: np.ndarray, ring: bool, names: list[str]) -> None:
+    """The points coloured by true class (one legend entry each), the misclassified ones ringed."""
+    for c, name in enumerate(names):
+        mine = labels == c
+        ax.scatter(xy[mine, 0], xy[mine, 1], s=6, color=f"C{c % 10}", label=name, alpha=0.8, linewidths=0)
+    ringed = wrong & ring
+    ax.scatter(xy[ringed, 0], xy[ringed, 1], s=22, facecolors="none", edgecolors="black", linewidths=0.6,
+               label=f"misclassified ({int(ringed.sum())})" if ring else "_")
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+def _label_embeddings(fig: Any, features: np.ndarray, share: np.ndarray, wrong: np.ndarray, ring: bool,
+                      epoch: int) -> None:
+    """The texts that change from epoch to epoch: the PCA panel's, the ringed count, the figure's title."""
+    pca = fig.axes[0]
+    pca.set_title(f"PCA (explains {share.sum():.0%} of the variance)")
+    pca.set_xlabel(f"PC 1 ({share[0]:.0%})")
+    pca.set_ylabel(f"PC 2 ({share[1]:.0%})")
+    if ring:
+        fig.legends[0].get_texts()[-1].set_text(f"misclassified ({int(wrong.sum())})")
     fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, epoch {epoch}; "
                  f"colour = true class, {wrong.mean():.1%} misclassified" + (" (ringed)" if ring else ""))
-    return fig
+
+
+def _embedding_kind(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str],
+                    no_tsne: str | None) -> tuple[Any, ...]:
+    """What two epochs' PCA-only figures must share for one to be updated into the other."""
+    return (features.shape, np.asarray(labels).tobytes(), tuple(names), no_tsne,
+            bool((labels != predicted).mean() <= 0.5))
+
+
+_EMBEDDING_KINDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _update_embeddings(fig: Any, features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str],
+                       epoch: int, perplexity: float | None, no_tsne: str | None = None, tsne_points: int | None = None,
+                       tsne_iterations: int = 500) -> bool:
+    """``fig``, an earlier epoch's PCA-only figure from :func:`draw_embeddings`, made this epoch's (its points
+    replaced, its texts rewritten); False (unchanged) for a t-SNE or when more than the points would differ
+    (other images, classes or note, rings shown or not)."""
+    if perplexity is not None or _EMBEDDING_KINDS.get(fig) != _embedding_kind(features, labels, predicted, names,
+                                                                              no_tsne):
+        return False
+    points, share = principal_components(features, 2)
+    wrong = labels != predicted
+    ring = bool(wrong.mean() <= 0.5)
+    pca = fig.axes[0]
+    for collection in list(pca.collections):
+        collection.remove()
+    pca.relim()  # the new points' limits alone
+    _scatter(pca, points, labels, wrong, ring, names)
+    _label_embeddings(fig, features, share, wrong, ring, epoch)
+    return True
+
+
+draw_embeddings.update = _update_embeddings  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job
