@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
+from matplotlib.layout_engine import LayoutEngine, PlaceHolderLayoutEngine  # noqa: E402
 from PIL import Image  # noqa: E402
 
 __all__ = [
@@ -72,12 +72,31 @@ def fixed_title_position() -> contextlib.AbstractContextManager[None]:
     return plt.rc_context({"axes.titley": 1.0})
 
 
-def fixed_layout_figure(width: float, height: float) -> Figure:
+def fixed_layout_figure(width: float, height: float, place: Callable[[Figure], None] | None = None) -> Figure:
     """A figure whose caller places every axes itself (``fig.add_axes`` / ``set_position``): :func:`render`
-    draws it at exactly this size, with no layout pass and no trimming."""
-    fig = plt.figure(figsize=(width, height), layout="none")
-    fig.set_layout_engine(PlaceHolderLayoutEngine(True, True))
+    draws it at exactly this size, with no layout pass and no trimming. ``place(fig)``, when given, places
+    them at the start of every draw instead, from the texts as they are then (a figure updated for another
+    epoch is laid out like a new one)."""
+    dpi = plt.rcParams["figure.dpi"]
+    # a whole number of pixels a hair over: some matplotlib versions truncate width × dpi (10.2 × 100 is
+    # 1019.99…, drawn 1019 px wide), others round it
+    fig = plt.figure(figsize=((round(width * dpi) + 1e-3) / dpi, (round(height * dpi) + 1e-3) / dpi), layout="none")
+    fig.set_layout_engine(PlaceHolderLayoutEngine(True, True) if place is None else _ByHand(place))
     return fig
+
+
+class _ByHand(LayoutEngine):
+    """A layout engine that runs a function placing the axes of a figure (see :func:`fixed_layout_figure`)."""
+
+    _adjust_compatible = True
+    _colorbar_gridspec = True
+
+    def __init__(self, place: Callable[[Figure], None]) -> None:
+        super().__init__()
+        self.place = place
+
+    def execute(self, fig: Figure) -> None:
+        self.place(fig)
 
 
 def render(fig: Figure) -> bytes:

@@ -543,13 +543,11 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
     row with a ``note`` instead of curves (ROAD before the last epoch) is drawn empty, saying why.
 
     Laid out by hand, not by constrained layout (a third of the drawing time of this, the costliest figure
-    of a run): every text but the legends is fixed, so only the legends are measured, and the panels take
-    the width they leave."""
+    of a run): every text but the legends is fixed, so only the legends are measured (at each draw, see
+    :func:`_place_curves`), and the panels take the width they leave."""
     from ..plotting import fixed_layout_figure, fixed_title_position
 
-    width, height = 10.2, 3.0 * len(rows) + 0.6
-    fig = fixed_layout_figure(width, height)
-    legends = []
+    fig = fixed_layout_figure(10.2, 3.0 * len(rows) + 0.6, place=_place_curves)
     with fixed_title_position():  # probabilities from 0 to 1.02: nothing above a panel but its title
         grid = [[fig.add_axes((0, 0, 1, 1)) for _ in range(2)] for _ in rows]
     for ax_row, row in zip(grid, rows, strict=True):
@@ -576,23 +574,30 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
             better = "lower" if key == "down" else "higher"
             ax.set_title(f"{title}\n({better} is better)", fontsize=9)
             ax.grid(alpha=0.3)
-        legends.append(ax_row[1].legend(
-            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7.5, frameon=False,
-            title=f"{row['score']}: {'del.' if row['score'] == 'AUC' else 'MoRF'} / "
-                  f"{'ins.' if row['score'] == 'AUC' else 'LeRF'}", title_fontsize=7.5))
+        ax_row[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7.5, frameon=False,
+                         title=f"{row['score']}: {'del.' if row['score'] == 'AUC' else 'MoRF'} / "
+                               f"{'ins.' if row['score'] == 'AUC' else 'LeRF'}", title_fontsize=7.5)
     _curves_title(fig, epoch, images)
     _CURVE_KINDS[fig] = _curve_kind(rows)
+    return fig
+
+
+def _place_curves(fig: Any) -> None:
+    """Where the panels of :func:`draw_curves` go (at each draw, from the legends' widths then): the
+    widest legend right of the right-hand panels, the panels sharing what width it leaves."""
+    width, height = fig.get_size_inches()
+    grid = [fig.axes[i:i + 2] for i in range(0, len(fig.axes), 2)]
     # inches: y tick labels and label left of each panel, two-line titles above, x labels below
     left, gap, right, top, below, between = 0.55, 0.72, 0.06, 0.72, 0.45, 0.85
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg, the backend of interp.plotting
-    legend = max(lg.get_window_extent(renderer).width for lg in legends) / fig.dpi
+    renderer = fig.canvas.get_renderer()  # Agg, the backend of interp.plotting
+    legends = [ax_row[1].get_legend() for ax_row in grid if ax_row[1].get_legend() is not None]
+    legend = max((lg.get_window_extent(renderer).width for lg in legends), default=0.0) / fig.dpi
     panel_w = max(1.0, (width - left - gap - right - legend) / 2.02)  # the legend starts 2 % of a panel right
-    panel_h = (height - top - below - between * (len(rows) - 1)) / len(rows)
+    panel_h = (height - top - below - between * (len(grid) - 1)) / len(grid)
     for r, ax_row in enumerate(grid):
         bottom = height - top - panel_h - r * (panel_h + between)
         for c, ax in enumerate(ax_row):
             ax.set_position(((left + c * (panel_w + gap)) / width, bottom / height, panel_w / width, panel_h / height))
-    return fig
 
 
 def _curves_title(fig: Any, epoch: int, images: int) -> None:
