@@ -211,12 +211,12 @@ def test_the_caller_draws_figures_still_queued_at_close_when_asked() -> None:
 def test_a_caller_drawing_at_close_never_waits_for_a_figure_kept_in_the_childs_pipe() -> None:
     """Once the caller draws at close, the child is given one figure at a time instead of keeping the next
     one in its pipe: when the queue runs dry the caller does not wait for a figure the child has not even
-    begun. Here the child takes 0.3 s a figure and the caller 0.1 s: without that, the child would still
-    be drawing some 0.4 s after the caller's last one."""
+    begun. Here the child takes 0.5 s a figure and the caller 0.1 s: the child ends at most the one figure
+    it was given before close after the caller (without that, one more: about 1 s after)."""
     from interp import plotting  # noqa: F401 — imported by the caller's first figure: not timed here
     from interp.analysis.drawing import DrawingWorker
 
-    job = (f"(__import__('time').sleep(0.1 if __import__('os').getpid() == {os.getpid()} else 0.3), "
+    job = (f"(__import__('time').sleep(0.1 if __import__('os').getpid() == {os.getpid()} else 0.5), "
            "repr((__import__('os').getpid(), __import__('time').time())).encode())[1]")
     worker = DrawingWorker(helpers=1, caller_draws=True)
     ready: list[bytes] = []
@@ -228,7 +228,7 @@ def test_a_caller_drawing_at_close_never_waits_for_a_figure_kept_in_the_childs_p
     worker.close()
     caller = max(end for pid, end in ends if pid == os.getpid())
     child = max(end for pid, end in ends if pid != os.getpid())
-    assert len(ends) == 8 and child - caller < 0.2
+    assert len(ends) == 8 and child - caller < 0.75
     assert drawing_workers() == []
 
 
