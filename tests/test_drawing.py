@@ -232,6 +232,50 @@ def test_a_caller_drawing_at_close_never_waits_for_a_figure_kept_in_the_childs_p
     assert drawing_workers() == []
 
 
+def test_a_helper_started_at_close_beside_the_caller_takes_one_figure_at_a_time() -> None:
+    """A helper started at close, while the caller draws too, is given one figure at a time from its start:
+    it does not hold a second one while it is still importing matplotlib, which the caller, much faster
+    here, would otherwise wait for at the end."""
+    from interp import plotting  # noqa: F401 — imported by the caller's first figure: not timed here
+    from interp.analysis.drawing import DrawingWorker
+
+    job = (f"(__import__('time').sleep(0.05 if __import__('os').getpid() == {os.getpid()} else 0.5), "
+           "repr(__import__('os').getpid()).encode())[1]")
+    worker = DrawingWorker(helpers=2, caller_draws=True)
+    ready: list[bytes] = []
+    worker.submit((eval, ("repr(__import__('os').getpid()).encode()",)), ready.append, lambda why: pytest.fail(why))
+    assert worker.wait(timeout=60)
+    drawn_by: list[int] = []
+    for _ in range(10):
+        worker.submit((eval, (job,)), lambda png: drawn_by.append(int(png)), lambda why: pytest.fail(why))
+    worker.close()
+    helpers = [pid for pid in drawn_by if pid not in (os.getpid(), int(ready[0]))]
+    assert len(drawn_by) == 10 and len(helpers) == 1  # one helper, one figure
+    assert drawing_workers() == []
+
+
+def test_a_figure_the_caller_draws_while_a_child_stops_is_written_and_not_also_failed() -> None:
+    """When a child stops while the caller draws at close, the figures still waiting fail with a message,
+    but each figure gets exactly one answer: the one the caller has in hand is written, not also failed."""
+    from interp import plotting  # noqa: F401
+    from interp.analysis.drawing import DrawingWorker
+
+    me = os.getpid()
+    job = f"(__import__('time').sleep(0.1 if __import__('os').getpid() == {me} else 0.3), b'x')[1]"
+    stop = f"(__import__('os')._exit(1) if __import__('os').getpid() != {me} else b'k')"
+    worker = DrawingWorker(helpers=1, caller_draws=True)
+    worker.submit((eval, ("b''",)), lambda png: None, lambda why: pytest.fail(why))
+    assert worker.wait(timeout=60)
+    answers: list[list[str]] = [[] for _ in range(10)]
+    for i in range(10):
+        worker.submit((eval, (stop if i in (1, 5) else job,)), lambda png, i=i: answers[i].append("drawn"),
+                      lambda why, i=i: answers[i].append("failed"))
+    worker.close()
+    assert all(len(a) == 1 for a in answers), answers
+    assert "failed" in sum(answers, [])  # the child stopped: some figures were not drawn
+    assert drawing_workers() == []
+
+
 def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() -> None:
     """``prepare``: the child imports them while it waits for work (a module that fails to import is
     passed over); a child started without it has not imported them when its first job comes."""

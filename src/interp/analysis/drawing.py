@@ -160,15 +160,12 @@ class _Child:
             except (EOFError, OSError, ValueError, pickle.UnpicklingError):
                 break
             self.free.release()
-            with owner._lock:
-                callbacks = owner._pending.get(key)
+            callbacks = owner._claim(key)
             if callbacks is not None:
                 try:
                     (callbacks[0] if ok else callbacks[1])(value)
                 finally:
-                    with owner._lock:
-                        owner._pending.pop(key, None)
-                        owner._idle.notify_all()
+                    owner._release()
         for _ in range(self.IN_FLIGHT):  # a feeder waiting for room must not wait for ever
             self.free.release()
         owner._fail_all("the drawing worker stopped before it finished")
@@ -193,6 +190,7 @@ class DrawingWorker:
         self._children: list[_Child] = []
         self._outbox: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()  # (rank, key, item)
         self._pending: dict[int, tuple[Callable[[bytes], None], Callable[[str], None]]] = {}
+        self._in_hand = 0  # jobs taken out of _pending whose callback is running
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._next = 0
@@ -232,7 +230,21 @@ class DrawingWorker:
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + self._in_hand
+
+    def _claim(self, key: int) -> tuple[Callable[[bytes], None], Callable[[str], None]] | None:
+        """Take a job's callbacks out of the pending ones, so that exactly one of them is ever called (a
+        child that stops meanwhile fails the jobs still pending, not this one); :meth:`_release` after."""
+        with self._lock:
+            callbacks = self._pending.pop(key, None)
+            if callbacks is not None:
+                self._in_hand += 1
+            return callbacks
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_hand -= 1
+            self._idle.notify_all()
 
     def _fail_all(self, why: str) -> None:
         with self._lock:
@@ -254,8 +266,7 @@ class DrawingWorker:
             if item is None:  # a child's stop: not ours
                 self._outbox.put((rank, key, item))
                 return
-            with self._lock:
-                callbacks = self._pending.get(key)
+            callbacks = self._claim(key)
             if callbacks is None:
                 continue
             try:
@@ -265,14 +276,12 @@ class DrawingWorker:
             else:
                 callbacks[0](png)
             finally:
-                with self._lock:
-                    self._pending.pop(key, None)
-                    self._idle.notify_all()
+                self._release()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until every submitted figure is written (True), or ``timeout`` seconds pass (False)."""
         with self._lock:
-            return self._idle.wait_for(lambda: not self._pending, timeout)
+            return self._idle.wait_for(lambda: not self._pending and not self._in_hand, timeout)
 
     def close(self, finish: bool = True) -> None:
         """``finish``: write every queued figure first (with helpers when several are still queued);
@@ -283,6 +292,7 @@ class DrawingWorker:
         if finish:
             waiting = self._outbox.qsize()
             here = self.caller_draws and self.helpers > 0 and waiting > 0
+            self.sharing = here  # before helpers start: theirs take one figure at a time too
             with self._lock:
                 if self.broken is None:
                     for _ in range(min(self.helpers - here, waiting // 2)):  # a start costs about one figure
@@ -291,7 +301,6 @@ class DrawingWorker:
                         except OSError:  # no more processes: the children already running finish the work
                             break
             if here:
-                self.sharing = True
                 self._draw_waiting()
             self.wait()
         for _ in self._children:
