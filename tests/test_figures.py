@@ -433,8 +433,8 @@ def test_activations_updated_in_place_draw_like_new_ones(conv: bool) -> None:
 
     pixels = rng.random((28, 28, 3))
     memory = drawing.DrawingMemory()
-    for epoch, scale in enumerate((1.0, 40.0, 0.02)):
-        args = (pixels, "7", panels(scale), epoch)
+    for epoch, (scale, shift) in enumerate(((1.0, 0.0), (40.0, 0.0), (0.02, 0.0), (1.0, 1e4), (1.0, -1e4))):
+        args = (pixels, "7", [{**p, "values": p["values"] + shift} for p in panels(scale)], epoch)  # apart too
         kept = next(iter(memory.figures.values()), (None,))[0]
         updated = drawing.render_job((draw_activations, args), memory)
         assert (next(iter(memory.figures.values()))[0] is kept) == (epoch > 0)  # updated, not built anew

@@ -166,6 +166,10 @@ def _fill_activations(fig: Any, images: list[Any], shown: list[dict[str, Any]], 
     """The panels' values and colour limits (their colour bars follow) and the title."""
     for image, panel in zip(images, shown, strict=True):
         image.set_data(panel["values"])
+        # widened first, so that no step inverts the limits: matplotlib before 3.9 sets vmin and vmax one at a
+        # time, and its colour bar swaps them if this epoch's minimum lies above the last epoch's maximum
+        old = image.get_clim()
+        image.set_clim(min(panel["limits"][0], old[0]), max(panel["limits"][1], old[1]))
         image.set_clim(*panel["limits"])
     fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer)")
 
