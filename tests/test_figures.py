@@ -95,6 +95,8 @@ def test_trust_curves_laid_out_by_hand_keep_every_text_inside_and_apart(long_nam
     fig = draw_curves(rows, 5, 100)
     size = fig.get_size_inches() * fig.dpi
     assert Image.open(io.BytesIO(render(draw_curves(rows, 5, 100)))).size == tuple(np.round(size))
+    for kind in ("svg", "pdf"):  # laid out at each draw, by whatever canvas draws it
+        fig.savefig(io.BytesIO(), format=kind)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     panels = list(fig.axes)

@@ -589,7 +589,7 @@ def _place_curves(fig: Any) -> None:
     grid = [fig.axes[i:i + 2] for i in range(0, len(fig.axes), 2)]
     # inches: y tick labels and label left of each panel, two-line titles above, x labels below
     left, gap, right, top, below, between = 0.55, 0.72, 0.06, 0.72, 0.45, 0.85
-    renderer = fig.canvas.get_renderer()  # Agg, the backend of interp.plotting
+    renderer = fig._get_renderer()  # as matplotlib's own layout engines: any canvas (PNG, PDF, SVG)
     legends = [ax_row[1].get_legend() for ax_row in grid if ax_row[1].get_legend() is not None]
     legend = max((lg.get_window_extent(renderer).width for lg in legends), default=0.0) / fig.dpi
     panel_w = max(1.0, (width - left - gap - right - legend) / 2.02)  # the legend starts 2 % of a panel right
