@@ -183,8 +183,9 @@ class DrawingWorker:
     ``caller_draws``: at :meth:`close` the calling thread draws waiting figures itself, beside the children,
     instead of the first helper, whose start (a Python with matplotlib, about one figure's worth of work on
     a freed core) it saves. The children then take one figure at a time instead of keeping the next one in
-    their pipe, where the caller, out of work, would wait for it to be drawn after the current one. Only for a process whose matplotlib state is interp's to set (the ``interp``
-    command's): drawing there selects the Agg backend."""
+    their pipe, where the caller, out of work, would wait for it to be drawn after the current one. Only for
+    a process whose matplotlib state is interp's to set (the ``interp`` command's): drawing there selects
+    the Agg backend."""
 
     def __init__(self, helpers: int | None = None, prepare: Sequence[str] = (), caller_draws: bool = False) -> None:
         self._children: list[_Child] = []

@@ -120,7 +120,7 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
         subset = np.sort(np.random.default_rng(0).choice(len(features), tsne_points, replace=False))
     tsne = None if perplexity is None else tsne_map(features[subset], perplexity, tsne_iterations)
     wrong = labels != predicted
-    ring = wrong.mean() <= 0.5  # when most points are wrong (an untrained net), rings would hide the colours
+    ring = _rings_shown(wrong)
     fig, axes = figure(1, 2, panel=4.6, fixed_titles=True)  # no ticks
     pca, other = axes[0]
     _scatter(pca, points, labels, wrong, ring, names)
@@ -145,6 +145,12 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     if tsne is None:
         _EMBEDDING_KINDS[fig] = _embedding_kind(features, labels, predicted, names, no_tsne)
     return fig
+
+
+def _rings_shown(wrong: np.ndarray) -> bool:
+    """Whether misclassified points are ringed: not when most are (an untrained net), where rings would hide
+    the colours."""
+    return bool(wrong.mean() <= 0.5)
 
 
 def _scatter(ax: Any, xy: np.ndarray, labels: np.ndarray, wrong: np.ndarray, ring: bool, names: list[str]) -> None:
@@ -174,8 +180,7 @@ def _label_embeddings(fig: Any, features: np.ndarray, share: np.ndarray, wrong: 
 def _embedding_kind(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str],
                     no_tsne: str | None) -> tuple[Any, ...]:
     """What two epochs' PCA-only figures must share for one to be updated into the other."""
-    return (features.shape, np.asarray(labels).tobytes(), tuple(names), no_tsne,
-            bool((labels != predicted).mean() <= 0.5))
+    return features.shape, np.asarray(labels).tobytes(), tuple(names), no_tsne, _rings_shown(labels != predicted)
 
 
 _EMBEDDING_KINDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
@@ -192,7 +197,7 @@ def _update_embeddings(fig: Any, features: np.ndarray, labels: np.ndarray, predi
         return False
     points, share = principal_components(features, 2)
     wrong = labels != predicted
-    ring = bool(wrong.mean() <= 0.5)
+    ring = _rings_shown(wrong)
     pca = fig.axes[0]
     for collection in list(pca.collections):
         collection.remove()
