@@ -51,6 +51,23 @@ def test_two_processes_train_one_run(tmp_path: Path) -> None:
     assert abs(single[-1]["eval_accuracy"] - rows[-1]["eval_accuracy"]) <= 0.01
 
 
+def test_one_process_under_torchrun_joins_a_group_and_trains_as_alone(tmp_path: Path) -> None:
+    """torchrun --nproc_per_node 1 goes through the process group (gloo here, NCCL on a GPU) and
+    DistributedDataParallel, and ends with the weights a plain single process reaches."""
+    proc = torchrun(tmp_path, *ARGS, "--set", "train.epochs=1", nproc=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ranks" / "backend0.txt").read_text() == "gloo"
+    ranked = torch.load(tmp_path / "ranks" / "rank0.pt", weights_only=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun process had (OMP_NUM_THREADS=1): the same sums in the same order
+    try:
+        alone = fit(quick_config("train.epochs=1", "data.train_limit=2000"), save_dir=tmp_path / "alone")
+    finally:
+        torch.set_num_threads(threads)
+    weights = load_checkpoint(alone.run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.allclose(weights[k], ranked[k], rtol=1e-5, atol=1e-6) for k in ranked)
+
+
 def test_resume_under_torchrun_is_bit_exact(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -2,7 +2,9 @@
 :func:`setup` joins the process group (gloo on the CPU, NCCL on CUDA).
 
 Only rank 0 writes the run folder, checkpoints, TensorBoard, stages and report; the other ranks train
-their shard of every global batch and wait for it at the next collective.
+their shard of every global batch and wait for it at the next collective. A single process started by
+torchrun joins a process group of one, so that it goes the same way (DistributedDataParallel, the
+collectives) as a larger run: ``torchrun --nproc_per_node 1`` on one GPU tries the NCCL path.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    joined: bool = False  # in a process group (started by torchrun), even one of a single process
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.joined
 
     @property
     def main(self) -> bool:
@@ -82,9 +85,10 @@ class Dist:
 
 
 def setup(device: torch.device) -> Dist:
-    """Join torchrun's process group when there is one (WORLD_SIZE > 1); else a single process."""
+    """Join torchrun's process group when torchrun started this process (or WORLD_SIZE > 1 says another
+    launcher did); else a single process on its own."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Dist()
     import torch.distributed as dist
 
@@ -97,4 +101,4 @@ def setup(device: torch.device) -> Dist:
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
             dist.init_process_group("gloo")
-    return Dist(rank=rank, world=world, local_rank=local_rank)
+    return Dist(rank=rank, world=world, local_rank=local_rank, joined=True)
