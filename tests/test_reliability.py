@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from typer.testing import CliRunner
 
 from conftest import default_sigint, quick_config
 from interp.checkpoint import load_checkpoint, save_checkpoint
 from interp.cli import app
 from interp.train import fit
+from interp.train.loop import NAN_CHECK_EVERY
 
 runner = CliRunner()
 QUICK = ["--set", "data.train_limit=500", "--set", "train.device=cpu", "--set", "analysis.stages=[confusion]"]
@@ -198,12 +200,13 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_epoch(tmp_path: Path
     line = one_line(result, 3)
     import re
 
-    found = re.match(r"error: the training loss is (nan|inf) at epoch (\d), step (\d+); stopped before that step "
-                     r"\(checkpoints keep epoch (\d)\)\. Lower train.lr \(now 10000\), or set train.on_nan=skip_batch$",
-                     line)
+    found = re.match(r"error: the training loss is (nan|inf) at epoch (\d), step (\d+); stopped at step (\d+), before "
+                     r"any checkpoint or stage saw it \(checkpoints keep epoch (\d)\)\. Lower train.lr \(now 10000\), "
+                     r"or set train.on_nan=skip_batch$", line)
     assert found, line
-    epoch, kept = int(found.group(2)), int(found.group(4))
+    epoch, first, stopped, kept = (int(found.group(i)) for i in (2, 3, 4, 5))
     assert kept == epoch - 1
+    assert first <= stopped < first + NAN_CHECK_EVERY
     run = tmp_path / "save" / "mnist-mlp"
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert last["epoch"] == kept and all(torch.isfinite(w).all() for w in last["model"].values())
@@ -212,6 +215,94 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_epoch(tmp_path: Path
     assert [r["epoch"] for r in rows] == list(range(epoch))
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the reads of a tensor's value on the host (each one waits for a GPU) made by interp's code."""
+
+    READS = {"__bool__", "__float__", "__int__", "__index__", "item", "tolist", "cpu", "numpy"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        caller = sys._getframe(1).f_code.co_filename.replace(os.sep, "/")
+        if getattr(func, "__name__", "") in self.READS and "/interp/" in caller:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def poison_step(monkeypatch, step: int) -> None:  # type: ignore[no-untyped-def]
+    """Training logits of the ``step``-th forward pass (from 1) become NaN."""
+    from interp.train import loop
+
+    real = loop.logits_of
+    calls = {"n": 0}
+
+    def poisoned(output):  # type: ignore[no-untyped-def]
+        logits = real(output)
+        if logits.requires_grad:
+            calls["n"] += 1
+            if calls["n"] == step:
+                return logits * float("nan")
+        return logits
+
+    monkeypatch.setattr(loop, "logits_of", poisoned)
+
+
+def epoch_parts(on_nan: str):  # type: ignore[no-untyped-def]
+    from interp.config import DataConfig
+    from interp.data import load_data
+    from interp.models import build_model
+
+    data = load_data(DataConfig(dataset="mnist-sample", train_limit=2000))
+    torch.manual_seed(0)
+    model = build_model(quick_config().model, data.input_shape, 10)
+    return dict(model=model, data=data, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                loss_fn=torch.nn.CrossEntropyLoss(), batch_size=8, generator=torch.Generator().manual_seed(0),
+                on_nan=on_nan, epoch=4)
+
+
+def test_a_clean_epoch_reads_the_device_once_per_check(monkeypatch) -> None:
+    """250 steps: no host read per step, one per NAN_CHECK_EVERY steps and a few at the epoch's end."""
+    from interp.train.loop import train_epoch
+
+    reads = HostReads()
+    with reads:
+        loss, accuracy, skipped = train_epoch(**epoch_parts("stop"))
+    steps = 2000 // 8
+    assert skipped == 0 and loss is not None and 0 < accuracy <= 1
+    assert reads.count <= steps // NAN_CHECK_EVERY + 4, reads.count  # 250 reads if it read every step
+
+
+@pytest.mark.parametrize("bad_step", [1, 7, NAN_CHECK_EVERY, NAN_CHECK_EVERY + 1, 249, 250])
+def test_stop_names_the_first_nonfinite_step_and_stops_within_one_check(monkeypatch, bad_step: int) -> None:
+    from interp.errors import NonFiniteLoss
+    from interp.train.loop import train_epoch
+
+    poison_step(monkeypatch, bad_step)
+    steps = []
+    with pytest.raises(NonFiniteLoss) as caught:
+        train_epoch(**epoch_parts("stop"), on_step=lambda: steps.append(1))
+    import re
+
+    found = re.match(r"the training loss is nan at epoch 4, step (\d+); stopped at step (\d+),", str(caught.value))
+    assert found, str(caught.value)
+    first, stopped = int(found.group(1)), int(found.group(2))
+    assert first == bad_step
+    assert stopped == min(-(-bad_step // NAN_CHECK_EVERY) * NAN_CHECK_EVERY, 250) == len(steps) + 1
+
+
+def test_skip_batch_reads_every_loss_and_skips_exactly_the_bad_one(monkeypatch) -> None:
+    from interp.train.loop import train_epoch
+
+    poison_step(monkeypatch, 9)
+    parts = epoch_parts("skip_batch")
+    before = [p.detach().clone() for p in parts["model"].parameters()]
+    loss, accuracy, skipped = train_epoch(**parts)
+    assert skipped == 1 and loss is not None and accuracy > 0.5
+    assert all(torch.isfinite(p).all() and not torch.equal(p, b) for p, b in zip(parts["model"].parameters(), before))
 
 
 def test_skip_batch_leaves_bad_batches_out(tmp_path: Path, monkeypatch) -> None:

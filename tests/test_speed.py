@@ -40,6 +40,17 @@ def test_bf16_and_channels_last_train_on_the_cpu(tmp_path: Path) -> None:
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
 
 
+def test_compiled_training_learns_what_eager_training_learns(tmp_path: Path) -> None:
+    """train.compile wraps the model in torch.compile (a module without len(), once mistaken for a missing
+    one); the compiled steps compute what the eager ones do, to float rounding."""
+    eager = fit(quick_config("train.epochs=1"), save_dir=tmp_path / "eager")
+    compiled = fit(quick_config("train.epochs=1", "train.compile=true"), save_dir=tmp_path / "compiled")
+    a, b = (load_checkpoint(r.run_dir / "checkpoints" / "last.pt")["model"] for r in (eager, compiled))
+    assert a.keys() == b.keys()  # the plain module's names, not the compiled wrapper's (_orig_mod.…)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert compiled.metrics[-1]["eval_accuracy"] == pytest.approx(eager.metrics[-1]["eval_accuracy"], abs=0.01)
+
+
 def test_augmented_training_resumes_bit_exactly(tmp_path: Path) -> None:
     args = ("model.arch=allconv", "model.width=4", "data.augment=crop_flip", "data.train_limit=600")
     straight = fit(quick_config(*args, "train.epochs=2"), save_dir=tmp_path / "a").run_dir

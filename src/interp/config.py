@@ -119,8 +119,9 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(default=0.0, ge=0, le=1_000_000)
     # auto = cuda, then mps, then cpu; or name one: cpu, cuda, cuda:1, mps.
     device: str = "auto"
-    # What a NaN or infinite training loss does: stop (exit code 3, checkpoints keep the last good epoch)
-    # or skip_batch (that batch's step is left out and counted in metrics.jsonl as skipped_batches).
+    # What a NaN or infinite training loss does: stop (exit code 3, checkpoints keep the last good epoch;
+    # the losses are read every 50 steps, so no step waits for the device) or skip_batch (that batch's step
+    # is left out and counted in metrics.jsonl as skipped_batches; every step's loss is read before its step).
     on_nan: Literal["stop", "skip_batch"] = "stop"
     # Mixed precision (autocast) for the training forward pass: bf16 works on CPUs and recent GPUs, fp16 on
     # CUDA only (with a gradient scaler). Evaluation and the stages run in fp32.

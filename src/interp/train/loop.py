@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..analysis.evaluation import Evaluation, evaluate, logits_of
 from ..data import Data, Probe
@@ -22,7 +22,7 @@ from ..errors import NonFiniteLoss
 from .distributed import Dist
 from .speed import Speed
 
-__all__ = ["Callback", "Reporter", "SilentReporter", "Trainer", "train_epoch"]
+__all__ = ["NAN_CHECK_EVERY", "Callback", "Reporter", "SilentReporter", "Trainer", "train_epoch"]
 
 
 class Reporter(Protocol):
@@ -71,14 +71,25 @@ class Callback:
         pass
 
 
+# How many optimiser steps go by between two looks at the training losses (``train.on_nan: stop``): each
+# look reads one number on the host, which waits for the device. Checked at the end of every epoch too.
+NAN_CHECK_EVERY = 50
+
+
 def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                 batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
                 on_step: Callable[[], None] | None = None, on_nan: str = "stop",
                 epoch: int = 0, dist: Dist | None = None, speed: Speed | None = None,
                 lr_at: Callable[[int], float] | None = None) -> tuple[float | None, float | None, int]:
     """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
-    number of batches skipped for a non-finite loss). With ``on_nan="stop"`` a NaN or infinite loss
-    raises :class:`NonFiniteLoss` before the step that would spread it into the weights.
+    number of batches skipped for a non-finite loss).
+
+    No step waits for the device: the losses and predictions stay there until the epoch ends.
+    ``on_nan="stop"`` looks at the losses every :data:`NAN_CHECK_EVERY` steps and at the end of the epoch,
+    and raises :class:`NonFiniteLoss` naming the first NaN or infinite one; the steps in between have
+    already run, so the weights in memory may be broken, but no checkpoint and no stage ever sees them
+    (those run after the epoch's check). ``on_nan="skip_batch"`` must decide before each step, so it reads
+    every loss on the host (one wait per step).
 
     Under torchrun (``dist``) every rank draws the same order (the generator is seeded alike), takes its
     part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks.
@@ -87,9 +98,9 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     speed = speed or Speed(contextlib.nullcontext, False, None, None)
     model.train()
     n = len(data.train_x)
-    order = torch.randperm(n, generator=generator).to(data.device)
-    losses, predictions, used = [], [], []  # kept on the device; summed once at the end
-    skipped = 0
+    order = torch.randperm(n, generator=generator).to(data.device, non_blocking=True)
+    losses, predicted, used, steps = [], [], [], []  # kept on the device; summed once at the end
+    skipped = checked = 0
     for step, start in enumerate(range(0, n, batch_size), start=1):
         whole = order[start:start + batch_size]
         if lr_at is not None:
@@ -101,25 +112,18 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
             continue
         index = dist.shard(whole)
         if speed.augment is not None:  # drawn for the whole global batch, so every rank's generator moves alike
-            images = speed.augment(data.train_x[whole], generator)
+            images = speed.augment(data.train_x.index_select(0, whole), generator)
             images = images[dist.shard(torch.arange(len(whole), device=images.device))]
         else:
-            images = data.train_x[index]
+            images = data.train_x.index_select(0, index)  # index_select: a fraction of x[index]'s cost on a CPU
         x = speed.inputs(data.normalize(images))
-        y = data.train_y[index]
+        y = data.train_y.index_select(0, index)
         with speed.autocast():
             logits = logits_of(model(x))
         logits = logits.float()
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss)) if not dist.enabled else \
-            bool(dist.sum(torch.isfinite(loss).float().reshape(1)) == dist.world)  # every rank decides alike
-        if not finite:
-            if on_nan == "stop":
-                lr = optimizer.param_groups[0]["lr"]
-                raise NonFiniteLoss(f"the training loss is {float(loss.detach())} at epoch {epoch}, step {step}; stopped "
-                                    f"before that step (checkpoints keep epoch {epoch - 1}). Lower train.lr (now "
-                                    f"{lr:g}), or set train.on_nan=skip_batch")
+        if on_nan == "skip_batch" and not _finite(loss, dist):
             skipped += 1
             advance(1)
             continue
@@ -131,24 +135,55 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
             loss.backward()
             optimizer.step()
         losses.append(loss.detach())
-        predictions.append(logits.detach())
+        if data.task == "classification":
+            predicted.append(logits.detach().argmax(dim=1))
         used.append(index)
+        steps.append(step)
+        if on_nan == "stop" and len(losses) - checked >= NAN_CHECK_EVERY:
+            _stop_at_nonfinite(losses, checked, steps, epoch, step, optimizer, dist)
+            checked = len(losses)
         if on_step is not None:
             on_step()
         advance(1)
+    if on_nan == "stop" and len(losses) > checked:
+        _stop_at_nonfinite(losses, checked, steps, epoch, steps[-1], optimizer, dist)
     if not used:
         return None, None, skipped
-    sizes = torch.tensor([len(i) for i in used], device=data.device)
+    sizes = torch.tensor([len(i) for i in used]).to(data.device, non_blocking=True)
     totals = [sizes.sum().double(), (torch.stack(losses) * sizes).sum().double()]
     if data.task == "classification":
-        predicted = torch.cat([p.argmax(dim=1) for p in predictions])
-        totals.append((predicted == data.train_y[torch.cat(used)]).sum().double())
-    summed = dist.sum(torch.stack(totals)) if dist.enabled else torch.stack(totals)
+        totals.append((torch.cat(predicted) == data.train_y[torch.cat(used)]).sum().double())
+    summed = (dist.sum(torch.stack(totals)) if dist.enabled else torch.stack(totals)).tolist()  # one wait
     count = int(summed[0])
-    mean_loss = float(summed[1]) / count
+    mean_loss = summed[1] / count
     if data.task != "classification":
         return mean_loss, None, skipped
     return mean_loss, int(summed[2]) / count, skipped
+
+
+def _finite(loss: Tensor, dist: Dist) -> bool:
+    """Whether this step's loss is finite, on every rank (so that every rank decides alike)."""
+    if not dist.enabled:
+        return bool(torch.isfinite(loss))
+    return bool(dist.sum(torch.isfinite(loss).float().reshape(1)) == dist.world)
+
+
+def _stop_at_nonfinite(losses: list[Tensor], start: int, steps: list[int], epoch: int, now: int,
+                       optimizer: torch.optim.Optimizer, dist: Dist) -> None:
+    """Raise :class:`NonFiniteLoss` if any of ``losses[start:]`` (on any rank) is NaN or infinite: one wait
+    for the device, and under torchrun one all-reduce, at the same steps on every rank."""
+    bad = ~torch.isfinite(torch.stack(losses[start:]))
+    if dist.enabled:
+        bad = dist.sum(bad.float()) > 0
+    if not bool(bad.any()):
+        return
+    first = start + int(bad.int().argmax())
+    value = float(losses[first])
+    lr = optimizer.param_groups[0]["lr"]
+    at = f"the training loss is {value if not math.isfinite(value) else 'not finite on another process'}"
+    raise NonFiniteLoss(f"{at} at epoch {epoch}, step {steps[first]}; stopped at step {now}, before any checkpoint "
+                        f"or stage saw it (checkpoints keep epoch {epoch - 1}). Lower train.lr (now {lr:g}), or "
+                        "set train.on_nan=skip_batch")
 
 
 class Trainer:
@@ -165,7 +200,7 @@ class Trainer:
                  dist: Dist | None = None, trained: nn.Module | None = None, speed: Speed | None = None,
                  lr_at: Callable[[int], float] | None = None):
         self.model = model
-        self.analyzed = analyzed or model
+        self.analyzed = analyzed if analyzed is not None else model
         self.data = data
         self.probe = probe
         self._optimizer = optimizer
@@ -180,7 +215,8 @@ class Trainer:
         self.on_nan = on_nan
         self.dist = dist or Dist()
         self.speed = speed
-        self.trained = trained or model  # what the optimiser steps through (DistributedDataParallel under torchrun)
+        # what the optimiser steps through: DistributedDataParallel under torchrun, a compiled module
+        self.trained = trained if trained is not None else model
         self.epoch = 0
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)

@@ -21,8 +21,10 @@ def crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tenso
     uint8 batch (B, C, H, W) on any device; the random numbers come from ``generator`` (on the CPU), so a
     resumed run draws the same ones."""
     batch, channels, height, width = images.shape
-    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator).to(images.device)
-    flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+    # non_blocking: the host does not wait for the device to take the numbers (a CUDA copy from pageable
+    # memory is staged before the call returns)
+    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator).to(images.device, non_blocking=True)
+    flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device, non_blocking=True)
     padded = nn.functional.pad(images, (pad, pad, pad, pad))
     rows = offsets[:, 0, None] + torch.arange(height, device=images.device)  # (B, H)
     cols = offsets[:, 1, None] + torch.arange(width, device=images.device)  # (B, W)
