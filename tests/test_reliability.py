@@ -302,7 +302,7 @@ def test_skip_batch_reads_every_loss_and_skips_exactly_the_bad_one(monkeypatch) 
     before = [p.detach().clone() for p in parts["model"].parameters()]
     loss, accuracy, skipped = train_epoch(**parts)
     assert skipped == 1 and loss is not None and accuracy > 0.5
-    assert all(torch.isfinite(p).all() and not torch.equal(p, b) for p, b in zip(parts["model"].parameters(), before))
+    assert all(torch.isfinite(p).all() and not torch.equal(p, b) for p, b in zip(parts["model"].parameters(), before, strict=True))
 
 
 def test_skip_batch_leaves_bad_batches_out(tmp_path: Path, monkeypatch) -> None:
