@@ -203,20 +203,32 @@ def throughput(p: dict[str, Any], device: str, tmp: Path, deadline: float) -> di
 
 
 def analysis_share(p: dict[str, Any], device: str, tmp: Path, deadline: float) -> dict[str, Any]:
-    overrides = [*data_overrides(32, 3, p["images"], p["eval_images"]), "model.arch=allconv",
-                 f"model.width={p['width']}", f"data.batch_size={p['batch']}", f"train.device={device}",
-                 f"train.epochs={p['epochs']}", "train.precision=bf16", *p["stages"]]
+    """The default stages at every epoch (the target), then at epoch 0 and the last only (``analysis.every``
+    at the number of epochs), if time is left."""
+    base = [*data_overrides(32, 3, p["images"], p["eval_images"]), "model.arch=allconv",
+            f"model.width={p['width']}", f"data.batch_size={p['batch']}", f"train.device={device}",
+            f"train.epochs={p['epochs']}", "train.precision=bf16", *p["stages"]]
     synthetic_images(32, 3, p["images"], p["eval_images"])  # made before the clock starts
-    with time_limit(deadline - time.perf_counter()):
-        result, timer, wall = interp_fit(overrides, tmp / "analysis-share")
-    rows = result.metrics
-    epochs = sum(row["seconds"] for row in rows)  # training + evaluation, each epoch up to its last number read
-    stages = stage_seconds(rows)
-    return {"model": f"All-CNN-C width {p['width']}, bf16", "images": p["images"], "epochs": p["epochs"],
-            "batch": p["batch"], "wall_s": round(wall, 2), "training_and_evaluation_s": round(epochs, 2),
-            "training_s": round(sum(timer.seconds["training"]), 2), "stages_s": round(sum(stages.values()), 2),
-            "analysis_share": round(1 - epochs / wall, 3), "stage_share": round(sum(stages.values()) / wall, 3),
-            "eval_accuracy": rows[-1]["eval_accuracy"], "stage_seconds": stage_table(rows),
+    out: dict[str, Any] = {}
+    for label, extra in (("every_epoch", []), ("first_and_last", [f"analysis.every={p['epochs']}"])):
+        if out and time.perf_counter() > deadline - 5:
+            out[label] = {"skipped": "out of time"}
+            continue
+        with time_limit(deadline - time.perf_counter()):
+            result, timer, wall = interp_fit([*base, *extra], tmp / f"analysis-share-{label}")
+        rows = result.metrics
+        epochs = sum(row["seconds"] for row in rows)  # training + evaluation, each epoch up to its last number read
+        stages = stage_seconds(rows)
+        out[label] = {
+            "model": f"All-CNN-C width {p['width']}, bf16", "images": p["images"], "epochs": p["epochs"],
+            "batch": p["batch"], "analysis_every": int(extra[0].split("=")[1]) if extra else 1,
+            "wall_s": round(wall, 2), "training_and_evaluation_s": round(epochs, 2),
+            "training_epoch_s": [round(t, 3) for t in timer.seconds["training"]],
+            "stages_s": round(sum(stages.values()), 2), "analysis_share": round(1 - epochs / wall, 3),
+            "stage_share": round(sum(stages.values()) / wall, 3), "eval_accuracy": rows[-1]["eval_accuracy"],
+            "stage_seconds": stage_table(rows)}
+        print(f"  analysis share {label}: {out[label]['analysis_share']} of {wall:.1f} s", file=sys.stderr, flush=True)
+    return {**out["every_epoch"], "first_and_last": out.get("first_and_last"),
             "note": "analysis_share: 1 - (training + evaluation) / wall: the stages, the figures waited for at the end, "
                     "checkpoints and setup; stage_share: the stages' own seconds / wall"}
 
@@ -365,9 +377,6 @@ def environment(device: str) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
-    with contextlib.suppress(Exception):
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True, timeout=10).stdout.strip() or None
     return env
 
 
@@ -398,6 +407,7 @@ def main() -> None:
                         "--smoke 1800, so that a slow machine still runs every section)")
     parser.add_argument("--out", type=Path, help="also write the JSON here, after every section")
     parser.add_argument("--only", nargs="+", help="run only these sections")
+    parser.add_argument("--sizes", nargs="+", type=int, help="image sizes of the stage_costs section (28 64 128)")
     args = parser.parse_args()
     sys.modules.setdefault("gpu", sys.modules[__name__])  # the factory gpu:synthetic_images is this module's
     args.budget = args.budget or (1800 if args.smoke else 450)
@@ -412,6 +422,8 @@ def main() -> None:
     # What each section may use at most, as a share of the budget, so that a slow one leaves time to the rest.
     shares = {"throughput": 0.4, "analysis_share": 0.3, "torchrun": 0.08, "recipe": 0.25, "stage_costs": 1.0}
     steps = plan(args.smoke)
+    if args.sizes:
+        steps["stage_costs"]["sizes"] = args.sizes
     with tempfile.TemporaryDirectory() as folder:
         for name, section in sections.items():
             if args.only and name not in args.only:

@@ -212,6 +212,29 @@ def test_activation_hooks_are_removed_even_when_the_stage_fails(data, tmp_path: 
     assert "stage activations · epoch 1" in log and "Traceback" in log and "drawing failed" in log
 
 
+def test_stages_run_without_cudnn_autotuning_and_training_gets_it_back(data, tmp_path: Path, monkeypatch) -> None:
+    """The stages' many one-off shapes are not autotuned; the training's setting comes back, also after a
+    failure."""
+    seen = []
+    stage = STAGES["confusion"]()
+    real = type(stage).run
+
+    def spy(self, ctx):  # type: ignore[no-untyped-def]
+        seen.append(torch.backends.cudnn.benchmark)
+        return real(self, ctx)
+
+    monkeypatch.setattr(type(stage), "run", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    ctx, run, _ = make_context(data, "allconv", tmp_path)
+    run_stages([stage], ctx)
+    assert seen == [False] and torch.backends.cudnn.benchmark is True
+    monkeypatch.setattr(type(stage), "run", lambda self, ctx: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _run_stages([stage], ctx, strict=True)
+    run.close()
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_neuron_tiles_are_the_first_layer_weights(data) -> None:
     from interp.stages.neurons import first_layer_tiles, neuron_grid
 

@@ -179,6 +179,12 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
     model.eval()
     summaries: dict[str, Summary] = {}
     failed: dict[str, str] = {}
+    # cuDNN's autotuner times every algorithm for each new input shape; the stages bring many shapes (probe
+    # batches, integrated-gradients steps, perturbed copies), each used a few times, and tuning them cost
+    # the all-conv net on an H200 about 17 s at epoch 0. They run on cuDNN's heuristics instead; the
+    # training shapes keep the algorithms tuned for them.
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
     try:
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             for stage in order_stages(stages):
@@ -206,6 +212,7 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                 ctx.numbers[f"seconds/{stage.name}"] = round(time.perf_counter() - start, 4)
     finally:
         model.train(was_training)
+        torch.backends.cudnn.benchmark = autotune
     return StageResults(ctx.numbers, summaries, failed)
 
 
