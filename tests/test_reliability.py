@@ -307,20 +307,7 @@ def test_skip_batch_reads_every_loss_and_skips_exactly_the_bad_one(monkeypatch) 
 
 def test_skip_batch_leaves_bad_batches_out(tmp_path: Path, monkeypatch) -> None:
     """One poisoned batch: its step is skipped and counted, the rest trains."""
-    from interp.train import loop
-
-    real = loop.logits_of
-    calls = {"n": 0}
-
-    def poisoned(output):  # type: ignore[no-untyped-def]
-        logits = real(output)
-        if logits.requires_grad:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                return logits * float("nan")
-        return logits
-
-    monkeypatch.setattr(loop, "logits_of", poisoned)
+    poison_step(monkeypatch, 2)
     rows = fit(quick_config("train.epochs=1", "train.on_nan=skip_batch"), save_dir=tmp_path).metrics
     assert rows[1]["skipped_batches"] == 1 and rows[1]["eval_accuracy"] > 0.5
     assert json.loads((tmp_path / "mnist-mlp" / "metrics.jsonl").read_text().splitlines()[1])["skipped_batches"] == 1
