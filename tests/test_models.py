@@ -56,7 +56,8 @@ def test_unknown_arch_and_import_path() -> None:
 
 def test_features_hook_finds_the_penultimate_representation() -> None:
     """The evaluation's forward hook on the classifier catches exactly what forward_features returns."""
-    from interp.analysis.evaluation import _capture_input, features_layer
+    from interp.analysis.evaluation import _capture_input
+    from interp.models import features_layer
 
     for arch in sorted(MODELS):
         torch.manual_seed(0)

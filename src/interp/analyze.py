@@ -28,10 +28,11 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     and run the stages; figures and numbers go to ``<run>/analysis/<checkpoint>/`` and TensorBoard
     (tags under ``analysis/<checkpoint>/``)."""
     from .analysis.api import Analysis
-    from .analysis.evaluation import evaluate, logits_model
+    from .analysis.evaluation import evaluate
     from .checkpoint import load_checkpoint
     from .config import load_config
     from .data import select_probe
+    from .models import logits_model
     from .stages import check_stages, default_stage_specs, parse_stage_specs, stage_class
     from .train import load_model, resolve_device
 

@@ -2,7 +2,7 @@
 
 A model's forward returns logits (or a tuple with the logits first, or a dict with ``logits``). The
 penultimate features are read by a forward hook on the classifier (see
-:func:`interp.analysis.evaluation.features_layer`); ``forward_features`` is not needed. Layers that stages talk
+:func:`features_layer`); ``forward_features`` is not needed. Layers that stages talk
 about are named: ``features.fc1`` … for the MLP, ``features.conv1`` … for the all-conv net; stages
 accept the short name (``fc1``, ``conv3``) too.
 """
@@ -22,8 +22,9 @@ from .config import ModelConfig
 from .errors import UserError
 from .imports import one_line
 
-__all__ = ["MODELS", "AllConv", "MLP", "build_model", "capture_activations", "check_model", "last_spatial_layer",
-           "register_model", "resolve_layer", "torchvision_model"]
+__all__ = ["MODELS", "AllConv", "LogitsOnly", "MLP", "build_model", "capture_activations", "check_model",
+           "features_layer", "last_spatial_layer", "logits_model", "logits_of", "register_model", "resolve_layer",
+           "torchvision_model"]
 
 Factory = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 MODELS: dict[str, Factory] = {}
@@ -182,8 +183,6 @@ def _adapt_first_conv(model: nn.Module, channels: int) -> None:
 
 def check_model(model: nn.Module, arch: str, example: Tensor, num_outputs: int) -> None:
     """One forward of ``example`` (a probe batch): the output must hold logits of shape (B, num_outputs)."""
-    from .analysis.evaluation import logits_of
-
     was_training = model.training
     model.eval()
     try:
@@ -216,6 +215,59 @@ def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
         [full for full in modules if full and "." not in full]
     shown = ", ".join(named[:16]) + (" …" if len(named) > 16 else "")
     raise UserError(f"layer {name!r} is not in the model (its layers: {shown or 'none named'})")
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in what a model's forward returned: a tensor, the first item of a tuple or list, or
+    ``output["logits"]``."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    raise TypeError(f"the model returned {type(output).__name__}; expected logits: a tensor, a tuple with the "
+                    "logits first, or a dict with 'logits'")
+
+
+class LogitsOnly(nn.Module):
+    """A model whose forward returns only the logits (for Captum, which wants a tensor out)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.model(x))
+
+
+def logits_model(model: nn.Module, example: Tensor) -> nn.Module:
+    """``model`` itself if its forward returns a tensor, else the model wrapped in :class:`LogitsOnly`."""
+    if isinstance(model, LogitsOnly):
+        return model
+    was_training = model.training
+    model.eval()  # no batch-norm statistics are touched
+    try:
+        with torch.no_grad():
+            output = model(example[:1])
+    finally:
+        model.train(was_training)
+    return model if isinstance(output, Tensor) else LogitsOnly(model)
+
+
+def features_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The layer whose *input* is the penultimate representation: ``name`` when given, else the last
+    ``nn.Linear`` or 1×1 ``nn.Conv2d`` of the model (its classifier)."""
+    if name:
+        return resolve_layer(model, name)
+    found = None
+    for full, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+            found = (full, module)
+    if found is None:
+        raise UserError("analysis.features_layer: the model has no Linear or 1×1 conv classifier to take "
+                        "features from; name the layer whose input is the penultimate representation")
+    return found
 
 
 def count_parameters(model: nn.Module) -> int:

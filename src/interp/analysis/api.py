@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from ..data import Data, Probe, select_probe
 from ..errors import UserError
+from ..models import logits_model
 from ..stages import Stage, Summary, check_stages
-from .evaluation import Evaluation, evaluate, logits_model
+from .evaluation import Evaluation, evaluate
 from .runner import StageContext, StageResults, run_stages
 from .sink import Sink
 

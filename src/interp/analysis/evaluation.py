@@ -18,64 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Data, Probe
-from ..errors import UserError
+from ..models import features_layer, logits_of
 
-__all__ = ["Evaluation", "LogitsOnly", "evaluate", "features_layer", "logits_of", "logits_model"]
-
-
-def logits_of(output: Any) -> Tensor:
-    """The logits in what a model's forward returned: a tensor, the first item of a tuple or list, or
-    ``output["logits"]``."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
-        return output["logits"]
-    raise TypeError(f"the model returned {type(output).__name__}; expected logits: a tensor, a tuple with the "
-                    "logits first, or a dict with 'logits'")
-
-
-class LogitsOnly(nn.Module):
-    """A model whose forward returns only the logits (for Captum, which wants a tensor out)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return logits_of(self.model(x))
-
-
-def logits_model(model: nn.Module, example: Tensor) -> nn.Module:
-    """``model`` itself if its forward returns a tensor, else the model wrapped in :class:`LogitsOnly`."""
-    if isinstance(model, LogitsOnly):
-        return model
-    was_training = model.training
-    model.eval()  # no batch-norm statistics are touched
-    try:
-        with torch.no_grad():
-            output = model(example[:1])
-    finally:
-        model.train(was_training)
-    return model if isinstance(output, Tensor) else LogitsOnly(model)
-
-
-def features_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """The layer whose *input* is the penultimate representation: ``name`` when given, else the last
-    ``nn.Linear`` or 1×1 ``nn.Conv2d`` of the model (its classifier)."""
-    from ..models import resolve_layer
-
-    if name:
-        return resolve_layer(model, name)
-    found = None
-    for full, module in model.named_modules():
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
-            found = (full, module)
-    if found is None:
-        raise UserError("analysis.features_layer: the model has no Linear or 1×1 conv classifier to take "
-                        "features from; name the layer whose input is the penultimate representation")
-    return found
+__all__ = ["Evaluation", "evaluate", "item_losses"]
 
 
 @contextlib.contextmanager

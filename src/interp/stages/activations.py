@@ -28,9 +28,8 @@ class ActivationsOptions(BaseModel):
 def default_layers(model: nn.Module) -> list[str]:
     """Three blocks spread through the network: ceil(n/3), ceil(2n/3) and n of its n blocks; a network of
     fewer than three blocks (a one-hidden-layer MLP) adds its classifier, whose outputs are the logits."""
-    from ..analysis.evaluation import features_layer
     from ..errors import UserError
-    from ..models import feature_blocks
+    from ..models import feature_blocks, features_layer
 
     blocks = feature_blocks(model)
     n = len(blocks)

@@ -15,13 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis.api import Analysis
-from ..analysis.evaluation import logits_model
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, load_config, run_name, save_config
 from ..data import Data, load_data, select_probe
 from ..data.sources import check_sources
 from ..errors import UserError
-from ..models import build_model, check_model
+from ..models import build_model, check_model, logits_model
 from ..run import Run
 from ..stages import Summary, check_stages, default_stage_specs
 from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, set_rng_state

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..analysis.evaluation import Evaluation, evaluate, logits_of
+from ..analysis.evaluation import Evaluation, evaluate
 from ..data import Data, Probe
 from ..errors import NonFiniteLoss
+from ..models import logits_of
 from .distributed import Dist
 from .speed import Speed
 
