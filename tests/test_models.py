@@ -76,3 +76,23 @@ def test_layers_resolve_by_short_name() -> None:
     assert resolve_layer(model, "features.conv8")[0] == "features.conv8"
     with pytest.raises(UserError, match="features.conv1"):
         resolve_layer(model, "conv99")
+
+
+def test_the_package_exports_are_typed_and_lazy() -> None:
+    """Every name in interp.__all__ is imported under TYPE_CHECKING from the module that __getattr__ loads it
+    from at run time, and resolves to that module's object."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import interp
+
+    tree = ast.parse(Path(interp.__file__).read_text())
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") ==
+                   "TYPE_CHECKING")
+    typed = {alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom)
+             for alias in node.names}
+    assert set(typed) == set(interp.__all__) == set(interp._LAZY)
+    for name, module in typed.items():
+        assert module == interp._LAZY[name], name
+        assert getattr(interp, name) is getattr(importlib.import_module(f"interp.{module}"), name)

@@ -6,7 +6,21 @@ functions; heavy modules are imported on first use so that ``import interp`` sta
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports each on first use
+    from .analysis.api import Analyzer
+    from .analysis.evaluation import Evaluation
+    from .analysis.sink import NullSink
+    from .analyze import analyze
+    from .animate import animate_config
+    from .config import Config, load_config
+    from .data import load_data
+    from .errors import UserError
+    from .models import build_model
+    from .report import build_report
+    from .stages.base import Stage, Summary, register_stage
+    from .train import fit
 
 __all__ = [
     "Analyzer",
