@@ -80,7 +80,8 @@ def test_layers_resolve_by_short_name() -> None:
 
 def test_the_package_exports_are_typed_and_lazy() -> None:
     """Every name in interp.__all__ is imported under TYPE_CHECKING from the module that __getattr__ loads it
-    from at run time, and resolves to that module's object."""
+    from at run time (or imported outright), and resolves to that module's object — also once every submodule,
+    ``interp.analyze`` among them, has been imported."""
     import ast
     import importlib
     from pathlib import Path
@@ -92,7 +93,10 @@ def test_the_package_exports_are_typed_and_lazy() -> None:
                    "TYPE_CHECKING")
     typed = {alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom)
              for alias in node.names}
-    assert set(typed) == set(interp.__all__) == set(interp._LAZY)
-    for name, module in typed.items():
-        assert module == interp._LAZY[name], name
-        assert getattr(interp, name) is getattr(importlib.import_module(f"interp.{module}"), name)
+    eager = {alias.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.level
+             for alias in node.names}
+    assert set(typed) == set(interp._LAZY) and set(typed) | set(eager) == set(interp.__all__)
+    for name, module in {**typed, **eager}.items():
+        assert module == interp._LAZY.get(name, module), name
+        importlib.import_module("interp.analyze")  # the package attribute a submodule's import sets
+        assert getattr(interp, name) is getattr(importlib.import_module(f"interp.{module}"), name), name

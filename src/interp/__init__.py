@@ -12,7 +12,6 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports eac
     from .analysis.api import Analyzer
     from .analysis.evaluation import Evaluation
     from .analysis.sink import NullSink
-    from .analyze import analyze
     from .animate import animate_config
     from .config import Config, load_config
     from .data import load_data
@@ -41,6 +40,10 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# Both a function and the module that defines it: bound here, so that importing the module (the command line
+# does) cannot leave ``interp.analyze`` pointing at the module. Cheap: it imports no torch.
+from .analyze import analyze  # noqa: E402
+
 _LAZY = {
     "Analyzer": "analysis.api",
     "Evaluation": "analysis.evaluation",
@@ -52,7 +55,6 @@ _LAZY = {
     "load_config": "config",
     "UserError": "errors",
     "fit": "train",
-    "analyze": "analyze",
     "animate_config": "animate",
     "build_model": "models",
     "build_report": "report",
