@@ -100,7 +100,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     model.train()
     n = len(data.train_x)
     order = torch.randperm(n, generator=generator).to(data.device, non_blocking=True)
-    losses, predicted, used, steps = [], [], [], []  # kept on the device; summed once at the end
+    losses, predicted, used = [], [], []  # kept on the device; summed once at the end
     skipped = checked = 0
     for step, start in enumerate(range(0, n, batch_size), start=1):
         whole = order[start:start + batch_size]
@@ -139,15 +139,14 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
         if data.task == "classification":
             predicted.append(logits.detach().argmax(dim=1))
         used.append(index)
-        steps.append(step)
         if on_nan == "stop" and len(losses) - checked >= NAN_CHECK_EVERY:
-            _stop_at_nonfinite(losses, checked, steps, epoch, step, optimizer, dist)
+            _stop_at_nonfinite(losses, checked, epoch, optimizer, dist)
             checked = len(losses)
         if on_step is not None:
             on_step()
         advance(1)
     if on_nan == "stop" and len(losses) > checked:
-        _stop_at_nonfinite(losses, checked, steps, epoch, steps[-1], optimizer, dist)
+        _stop_at_nonfinite(losses, checked, epoch, optimizer, dist)
     if not used:
         return None, None, skipped
     sizes = torch.tensor([len(i) for i in used]).to(data.device, non_blocking=True)
@@ -169,10 +168,12 @@ def _finite(loss: Tensor, dist: Dist) -> bool:
     return bool(dist.sum(torch.isfinite(loss).float().reshape(1)) == dist.world)
 
 
-def _stop_at_nonfinite(losses: list[Tensor], start: int, steps: list[int], epoch: int, now: int,
-                       optimizer: torch.optim.Optimizer, dist: Dist) -> None:
+def _stop_at_nonfinite(losses: list[Tensor], start: int, epoch: int, optimizer: torch.optim.Optimizer,
+                       dist: Dist) -> None:
     """Raise :class:`NonFiniteLoss` if any of ``losses[start:]`` (on any rank) is NaN or infinite: one wait
-    for the device, and under torchrun one all-reduce, at the same steps on every rank."""
+    for the device, and under torchrun one all-reduce, at the same steps on every rank. With ``on_nan="stop"``
+    no step is left out (but a last batch too small for every rank, which comes after the rest), so the
+    ``i``-th loss is step ``i + 1``."""
     bad = ~torch.isfinite(torch.stack(losses[start:]))
     if dist.enabled:
         bad = dist.sum(bad.float()) > 0
@@ -182,7 +183,7 @@ def _stop_at_nonfinite(losses: list[Tensor], start: int, steps: list[int], epoch
     value = float(losses[first])
     lr = optimizer.param_groups[0]["lr"]
     at = f"the training loss is {value if not math.isfinite(value) else 'not finite on another process'}"
-    raise NonFiniteLoss(f"{at} at epoch {epoch}, step {steps[first]}; stopped at step {now}, before any checkpoint "
+    raise NonFiniteLoss(f"{at} at epoch {epoch}, step {first + 1}; stopped at step {len(losses)}, before any checkpoint "
                         f"or stage saw it (checkpoints keep epoch {epoch - 1}). Lower train.lr (now {lr:g}), or "
                         "set train.on_nan=skip_batch")
 
