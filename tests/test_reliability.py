@@ -225,10 +225,13 @@ class HostReads(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        import interp
+
+        self.package = os.path.dirname(interp.__file__) + os.sep  # not a path fragment: a checkout may be "interp"
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        caller = sys._getframe(1).f_code.co_filename.replace(os.sep, "/")
-        if getattr(func, "__name__", "") in self.READS and "/interp/" in caller:
+        caller = sys._getframe(1).f_code.co_filename
+        if getattr(func, "__name__", "") in self.READS and caller.startswith(self.package):
             self.count += 1
         return func(*args, **(kwargs or {}))
 
