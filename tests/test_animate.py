@@ -17,12 +17,12 @@ from interp.animate.command import animate_config
 from interp.animate.figures import PolynomialFigure, RingsFigure, _stretches, polynomial_ylim
 from interp.animate.geometry import decision_line, grid_lines, warp_grid
 from interp.animate.learners import check_shapes, make_learners, make_problem, measure
-from interp.animate.video import mp4_duration
 from interp.cli import app
 from interp.config import bundled_config, load_config
 from interp.data import toy
 from interp.errors import UserError
 from interp.models import MLP
+from interp.video import mp4_duration
 
 runner = CliRunner()
 

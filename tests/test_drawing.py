@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,14 +62,51 @@ def test_the_worker_draws_the_same_files_and_events_as_the_loop(tmp_path: Path) 
     assert not drawing_workers()
 
 
-def test_a_figure_that_cannot_be_drawn_is_logged_and_the_others_are_written(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
+VIEWS = """
+import time
+import numpy as np
+from interp.analysis.records import register_view
+from interp.plotting import TileSheet
 
+@register_view
+def boom(value):
+    return 1 / value
+
+@register_view
+def sheet(values, seconds=0.0):
+    time.sleep(seconds)
+    tile = TileSheet(1, 1, values.shape)
+    tile.put(0, 0, np.repeat(values[..., None], 3, axis=2).astype(np.uint8))
+    return tile.png("a sheet")
+"""
+
+
+@pytest.fixture
+def views(tmp_path: Path, monkeypatch) -> Any:
+    """A module of views the worker can import (as a stage of the user's own would have)."""
+    (tmp_path / "testviews.py").write_text(VIEWS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    import importlib
+
+    return importlib.import_module("testviews")
+
+
+def write_record(sink: RunSink, folder: str, view: Any, scale: Any = None, **fields: Any) -> str:
+    from interp.analysis.records import Record, encode_record, view_name
+
+    record = Record(stage="test", epoch=0, figures={"figure": {"view": view_name(view), "scale": scale,
+                                                               "fields": fields}})
+    sink.file(f"{folder}/record.npz", encode_record(record))
+    return f"{folder}/record.npz"
+
+
+def test_a_figure_that_cannot_be_drawn_is_logged_and_the_others_are_written(tmp_path: Path, views: Any) -> None:
     sink = RunSink(tmp_path, drawing_worker=True)
-    sink.figure("bad.png", "bad", (operator.truediv, (1, 0)), 0)  # raises ZeroDivisionError in the worker
-    fig, ax = plt.subplots()
-    ax.plot([0, 1], [1, 0])
-    sink.figure("good.png", "good", fig, 3)
+    bad = write_record(sink, "bad", views.boom, value=0)  # raises ZeroDivisionError in the worker
+    good = write_record(sink, "good", views.sheet, values=np.full((4, 4), 200, dtype=np.uint8))
+    sink.figure(bad, "figure", "bad.png", "bad", 0, imports=("testviews",))
+    sink.figure(good, "figure", "good.png", "good", 3, imports=("testviews",))
     sink.close()
     assert (tmp_path / "good.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "bad.png").exists()
@@ -78,19 +115,13 @@ def test_a_figure_that_cannot_be_drawn_is_logged_and_the_others_are_written(tmp_
     assert [step for step, _ in images(tmp_path)["good"]] == [3]
 
 
-def test_closing_after_an_interruption_keeps_what_is_drawn_and_stops_the_worker(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+def test_closing_after_an_interruption_keeps_what_is_drawn_and_stops_the_worker(tmp_path: Path, views: Any) -> None:
     sink = RunSink(tmp_path, drawing_worker=True)
-    fig, ax = plt.subplots()
-    ax.plot([0, 1], [0, 1])
-    sink.figure("first.png", "first", fig, 0)
+    quick = write_record(sink, "quick", views.sheet, values=np.zeros((4, 4), dtype=np.uint8))
+    slow = write_record(sink, "slow", views.sheet, values=np.zeros((4, 4), dtype=np.uint8), seconds=120.0)
+    sink.figure(quick, "figure", "first.png", "first", 0, imports=("testviews",))
     sink.wait()
-    slow, ax = plt.subplots(figsize=(20, 20))
-    rng = np.random.default_rng(0)
-    for _ in range(60):  # far more than a few seconds to lay out and rasterize
-        ax.scatter(*rng.random((2, 200_000)), s=40, alpha=0.1)
-    sink.figure("slow.png", "slow", slow, 1)
+    sink.figure(slow, "figure", "slow.png", "slow", 1, imports=("testviews",))
     assert drawing_workers()
     started = time.perf_counter()
     sink.close(finish=False)
@@ -146,8 +177,8 @@ def test_a_signal_during_training_stops_the_worker(tmp_path: Path) -> None:
 
 def test_the_training_process_leaves_drawing_libraries_to_the_worker(tmp_path: Path) -> None:
     """Every default stage on the MLP: the figures are built by the worker, so the training process never
-    imports interp's plotting module, scikit-learn or scipy.stats (seconds of import on a small machine;
-    Captum imports pyplot by itself); the worker was started and did draw them."""
+    imports scikit-learn or scipy.stats (seconds of import on a small machine; the worker's PCA and t-SNE
+    need them); the worker was started and did draw them."""
     script = (
         "import sys\n"
         "from interp.config import load_config\n"
@@ -156,7 +187,7 @@ def test_the_training_process_leaves_drawing_libraries_to_the_worker(tmp_path: P
         "confusion, saliency, integrated_gradients, weights, neurons, activations, "
         "{embeddings: {points: 60, perplexity: 5}}, {trust: {images: 12}}]'])\n"
         f"fit(cfg, save_dir={str(tmp_path)!r}, name='r')\n"
-        "print(sorted(m for m in ('interp.plotting', 'sklearn', 'scipy.stats') if m in sys.modules))\n"
+        "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -165,148 +196,3 @@ def test_the_training_process_leaves_drawing_libraries_to_the_worker(tmp_path: P
     assert {"confusion/confusion.png", "saliency/saliency.png", "integrated_gradients/integrated_gradients.png",
             "weights/weights.png", "neurons/neurons.png", "activations/activations.png", "embeddings/embeddings.png",
             "trust/deletion_insertion.png", "trust/randomization_maps.png"} <= drawn
-
-
-def test_figures_still_queued_at_close_are_shared_with_helpers() -> None:
-    """Eight slow jobs, then close(): a helper child takes part of the queue, every job is written once,
-    and no child is left."""
-    from interp.analysis.drawing import DrawingWorker
-
-    slow = "(__import__('time').sleep(0.4), __import__('os').getpid().to_bytes(8, 'big'))[1]"
-    worker = DrawingWorker(helpers=1)
-    worker.start()
-    done: dict[int, int] = {}
-    for i in range(8):
-        worker.submit((eval, (slow,)), lambda png, i=i: done.__setitem__(i, int.from_bytes(png, "big")),
-                      lambda why: pytest.fail(why))
-    worker.close()
-    assert sorted(done) == list(range(8))
-    assert len(set(done.values())) == 2  # the first child and one helper
-    assert os.getpid() not in done.values()
-    assert drawing_workers() == []
-
-
-def test_the_caller_draws_figures_still_queued_at_close_when_asked() -> None:
-    """``caller_draws``: close() draws waiting jobs in the calling thread beside the child instead of
-    starting a helper; every job is written once, a failing one fails alone, and no child is left."""
-    from interp.analysis.drawing import DrawingWorker
-
-    slow = "(__import__('time').sleep(0.3), __import__('os').getpid().to_bytes(8, 'big'))[1]"
-    worker = DrawingWorker(helpers=1, caller_draws=True)
-    worker.start()
-    done: dict[int, int] = {}
-    failed: list[str] = []
-    for i in range(8):
-        worker.submit((eval, (slow,)), lambda png, i=i: done.__setitem__(i, int.from_bytes(png, "big")),
-                      lambda why: pytest.fail(why))
-    worker.submit((eval, ("1 / 0",)), lambda png: pytest.fail("drawn"), failed.append)
-    worker.close()
-    assert sorted(done) == list(range(8))
-    pids = set(done.values())
-    assert os.getpid() in pids and len(pids) == 2  # the caller and the one child, no helper
-    assert failed == ["ZeroDivisionError: division by zero"]
-    assert drawing_workers() == []
-
-
-def test_a_caller_drawing_at_close_never_waits_for_a_figure_kept_in_the_childs_pipe() -> None:
-    """Once the caller draws at close, the child is given one figure at a time instead of keeping the next
-    one in its pipe: when the queue runs dry the caller does not wait for a figure the child has not even
-    begun. Here the child takes 0.5 s a figure and the caller 0.1 s: the child ends at most the one figure
-    it was given before close after the caller (without that, one more: about 1 s after)."""
-    from interp import plotting  # noqa: F401 — imported by the caller's first figure: not timed here
-    from interp.analysis.drawing import DrawingWorker
-
-    job = (f"(__import__('time').sleep(0.1 if __import__('os').getpid() == {os.getpid()} else 0.5), "
-           "repr((__import__('os').getpid(), __import__('time').time())).encode())[1]")
-    worker = DrawingWorker(helpers=1, caller_draws=True)
-    ready: list[bytes] = []
-    worker.submit((eval, ("b''",)), ready.append, lambda why: pytest.fail(why))
-    assert worker.wait(timeout=60) and ready == [b""]  # the child is up: the next two go into its hands and pipe
-    ends: list[tuple[int, float]] = []
-    for _ in range(8):
-        worker.submit((eval, (job,)), lambda png: ends.append(eval(png)), lambda why: pytest.fail(why))
-    worker.close()
-    caller = max(end for pid, end in ends if pid == os.getpid())
-    child = max(end for pid, end in ends if pid != os.getpid())
-    assert len(ends) == 8 and child - caller < 0.75
-    assert drawing_workers() == []
-
-
-def test_a_helper_started_at_close_beside_the_caller_takes_one_figure_at_a_time() -> None:
-    """A helper started at close, while the caller draws too, is given one figure at a time from its start:
-    it does not hold a second one while it is still importing matplotlib, which the caller, much faster
-    here, would otherwise wait for at the end."""
-    from interp import plotting  # noqa: F401 — imported by the caller's first figure: not timed here
-    from interp.analysis.drawing import DrawingWorker
-
-    job = (f"(__import__('time').sleep(0.05 if __import__('os').getpid() == {os.getpid()} else 0.5), "
-           "repr(__import__('os').getpid()).encode())[1]")
-    worker = DrawingWorker(helpers=2, caller_draws=True)
-    ready: list[bytes] = []
-    worker.submit((eval, ("repr(__import__('os').getpid()).encode()",)), ready.append, lambda why: pytest.fail(why))
-    assert worker.wait(timeout=60)
-    drawn_by: list[int] = []
-    for _ in range(10):
-        worker.submit((eval, (job,)), lambda png: drawn_by.append(int(png)), lambda why: pytest.fail(why))
-    worker.close()
-    helpers = [pid for pid in drawn_by if pid not in (os.getpid(), int(ready[0]))]
-    assert len(drawn_by) == 10 and len(helpers) == 1  # one helper, one figure
-    assert drawing_workers() == []
-
-
-def test_a_figure_the_caller_draws_while_a_child_stops_is_written_and_not_also_failed() -> None:
-    """When a child stops while the caller draws at close, the figures still waiting fail with a message,
-    but each figure gets exactly one answer: the one the caller has in hand is written, not also failed."""
-    from interp import plotting  # noqa: F401
-    from interp.analysis.drawing import DrawingWorker
-
-    me = os.getpid()
-    job = f"(__import__('time').sleep(0.1 if __import__('os').getpid() == {me} else 0.3), b'x')[1]"
-    stop = f"(__import__('os')._exit(1) if __import__('os').getpid() != {me} else b'k')"
-    worker = DrawingWorker(helpers=1, caller_draws=True)
-    worker.submit((eval, ("b''",)), lambda png: None, lambda why: pytest.fail(why))
-    assert worker.wait(timeout=60)
-    answers: list[list[str]] = [[] for _ in range(10)]
-    for i in range(10):
-        worker.submit((eval, (stop if i in (1, 5) else job,)), lambda png, i=i: answers[i].append("drawn"),
-                      lambda why, i=i: answers[i].append("failed"))
-    worker.close()
-    assert all(len(a) == 1 for a in answers), answers
-    assert "failed" in sum(answers, [])  # the child stopped: some figures were not drawn
-    assert drawing_workers() == []
-
-
-def test_the_worker_imports_the_modules_its_figures_need_before_the_first_one() -> None:
-    """``prepare``: the child imports them while it waits for work (a module that fails to import is
-    passed over); a child started without it has not imported them when its first job comes."""
-    from interp.analysis.drawing import DrawingWorker
-
-    probe = "repr('sklearn.manifold' in __import__('sys').modules).encode()"
-    seen: dict[str, bytes] = {}
-    for label, prepare in (("prepared", ["no_such_module_for_interp", "sklearn.manifold"]), ("plain", [])):
-        worker = DrawingWorker(helpers=0, prepare=prepare)
-        worker.start()
-        worker.submit((eval, (probe,)), lambda png, label=label: seen.__setitem__(label, png),
-                      lambda why: pytest.fail(why))
-        worker.close()
-    assert seen == {"prepared": b"True", "plain": b"False"}
-    assert drawing_workers() == []
-
-
-def test_a_job_marked_ahead_is_drawn_before_those_waiting() -> None:
-    """A t-SNE takes seconds: marked :class:`Ahead`, it passes the jobs already waiting in the queue (not
-    the one being drawn nor the one in the child's pipe), so it does not run alone at the end of a run."""
-    from interp.analysis.drawing import Ahead, DrawingWorker, render_job
-
-    order: list[str] = []
-    worker = DrawingWorker(helpers=0)
-    worker.start()
-    slow = "(__import__('time').sleep(0.5), b'{}')[1]"
-    for name in ("first", "second", "third", "fourth"):
-        worker.submit((eval, (slow.format(name),)), lambda png: order.append(png.decode()), lambda why: pytest.fail(why))
-    worker.submit(Ahead((eval, ("b'ahead'",))), lambda png: order.append(png.decode()), lambda why: pytest.fail(why))
-    worker.close()
-    assert order.index("ahead") < order.index("third") < order.index("fourth")
-    assert sorted(order) == sorted(["first", "second", "third", "fourth", "ahead"])
-    assert render_job(Ahead((eval, ("b'here'",)))) == b"here"  # drawn in the training process, the same
-    assert drawing_workers() == []

@@ -15,7 +15,6 @@ from interp.train import fit
 
 
 def test_confusion_colour_scales_are_fixed_and_empty_cells_blank() -> None:
-    import matplotlib.pyplot as plt
 
     from interp.stages.confusion import draw_confusion
 
@@ -28,7 +27,7 @@ def test_confusion_colour_scales_are_fixed_and_empty_cells_blank() -> None:
     for ax in (counts, normalized):
         assert len([t for t in ax.texts if t.get_text()]) == np.count_nonzero(matrix)  # zero cells are left blank
     assert sorted(t.get_text() for t in counts.texts if t.get_text()) == ["1", "2", "5", "7"]
-    plt.close(fig)
+
 
 
 def test_weight_titles_give_shape_and_count_and_epoch_0_has_no_comparison() -> None:
@@ -74,13 +73,12 @@ def test_weight_titles_of_a_deep_conv_net_stay_inside_their_column() -> None:
 
 
 @pytest.mark.parametrize("long_names", [False, True])
-def test_trust_curves_laid_out_by_hand_keep_every_text_inside_and_apart(long_names: bool) -> None:
-    """The deletion/insertion figure is placed without a layout engine: once drawn, every title, label,
-    tick label and legend lies inside the figure, legends right of the panels (never over a curve), and
-    no two texts of different panels overlap — with the usual method names and with very long ones."""
-    import matplotlib.pyplot as plt
+def test_trust_curves_keep_every_text_inside_and_apart(long_names: bool) -> None:
+    """Once the deletion/insertion figure is drawn, every title, label, tick label and legend lies inside
+    it, legends right of the panels (never over a curve), and no two texts of different panels overlap —
+    with the usual method names and with very long ones."""
 
-    from interp.plotting import render
+    from interp.plotting import render, style
     from interp.stages.trust import draw_curves
 
     names = ["saliency", "smoothgrad", "integrated_gradients", "edges", "random"]
@@ -92,32 +90,33 @@ def test_trust_curves_laid_out_by_hand_keep_every_text_inside_and_apart(long_nam
     rows = [{"x": x, "titles": ("deletion: pixels become the black image", "insertion: pixels revealed on it"),
              "xlabels": ("fraction of pixels deleted, most important first", "fraction of pixels inserted"),
              "lines": lines, "score": "AUC"} for _ in range(3)]
-    fig = draw_curves(rows, 5, 100)
-    size = fig.get_size_inches() * fig.dpi
-    assert Image.open(io.BytesIO(render(draw_curves(rows, 5, 100)))).size == tuple(np.round(size))
-    for kind in ("svg", "pdf"):  # laid out at each draw, by whatever canvas draws it
-        fig.savefig(io.BytesIO(), format=kind)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    panels = list(fig.axes)
-    assert len(panels) == 6
-    boxes = []  # (owner, bbox) of every text
-    for i, ax in enumerate(panels):
-        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
-        boxes += [(i, t.get_window_extent(renderer)) for t in texts if t.get_text()]
-        legend = ax.get_legend()
-        if legend is not None:
-            box = legend.get_window_extent(renderer)
-            boxes.append((i, box))
-            assert all(not box.overlaps(other.get_window_extent(renderer)) for other in panels)
-    boxes.append((-1, fig._suptitle.get_window_extent(renderer)))
-    for _, box in boxes:
-        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= size[0] + 0.5 and box.y1 <= size[1] + 0.5, box
-    for a, (owner_a, box_a) in enumerate(boxes):
-        for owner_b, box_b in boxes[a + 1:]:
-            if owner_a != owner_b:
-                assert not box_a.overlaps(box_b), (owner_a, owner_b)
-    plt.close(fig)
+    with style():
+        fig = draw_curves(rows, 5, 100)
+        size = fig.get_size_inches() * fig.dpi
+        assert Image.open(io.BytesIO(render(draw_curves(rows, 5, 100)))).size == tuple(np.round(size))
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        panels = list(fig.axes)
+        assert len(panels) == 6
+        boxes = []  # (owner, bbox) of every text
+        for i, ax in enumerate(panels):
+            low, high = ax.get_ylim()  # tick labels drawn (those of ticks in view)
+            texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(),
+                     *[t for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]]
+            boxes += [(i, t.get_window_extent(renderer)) for t in texts if t.get_text()]
+            legend = ax.get_legend()
+            if legend is not None:
+                box = legend.get_window_extent(renderer)
+                boxes.append((i, box))
+                assert all(not box.overlaps(other.get_window_extent(renderer)) for other in panels)
+        boxes.append((-1, fig._suptitle.get_window_extent(renderer)))
+        for _, box in boxes:
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= size[0] + 0.5 and box.y1 <= size[1] + 0.5, box
+        for a, (owner_a, box_a) in enumerate(boxes):
+            for owner_b, box_b in boxes[a + 1:]:
+                if owner_a != owner_b:
+                    assert not box_a.overlaps(box_b), (owner_a, owner_b)
+
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +138,6 @@ def test_every_figure_keeps_its_size_across_epochs(run: Path) -> None:
 
 
 def test_dense_activations_show_every_probe_image_and_the_logits(run: Path) -> None:
-    import matplotlib.pyplot as plt
     import torch
 
     from interp.run import Run
@@ -157,7 +155,7 @@ def test_dense_activations_show_every_probe_image_and_the_logits(run: Path) -> N
     (ax,) = (a for a in fig.axes if a.images and a.get_ylabel())
     assert ax.images[0].get_array().shape == (10, 128)
     assert [t.get_text() for t in ax.get_yticklabels()] == [str(i) for i in range(10)]
-    plt.close(fig)
+
 
 
 def test_principal_components_equal_scikit_learns_pca() -> None:
@@ -224,90 +222,14 @@ def _pixels(png: bytes) -> np.ndarray:
 
 def test_render_draws_like_savefig() -> None:
     """One pass of the renderer (the layout inside it) gives the pixels matplotlib's savefig gives with
-    its two passes, for a constrained figure and a hand-placed one."""
-    import matplotlib.pyplot as plt
-
+    its two passes."""
     from interp import plotting
 
-    for make in (lambda: _bars([3, 1, 2], "epoch 4"), _placed):
-        fig = make()
+    with plotting.style():
+        fig = _bars([3, 1, 2], "epoch 4")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", facecolor="white")
-        plt.close(fig)
-        assert np.array_equal(_pixels(plotting.render(make())), _pixels(buffer.getvalue()))
-
-
-def _placed() -> Any:
-    from interp.plotting import fixed_layout_figure
-
-    fig = fixed_layout_figure(4, 3)
-    ax = fig.add_axes((0.15, 0.15, 0.8, 0.7))
-    ax.plot([0, 1, 2], [2, 0, 1], label="a line")
-    ax.legend()
-    ax.set_title("placed by hand")
-    return fig
-
-
-def test_a_confusion_figure_updated_in_place_draws_like_a_new_one() -> None:
-    """The drawing worker keeps the last confusion figure and writes the next epoch's numbers into it: the
-    PNG is pixel for pixel the one a newly built figure gives (cells that became empty blank, colours of
-    the numbers, the title); other classes or another colour scale build a new figure."""
-    from interp.analysis import drawing
-    from interp.stages.confusion import draw_confusion
-
-    classes = [str(i) for i in range(4)]
-    rng = np.random.default_rng(0)
-    epochs = []
-    for epoch in range(3):
-        matrix = rng.integers(0, 6, (4, 4)) * (rng.random((4, 4)) < 0.5)
-        np.fill_diagonal(matrix, 0)
-        np.fill_diagonal(matrix, 20 - matrix.sum(axis=1))  # 20 images per class, every epoch
-        epochs.append((matrix, matrix / 20, classes, float(np.trace(matrix)) / 80, epoch, "images"))
-    memory = drawing.DrawingMemory()
-    for args in epochs:
-        updated = drawing.render_job((draw_confusion, args), memory)
-        assert memory.figures  # kept for the next epoch
-        memory.figures.clear()
-        built = drawing.render_job((draw_confusion, args), memory)
-        assert np.array_equal(_pixels(updated), _pixels(built))
-    kept = memory.figures.popitem()[1][0]
-    other = epochs[0][0].copy()
-    other[0, 0] += 5  # a larger class: another colour scale
-    assert not draw_confusion.update(kept, other, other / 25, classes, 0.5, 3, "images")
-    assert not draw_confusion.update(kept, *epochs[0][:2], list("abcd"), 0.5, 3, "images")
-    assert draw_confusion.update(kept, *epochs[1])
-
-
-def _curve_rows(rng: np.random.Generator, road: bool) -> list[dict[str, Any]]:
-    x = np.linspace(0, 1, 11)
-    lines = [{"name": n, "colour": f"C{i}", "style": "-" if i < 2 else ":", "down": rng.random(11), "up": rng.random(11),
-              "scores": tuple(rng.random(2))} for i, n in enumerate(["saliency", "integrated_gradients", "random"])]
-    rows: list[dict[str, Any]] = [{"x": x, "titles": ("deletion", "insertion"), "xlabels": ("deleted", "inserted"),
-                                   "lines": lines, "score": "AUC"}]
-    if road:
-        rows.append({"x": x[1:-1:2], "titles": ("MoRF", "LeRF"), "xlabels": ("removed", "removed"), "score": "mean",
-                     "lines": [{**line, "down": rng.random(5), "up": rng.random(5)} for line in lines]})
-    else:
-        rows.append({"titles": ("MoRF", "LeRF"), "note": "at the last epoch"})
-    return rows
-
-
-def test_trust_curves_updated_in_place_draw_like_new_ones() -> None:
-    """The deletion/insertion figure kept by the drawing worker and given the next epoch's curves and
-    scores is pixel for pixel a newly built one; the last epoch's, whose ROAD row is filled, is built anew."""
-    from interp.analysis import drawing
-    from interp.stages.trust import draw_curves
-
-    rng = np.random.default_rng(1)
-    memory = drawing.DrawingMemory()
-    for epoch, road in ((0, False), (1, False), (2, False), (3, True)):
-        rows = _curve_rows(rng, road)
-        kept = next(iter(memory.figures.values()), (None,))[0]
-        updated = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
-        assert (next(iter(memory.figures.values()))[0] is kept) == (epoch in (1, 2))  # updated, not built anew
-        memory.figures.clear()
-        built = drawing.render_job((draw_curves, (rows, epoch, 50)), memory)
-        assert np.array_equal(_pixels(updated), _pixels(built))
+        assert np.array_equal(_pixels(plotting.render(_bars([3, 1, 2], "epoch 4"))), _pixels(buffer.getvalue()))
 
 
 def test_a_sheet_title_breaks_where_it_says_and_wraps_the_rest() -> None:
@@ -367,109 +289,3 @@ def test_the_neurons_sheet_shows_every_weight_in_its_colour() -> None:
     assert 950 <= max(panel.shape[:2]) <= 1050
     later = np.asarray(Image.open(io.BytesIO(draw_neurons(tiles * 3, None, 128, "hidden units", 6))))
     assert later.shape[:2] == image.shape[:2]
-
-
-def _fixed_title_figures(rng: np.random.Generator) -> dict[str, tuple[Any, tuple[Any, ...]]]:
-    from interp.stages.activations import draw_activations
-    from interp.stages.confusion import draw_confusion
-    from interp.stages.embeddings import draw_embeddings
-    from interp.stages.trust import MEASURE_TITLES, draw_curves, draw_randomization
-
-    matrix = rng.integers(0, 30, (10, 10))
-    classes = [str(i) for i in range(10)]
-    panels = [{"name": "features.conv1", "kind": "maps", "values": rng.random((8, 6, 6)), "shape": [8, 6, 6],
-               "channels": 8},
-              {"name": "features.fc1", "kind": "units", "values": rng.random((10, 40)) * 3e4, "shape": [40],
-               "rows": classes, "columns": None},
-              {"name": "head", "kind": "units", "values": rng.normal(size=(10, 10)), "shape": [10], "rows": classes,
-               "columns": classes}]
-    features, labels = rng.normal(size=(200, 16)) * 1e4, rng.integers(0, 10, 200)
-    layers = ["head", "features.fc1"]
-    similarities = {name: {m: list(rng.random(3)) for m in MEASURE_TITLES} for name in ("saliency", "edges")}
-    return {"confusion": (draw_confusion, (matrix, matrix / matrix.sum(axis=1, keepdims=True), classes, 0.5, 1, "images")),
-            "activations": (draw_activations, (rng.random((28, 28, 3)), "7", panels, 1)),
-            "embeddings": (draw_embeddings, (features, labels, (labels + (rng.random(200) < 0.2)) % 10, classes, 1,
-                                             None, "drawn at the last epoch")),
-            "curves": (draw_curves, (_curve_rows(rng, True), 5, 50)),
-            "randomization": (draw_randomization, (layers, similarities, {"saliency": "C0", "edges": "0.35"}, 5, 20))}
-
-
-@pytest.mark.parametrize("name", ["confusion", "activations", "embeddings", "curves", "randomization"])
-def test_titles_fixed_above_their_panels_are_where_matplotlib_would_put_them(name: str, monkeypatch) -> None:
-    """The figures that skip matplotlib's title placement (it measures every tick label at each draw to
-    find what sits above a panel) draw pixel for pixel as they do with it, large numbers on the axes
-    included: nothing but the title is ever above their panels."""
-    import contextlib
-
-    from interp import plotting
-    from interp.plotting import render
-
-    function, args = _fixed_title_figures(np.random.default_rng(2))[name]
-    fig = function(*args)
-    titled = [ax for ax in fig.axes if ax.get_title()]
-    assert titled and all(ax.title.get_position()[1] == 1.0 for ax in titled)
-    fixed = render(fig)
-    monkeypatch.setattr(plotting, "fixed_title_position", contextlib.nullcontext)  # matplotlib places them
-    placed = render(function(*args))
-    assert np.array_equal(_pixels(fixed), _pixels(placed))
-
-
-@pytest.mark.parametrize("conv", [False, True])
-def test_activations_updated_in_place_draw_like_new_ones(conv: bool) -> None:
-    """The activations figure kept by the drawing worker and given the next epoch's values (other colour
-    limits, so other colour-bar ticks) is pixel for pixel a newly built one; other layers build anew."""
-    from interp.analysis import drawing
-    from interp.stages.activations import draw_activations
-
-    rng = np.random.default_rng(3)
-    classes = [str(i) for i in range(10)]
-
-    def panels(scale: float) -> list[dict[str, Any]]:
-        head = {"name": "head", "kind": "units", "values": rng.normal(size=(10, 10)) * scale, "shape": [10],
-                "rows": classes, "columns": classes}
-        if conv:
-            return [{"name": "features.conv3", "kind": "maps", "values": rng.random((12, 7, 7)) * scale,
-                     "shape": [16, 7, 7], "channels": 16}, head]
-        return [{"name": "features.fc1", "kind": "units", "values": rng.random((10, 64)) * scale, "shape": [64],
-                 "rows": classes, "columns": None}, head]
-
-    pixels = rng.random((28, 28, 3))
-    memory = drawing.DrawingMemory()
-    for epoch, (scale, shift) in enumerate(((1.0, 0.0), (40.0, 0.0), (0.02, 0.0), (1.0, 1e4), (1.0, -1e4))):
-        args = (pixels, "7", [{**p, "values": p["values"] + shift} for p in panels(scale)], epoch)  # apart too
-        kept = next(iter(memory.figures.values()), (None,))[0]
-        updated = drawing.render_job((draw_activations, args), memory)
-        assert (next(iter(memory.figures.values()))[0] is kept) == (epoch > 0)  # updated, not built anew
-        memory.figures.clear()
-        built = drawing.render_job((draw_activations, args), memory)
-        assert np.array_equal(_pixels(updated), _pixels(built))
-    kept = memory.figures.popitem()[1][0]
-    other = panels(1.0)
-    other[0]["name"] = "features.other"
-    assert not draw_activations.update(kept, pixels, "7", other, 3)
-    assert not draw_activations.update(kept, pixels, "1", panels(1.0), 3)
-
-
-def test_embeddings_updated_in_place_draw_like_new_ones() -> None:
-    """The PCA-only embeddings figure kept by the drawing worker and given the next epoch's features (other
-    limits, other misclassified points and count) is pixel for pixel a newly built one; the last epoch's,
-    with its t-SNE, and one whose rings appear are built anew."""
-    from interp.analysis import drawing
-    from interp.stages.embeddings import draw_embeddings
-
-    rng = np.random.default_rng(4)
-    names = [f"class {i}" for i in range(5)]
-    labels = rng.integers(0, 5, 120)
-    memory = drawing.DrawingMemory()
-    why = "drawn at the last epoch"
-    for epoch, (scale, wrong, tsne) in enumerate(((1.0, 0.1, None), (30.0, 0.3, None), (0.01, 0.05, None),
-                                                  (2.0, 0.8, None), (1.0, 0.1, 30.0))):
-        predicted = np.where(rng.random(120) < wrong, (labels + 1) % 5, labels)
-        features = rng.normal(size=(120, 8)) * scale + labels[:, None]
-        args = (features, labels, predicted, names, epoch, tsne, why if tsne is None else None, 100, 250)
-        kept = next(iter(memory.figures.values()), (None,))[0]
-        updated = drawing.render_job((draw_embeddings, args), memory)
-        assert (next(iter(memory.figures.values()))[0] is kept) == (epoch in (1, 2))  # updated, not built anew
-        memory.figures.clear()
-        built = drawing.render_job((draw_embeddings, args), memory)
-        assert np.array_equal(_pixels(updated), _pixels(built))

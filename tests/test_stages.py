@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import interp
 from interp.analysis.evaluation import Evaluation
 from interp.analysis.runner import StageContext
 from interp.analysis.runner import run_stages as _run_stages
@@ -118,8 +119,12 @@ def test_integrated_gradients_are_complete(data, tmp_path: Path) -> None:
     run_stages([stage], ctx)
     run.close()
     assert ctx.numbers["integrated_gradients/completeness_error"] < 0.01
-    saved = torch.load(tmp_path / "epoch_001" / "integrated_gradients" / "attributions.pt")
-    assert torch.allclose(saved["maps"].sum(dim=(1, 2)), expected, rtol=0.02, atol=0.02)
+    record = interp.load_record(tmp_path, "integrated_gradients", 1)  # the maps as the figure shows them
+    maps = torch.from_numpy(record.figures["integrated_gradients"]["fields"]["arrays"]["black"])
+    assert torch.allclose(maps.sum(dim=(1, 2)), expected, rtol=0.02, atol=0.02)
+    kept = record.data["baselines"]["black"]  # and Captum's delta, F(x) − F(black) beside them
+    assert torch.allclose(torch.from_numpy(kept["difference"]), expected, atol=1e-5)
+    assert record.numbers["integrated_gradients/completeness_error"] == ctx.numbers["integrated_gradients/completeness_error"]
     assert not notices
 
 
@@ -140,9 +145,9 @@ def test_saliency_is_the_gradient_of_the_true_class_logit(data, tmp_path: Path) 
     logits = ctx.model(x)
     true_class = logits.gather(1, ctx.probe.y.view(-1, 1)).sum()
     (by_hand,) = torch.autograd.grad(true_class, x)
-    assert torch.allclose(ctx.shared["maps"]["saliency"], by_hand.abs()[:, 0], atol=1e-6)
+    assert torch.allclose(ctx.maps["saliency"], by_hand.abs()[:, 0], atol=1e-6)
     (all_logits,) = torch.autograd.grad(ctx.model(x).sum(), x)
-    assert not torch.allclose(ctx.shared["maps"]["saliency"], all_logits.abs()[:, 0], atol=1e-4)
+    assert not torch.allclose(ctx.maps["saliency"], all_logits.abs()[:, 0], atol=1e-4)
 
 
 def test_projector_has_labels_and_sprites_for_every_epoch(data, tmp_path: Path) -> None:
@@ -273,8 +278,8 @@ def test_activation_gif_walks_through_every_block(arch: str, data, tmp_path: Pat
 
 
 def test_neuron_video_films_the_weights_as_they_change(data, tmp_path: Path) -> None:
-    from interp.animate.video import mp4_duration
     from interp.stages.neurons import first_layer_tiles
+    from interp.video import mp4_duration
 
     stage = STAGES["neuron_video"](STAGES["neuron_video"].Options(every=2, formats=["gif", "mp4"], fps=4))
     ctx, run, notices = make_context(data, "mlp", tmp_path, epoch=0, final=False)

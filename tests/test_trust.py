@@ -385,7 +385,7 @@ def judged(scores: dict[str, dict[str, np.ndarray]], degenerate: int = 0) -> dic
     broken = {name: torch.arange(n) < (degenerate if name == "m" else 0) for name in ("m", "edges")}
     for values in scores["m"].values():
         values[broken["m"].numpy()] = math.nan
-    return stage.judge(SimpleNamespace(numbers={}), ["m"], scores, broken, {}, {}, {})
+    return stage.judge(SimpleNamespace(completeness={}), ["m"], scores, broken, {}, {}, {})
 
 
 def test_a_method_no_better_than_edges_is_flagged_and_degenerate_maps_are_counted() -> None:

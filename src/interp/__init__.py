@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports each on first use
     from .analysis.api import Analyzer
     from .analysis.evaluation import Evaluation
+    from .analysis.records import Record, load_record
     from .analysis.sink import NullSink
+    from .analysis.views import draw_figures
     from .animate import animate_config
     from .config import Config, load_config
     from .data import load_data
@@ -26,6 +28,7 @@ __all__ = [
     "Config",
     "Evaluation",
     "NullSink",
+    "Record",
     "Stage",
     "Summary",
     "UserError",
@@ -33,9 +36,11 @@ __all__ = [
     "animate_config",
     "build_model",
     "build_report",
+    "draw_figures",
     "fit",
     "load_config",
     "load_data",
+    "load_record",
     "register_stage",
 ]
 __version__ = "0.1.0"
@@ -48,6 +53,9 @@ _LAZY = {
     "Analyzer": "analysis.api",
     "Evaluation": "analysis.evaluation",
     "NullSink": "analysis.sink",
+    "Record": "analysis.records",
+    "load_record": "analysis.records",
+    "draw_figures": "analysis.views",
     "Stage": "stages.base",
     "Summary": "stages.base",
     "register_stage": "stages.base",

@@ -55,6 +55,13 @@ def _user_errors(func: F) -> F:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for every rank
                 typer.echo(line, err=True)
 
+        import threading
+
+        def quiet(args: Any) -> None:  # a thread that could not write (TensorBoard's): the run names the file
+            if not issubclass(args.exc_type, OSError):
+                previous(args)
+
+        previous, threading.excepthook = threading.excepthook, quiet
         try:
             with terminate_as_exception():
                 return func(*args, **kwargs)
@@ -71,11 +78,17 @@ def _user_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             resume = getattr(exc, "resume", None)
             what = "stopped (SIGTERM)" if exit_code(exc) == 143 else "interrupted"
+            waiting = getattr(exc, "waiting", 0)
+            figures = f"; {waiting} figure{'s' * (waiting != 1)} from saved records not drawn yet: " \
+                f"interp draw {exc.run} draws them" if waiting else ""  # type: ignore[attr-defined]
             if resume:
-                say(f"{what}; the last finished epoch is saved: continue with interp train --resume {resume}")
+                say(f"{what}; the last finished epoch is saved: continue with interp train --resume {resume}"
+                    f"{figures}")
             else:
-                say(f"{what}; {getattr(exc, 'detail', 'the command stopped before it finished')}")
+                say(f"{what}; {getattr(exc, 'detail', 'the command stopped before it finished')}{figures}")
             raise typer.Exit(exit_code(exc)) from None
+        finally:
+            threading.excepthook = previous
 
     return wrapper  # type: ignore[return-value]
 
@@ -144,7 +157,7 @@ def train(
     settle_collector()
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     reporter = RichReporter(quiet=not main_rank)
-    result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter, draw_at_close=True)
+    result = fit(cfg, save_dir=save_dir, name=name, resume=resume, reporter=reporter)
     if not main_rank:
         return
     _print_summaries(reporter, result.summaries)
@@ -168,6 +181,29 @@ def analyze(
     result = analyze_run(run, checkpoint=checkpoint, stages=stage, notice=reporter.notice)
     _print_summaries(reporter, result.summaries)
     reporter.notice(f"analysis written to {result.folder}")
+
+
+@app.command()
+@_user_errors
+def draw(
+    run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mnist-mlp.")],
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Only this stage's figures (repeatable).",
+                                                    show_default=False)] = None,
+    epoch: Annotated[list[int] | None, typer.Option("--epoch", help="Only this epoch's figures (repeatable).",
+                                                    show_default=False)] = None,
+    missing: Annotated[bool, typer.Option("--missing", help="Only figures without a PNG yet (and every figure "
+                                          "kind drawn on one colour scale for the run).")] = False,
+) -> None:
+    """Draw a run's figures again from its records (the ones an interruption left out, a changed view);
+    attribution maps, Grad-CAM, neurons and activations on one colour scale for the whole run."""
+    from .analysis.views import draw_figures
+
+    drawn, failed = draw_figures(run, stages=stage, epochs=epoch, missing_only=missing)
+    for line in failed:
+        typer.echo(f"not drawn: {line}", err=True)
+    typer.echo(f"drew {drawn} figure{'s' * (drawn != 1)} in {run}" + (f"; {len(failed)} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

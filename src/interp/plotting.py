@@ -1,4 +1,4 @@
-"""Figure helpers: the Agg backend, one render per figure, tile mosaics, colour maps centred at zero."""
+"""Figure helpers: the figures' style, one render per figure, tile mosaics, colour maps centred at zero."""
 
 from __future__ import annotations
 
@@ -6,26 +6,20 @@ import contextlib
 import io
 import math
 import textwrap
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.layout_engine import LayoutEngine, PlaceHolderLayoutEngine  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 __all__ = [
     "SIGNED_CMAP",
+    "STYLE",
     "UNSIGNED_CMAP",
     "figure",
-    "fixed_layout_figure",
-    "fixed_title_position",
     "grid_shape",
     "mosaic",
     "TileSheet",
@@ -33,6 +27,7 @@ __all__ = [
     "overlay_rgb",
     "per_image_sheet",
     "signed_rgb",
+    "style",
     "unsigned_rgb",
     "render",
     "show_image",
@@ -44,101 +39,58 @@ SIGNED_CMAP = "RdBu_r"  # red = positive, blue = negative, white = 0
 UNSIGNED_CMAP = "inferno"
 BORDER_COLOUR = (0.82, 0.82, 0.82)
 
-plt.rcParams.update({
+# The figures' look, applied while a figure is built and drawn (never to matplotlib's global settings: a
+# notebook that imports interp keeps its own).
+STYLE = {
     "figure.dpi": 100,
     "savefig.dpi": 100,
     "font.size": 9,
     "axes.titlesize": 9,
     "figure.titlesize": 11,
     "image.interpolation": "nearest",
-})
+}
 
 
-def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False, fixed_titles: bool = False,
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Matplotlib's defaults with :data:`STYLE` on top, for the figures built and drawn inside; the caller's
+    settings come back after."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(STYLE)
+        yield
+
+
+def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False,
            **kwargs: object) -> tuple[Figure, np.ndarray]:
-    """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly
-    (``fixed_titles``: made inside :func:`fixed_title_position`)."""
-    with fixed_title_position() if fixed_titles else contextlib.nullcontext():
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * panel + 0.3, rows * panel + 0.5),  # type: ignore[call-overload]
-                                 squeeze=squeeze, layout="constrained", **kwargs)
+    """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly; its own Agg
+    canvas (no pyplot: nothing is registered or shown)."""
+    fig = Figure(figsize=(cols * panel + 0.3, rows * panel + 0.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=squeeze, **kwargs)  # type: ignore[call-overload]
     return fig, axes
-
-
-def fixed_title_position() -> contextlib.AbstractContextManager[None]:
-    """Axes made inside this context have their titles just above their top edge, where matplotlib puts
-    them anyway when nothing else is there, without measuring every tick label at each draw to check (a
-    fifth of the drawing time of a figure of small panels). Only for panels with x ticks at the bottom and
-    a y axis that cannot show an offset or a power of ten at its top (fixed limits, category ticks, none)."""
-    return plt.rc_context({"axes.titley": 1.0})
-
-
-def fixed_layout_figure(width: float, height: float, place: Callable[[Figure], None] | None = None) -> Figure:
-    """A figure whose caller places every axes itself (``fig.add_axes`` / ``set_position``): :func:`render`
-    draws it at exactly this size, with no layout pass and no trimming. ``place(fig)``, when given, places
-    them at the start of every draw instead, from the texts as they are then (a figure updated for another
-    epoch is laid out like a new one)."""
-    dpi = plt.rcParams["figure.dpi"]
-    # a whole number of pixels a hair over: some matplotlib versions truncate width × dpi (10.2 × 100 is
-    # 1019.99…, drawn 1019 px wide), others round it
-    fig = plt.figure(figsize=((round(width * dpi) + 1e-3) / dpi, (round(height * dpi) + 1e-3) / dpi), layout="none")
-    fig.set_layout_engine(PlaceHolderLayoutEngine(True, True) if place is None else _ByHand(place))
-    return fig
-
-
-class _ByHand(LayoutEngine):
-    """A layout engine that runs a function placing the axes of a figure (see :func:`fixed_layout_figure`)."""
-
-    _adjust_compatible = True
-    _colorbar_gridspec = True
-
-    def __init__(self, place: Callable[[Figure], None]) -> None:
-        super().__init__()
-        self.place = place
-
-    def execute(self, fig: Figure) -> None:
-        self.place(fig)
 
 
 def render(fig: Figure) -> bytes:
     """Draw ``fig`` into PNG bytes of exactly its size (the same every epoch, so that TensorBoard's step
-    slider does not jump); constrained layout keeps titles and outside legends inside, and a figure from
-    :func:`fixed_layout_figure` is drawn as placed. A figure without a layout engine is trimmed to its
-    contents instead. The figure is closed.
+    slider does not jump); constrained layout keeps titles and outside legends inside. A figure without a
+    layout engine is trimmed to its contents instead.
 
     One pass of the Agg renderer, the layout engine running inside it: ``savefig`` would draw the figure
     twice (once without painting, for a layout that ``Figure.draw`` does anyway). The pixels are the same."""
-    try:
-        if fig.get_layout_engine() is None:
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", facecolor="white", pil_kwargs={"compress_level": 1},
-                        bbox_inches="tight", pad_inches=0.08)
-            return buffer.getvalue()
-        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-        fig.patch.set_facecolor("white")
-        canvas.draw()
-        pixels = canvas.buffer_rgba()
+    if fig.get_layout_engine() is None:
         buffer = io.BytesIO()
-        Image.frombuffer("RGBA", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBA", 0, 1).save(
-            buffer, format="png", compress_level=1)
+        fig.savefig(buffer, format="png", facecolor="white", pil_kwargs={"compress_level": 1},
+                    bbox_inches="tight", pad_inches=0.08)
         return buffer.getvalue()
-    finally:
-        plt.close(fig)
-
-
-def placement(fig: Figure) -> Callable[[], None]:
-    """A function that puts ``fig``'s axes back where they are now. Constrained layout starts from the
-    axes' positions, so a figure updated in place for another epoch is put back as it was built before it
-    is drawn: it is then laid out exactly as a newly built one."""
-    placed = [(ax, ax.get_position(original=True).frozen(), ax.get_position().frozen(), ax.get_in_layout())
-              for ax in fig.axes]
-
-    def restore() -> None:
-        for ax, original, active, in_layout in placed:
-            ax.set_position(original, which="original")
-            ax.set_position(active, which="active")
-            ax.set_in_layout(in_layout)  # set_position takes the axes out of the layout
-
-    return restore
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.patch.set_facecolor("white")
+    canvas.draw()
+    pixels = canvas.buffer_rgba()
+    buffer = io.BytesIO()
+    Image.frombuffer("RGBA", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBA", 0, 1).save(
+        buffer, format="png", compress_level=1)
+    return buffer.getvalue()
 
 
 def grid_shape(n: int, cols: int | None = None) -> tuple[int, int]:

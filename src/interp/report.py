@@ -106,24 +106,25 @@ def _curves_png(metrics: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    from .plotting import figure, render
-
-    fig, axes = figure(1, 2, panel=3.4)
-    for ax, key, label in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "accuracy", "accuracy")):
-        for split, style in (("train", "-o"), ("eval", "-s")):
-            points = [(_number(m["epoch"]), _number(m.get(f"{split}_{key}"))) for m in rows]
-            points = [(e, v) for e, v in points if v is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), style, markersize=4, label=split)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
     from .analysis.sink import write_atomic
+    from .plotting import figure, render, style
 
-    write_atomic(path, render(fig))
+    with style():
+        fig, axes = figure(1, 2, panel=3.4)
+        for ax, key, label in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "accuracy", "accuracy")):
+            for split, marker in (("train", "-o"), ("eval", "-s")):
+                points = [(_number(m["epoch"]), _number(m.get(f"{split}_{key}"))) for m in rows]
+                points = [(e, v) for e, v in points if v is not None]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker, markersize=4, label=split)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+            ax.set_title(label)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        png = render(fig)
+    write_atomic(path, png)
     return path
 
 

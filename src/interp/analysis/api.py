@@ -192,8 +192,15 @@ class Analyzer:
         return dict(self.analysis.summaries)
 
     def close(self) -> None:
-        """Wait for the figures still being drawn, then flush and close the TensorBoard files."""
-        self.run_folder.close()
+        """Draw every epoch's figures of a kind on one colour scale (from the records), wait for the figures
+        still being drawn, then flush and close the TensorBoard files."""
+        from .views import draw_run
+
+        try:
+            if self._stages:
+                draw_run(self.run_folder.path, self.run_folder.sink, missing_only=True)
+        finally:
+            self.run_folder.close()
 
     def __enter__(self) -> Analyzer:
         return self

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..data import Data, Probe
 from ..stages.base import Stage, Summary
 from .evaluation import Evaluation
-from .sink import Sink
+from .sink import Sink, WriteError
 
 __all__ = ["StageContext", "StageResults", "order_stages", "run_stages"]
 
@@ -39,9 +39,14 @@ class StageContext:
     initial_state: dict[str, Tensor] | None = None  # the weights at epoch 0, when known
     notice: Callable[[str], None] = print
     numbers: dict[str, float] = field(default_factory=dict)  # → metrics.jsonl and TensorBoard scalars
-    shared: dict[str, Any] = field(default_factory=dict)  # results one stage leaves for a later one
+    # what one stage leaves for a later one: attribution maps by method name, (B, H, W) on the device; the
+    # median completeness error of each integrated-gradients method
+    maps: dict[str, Tensor] = field(default_factory=dict)
+    completeness: dict[str, float] = field(default_factory=dict)
     stage: str = ""
     during_training: bool = True
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # this stage's, until its record is written
+    kept: dict[str, Any] = field(default_factory=dict)
 
     # -- the evaluation, for short -----------------------------------------------------------------
     @property
@@ -79,30 +84,31 @@ class StageContext:
         self.numbers[name] = float(value)
         self.sink.scalar(f"{self.tag}{name}", float(value), self.step)
 
-    def save_figure(self, fig: Any, name: str) -> None:
-        """Render ``fig`` once (or take PNG bytes, or a ``(callable, args)`` pair that returns them): ``<stage>/<name>.png`` in this
-        point's folder and the same image in TensorBoard."""
-        path, tag = f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}"
-        if isinstance(fig, bytes):
-            self.sink.image(path, tag, fig, self.step)
-        else:  # rendered by the drawing worker when the run has one
-            self.sink.figure(path, tag, fig, self.step)
+    def draw(self, name: str, view: Callable[..., Any], *args: Any, scale: dict[str, float] | None = None,
+             **kwargs: Any) -> None:
+        """Figure ``<stage>/<name>.png``, drawn by ``view`` — a module-level function of plain values (arrays,
+        numbers, strings, lists, mappings) returning PNG bytes or a matplotlib figure — from this stage's
+        record: the arguments are kept there first, then drawn (by the drawing worker when the run has one).
 
-    def draw(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """``function(*args, **kwargs)`` — a module-level function of plain values (arrays, numbers,
-        strings) that returns a matplotlib figure or PNG bytes — drawn as ``<stage>/<name>.png``, by the
-        drawing worker when the run has one, so that building the figure is off the training path too."""
-        self._figure(name, (function, args, kwargs))
+        ``scale``: the colour limits the view uses (``{"saliency": 0.12}``), for a figure whose magnitudes
+        matter; the view receives it as ``scale=`` (with ``scale_note=``), and at the end of a run every
+        epoch's figure of this kind is drawn again on the largest of each limit over the run."""
+        import inspect
 
-    def draw_ahead(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """:meth:`draw` for a figure that takes seconds to compute (a t-SNE): the drawing worker starts it
-        ahead of the figures already waiting, so that it does not run alone at the end of the run."""
-        from .drawing import Ahead
+        from .records import register_view, view_name
 
-        self._figure(name, Ahead((function, args, kwargs)))
+        register_view(view)
+        try:
+            fields = dict(inspect.signature(view).bind(*args, **kwargs).arguments)
+        except TypeError as exc:
+            raise TypeError(f"figure {name}: the arguments do not fit {view.__qualname__} ({exc})") from None
+        self.figures[name] = {"view": view_name(view),
+                              "scale": None if scale is None else {k: float(v) for k, v in scale.items()},
+                              "fields": fields}
 
-    def _figure(self, name: str, job: Any) -> None:
-        self.sink.figure(f"{self.folder}/{self.stage}/{name}.png", f"{self.tag}{self.stage}/{name}", job, self.step)
+    def keep(self, name: str, value: Any) -> None:
+        """Arrays or values kept in this stage's record beside its figures (``record.data[name]``)."""
+        self.kept[name] = value
 
     def save_file(self, name: str, content: bytes | str) -> None:
         """A file beside the stage's figures (JSON, CSV, tensors)."""
@@ -119,6 +125,22 @@ class StageContext:
 
     def video(self, name: str, frames: list[np.ndarray], fps: float, formats: list[str]) -> None:
         self.sink.video(f"{self.folder}/{self.stage}/{name}", frames, fps, formats)
+
+    def write_record(self, summary: Summary | None) -> None:
+        """This stage's record (its figures' data, numbers, summary and kept values), then its figures."""
+        from .records import RECORD, Record, encode_record
+
+        prefix = f"{self.stage}/"
+        record = Record(stage=self.stage, epoch=self.epoch, figures=self.figures,
+                        numbers={k: v for k, v in self.numbers.items() if k.startswith(prefix)},
+                        summary=None if summary is None else summary.to_json(), data=self.kept)
+        where = f"{self.folder}/{self.stage}"
+        self.sink.file(f"{where}/{RECORD}", encode_record(record))
+        for name, entry in self.figures.items():
+            imports = () if entry["view"].startswith("interp.") else (entry["view"].split(":")[0],)
+            self.sink.figure(f"{where}/{RECORD}", name, f"{where}/{name}.png", f"{self.tag}{self.stage}/{name}",
+                             self.step, imports=imports)
+        self.figures, self.kept = {}, {}
 
     # -- small helpers for drawing -------------------------------------------------------------------
     def eval_logits(self) -> Tensor:
@@ -198,8 +220,11 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                     continue
                 start = time.perf_counter()
                 ctx.stage = stage.name
+                ctx.figures, ctx.kept = {}, {}
                 try:
                     summary = stage.run(ctx)
+                except WriteError:  # the disk, not the stage: the run stops
+                    raise
                 except Exception as exc:
                     if strict:
                         raise
@@ -209,6 +234,7 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                     summary.epoch = ctx.epoch if summary.epoch is None else summary.epoch
                     summaries[stage.name] = summary
                     ctx.save_json("summary.json", summary.to_json())
+                ctx.write_record(summary)
                 ctx.numbers[f"seconds/{stage.name}"] = round(time.perf_counter() - start, 4)
     finally:
         model.train(was_training)

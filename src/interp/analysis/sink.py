@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["NullSink", "RunSink", "Sink", "fast_event_checksums", "write_atomic"]
+__all__ = ["NullSink", "RunSink", "Sink", "WriteError", "masked_crc32c", "write_atomic"]
 
 
 class Sink(Protocol):
@@ -22,7 +22,8 @@ class Sink(Protocol):
 
     def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None: ...
 
-    def figure(self, path: str, tag: str, figure: Any, step: int) -> None: ...
+    def figure(self, record: str, name: str, path: str, tag: str, step: int, *, imports: tuple[str, ...] = (),
+               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True) -> None: ...
 
     def histogram(self, tag: str, values: Any, step: int) -> None: ...
 
@@ -40,39 +41,34 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class WriteError(OSError):
+    """A file of the run could not be written (a full disk, a read-only folder): the run stops, naming it."""
+
+
+def _named(error: OSError, target: Path | str) -> WriteError:
+    return WriteError(error.errno, error.strerror or str(error) or "the write failed", str(target))
+
+
 def write_atomic(target: Path, content: bytes) -> None:
-    """A new temporary file (never an existing path, so never through a link), then renamed over ``target``."""
+    """A new temporary file (never an existing path, so never through a link), then renamed over ``target``;
+    a failure names ``target`` (:class:`WriteError`) and leaves what was there before."""
     import os
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _named(exc, target) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
         os.chmod(tmp, 0o644)  # readable like any other file written here (mkstemp makes it private)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise _named(exc, target) from None
         raise
-
-
-def fast_event_checksums() -> bool:
-    """Let TensorBoard's event writer checksum records with google-crc32c's C code.
-
-    Without TensorFlow, TensorBoard computes the masked CRC-32C of every record in pure Python, a byte at a
-    time: about 6 MB/s, so the ~8 MB of figures of the default run cost 1.5 s of the training process's
-    time (in the writer's thread, holding the interpreter lock). The replacement returns the same
-    numbers (tested against TensorBoard's own function). True when the C implementation is in use."""
-    try:
-        import google_crc32c
-    except ImportError:  # optional speed-up: TensorBoard's own checksum is correct, only slower
-        return False
-    if google_crc32c.implementation != "c":
-        return False
-    from tensorboard.summary.writer import record_writer
-
-    record_writer.masked_crc32c = masked_crc32c
-    return True
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -81,6 +77,43 @@ def masked_crc32c(data: bytes) -> int:
 
     crc = google_crc32c.value(bytes(data))
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class _FastRecords:
+    """TensorBoard's record format, checksummed with google-crc32c's C code, for one writer only.
+
+    Without TensorFlow, TensorBoard computes the masked CRC-32C of every record in pure Python, about 6 MB/s:
+    the default run's ~8 MB of figures cost 1.5 s of the training process (the writer's thread holds the
+    interpreter lock). This replaces the record writer of this run's own event file, nothing process-wide;
+    the checksums are the same (tested against TensorBoard's)."""
+
+    def __init__(self, records: Any) -> None:
+        self._records = records
+
+    def write(self, data: bytes) -> None:
+        import struct
+
+        header = struct.pack("<Q", len(data))
+        self._records._writer.write(header + struct.pack("<I", masked_crc32c(header)) + data
+                                    + struct.pack("<I", masked_crc32c(data)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._records, name)
+
+
+def _fast_records(writer: Any) -> bool:
+    """Give ``writer`` (a SummaryWriter) :class:`_FastRecords` when google-crc32c's C code is there and the
+    writer is laid out as expected; otherwise it stays as TensorBoard made it (correct, slower)."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return False
+    async_writer = getattr(getattr(writer.file_writer, "event_writer", None), "_async_writer", None)
+    records = getattr(async_writer, "_writer", None)
+    if google_crc32c.implementation != "c" or async_writer is None or not hasattr(records, "_writer"):
+        return False
+    async_writer._writer = _FastRecords(records)
+    return True
 
 
 def _projector_place(entry: Any) -> tuple[int, str] | None:
@@ -124,10 +157,11 @@ class NullSink:
         self.images[path] = png
         return None
 
-    def figure(self, path: str, tag: str, figure: Any, step: int) -> None:
-        from .drawing import render_job
+    def figure(self, record: str, name: str, path: str, tag: str, step: int, *, imports: tuple[str, ...] = (),
+               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True) -> None:
+        from .records import decode_bytes, draw
 
-        self.images[path] = render_job(figure)
+        self.images[path] = draw(decode_bytes(self.files[record], record), name, scale, note)
 
     def histogram(self, tag: str, values: Any, step: int) -> None:
         pass
@@ -156,9 +190,11 @@ class NullSink:
 class RunSink:
     """Files under ``root``; TensorBoard events in ``root`` (``purge_step``: drop steps a resume redoes).
 
-    With ``drawing_worker``, figures are rendered by a :class:`~interp.analysis.drawing.DrawingWorker`
-    while the caller goes on, and written when ready; :meth:`close` waits for them. Every write holds one
-    lock, so the worker's results and the caller's writes never interleave."""
+    With ``drawing_worker``, figures are drawn from their records by a
+    :class:`~interp.analysis.drawing.DrawingWorker` while the caller goes on, and written when ready;
+    :meth:`close` waits for them. Every write holds one lock, so the worker's results and the caller's writes
+    never interleave. A file that cannot be written raises :class:`WriteError` naming it — in the caller's
+    thread, also for a figure the worker drew or an event TensorBoard's thread could not write."""
 
     def __init__(self, root: Path, purge_step: int | None = None, drawing_worker: bool = False):
         import threading
@@ -170,7 +206,10 @@ class RunSink:
         self._worker: Any = None
         self._sprite: tuple[bytes, bytes] | None = None  # (thumbnails' digest, the sprite sheet's PNG)
         self.drawing_worker = drawing_worker
-        self._memory: Any = None  # figures kept between epochs when drawing here (DrawingMemory)
+        self.drawn = 0  # figures written
+        self.failed: list[str] = []  # figures that could not be drawn, with why
+        self._sent: set[str] = set()  # figures with the worker
+        self._final: set[str] = set()  # figures drawn on the run's scale: the worker's copy does not replace them
 
     @property
     def writer(self) -> Any:
@@ -178,10 +217,22 @@ class RunSink:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                fast_event_checksums()
-                self._writer = SummaryWriter(log_dir=str(self.root), purge_step=self._purge_step)
+                try:
+                    self._writer = SummaryWriter(log_dir=str(self.root), purge_step=self._purge_step)
+                except OSError as exc:
+                    raise _named(exc, self.root) from None
+                _fast_records(self._writer)
                 self._keep_projector_config(self._writer)
             return self._writer
+
+    def _events(self, write: Any) -> None:
+        """A write to TensorBoard; its failure (raised here or left by the writer's thread) names the file."""
+        with self._lock:
+            writer = self.writer
+            try:
+                write(writer)
+            except OSError as exc:
+                raise _named(exc, getattr(writer.file_writer.event_writer, "_file_name", self.root)) from None
 
     def _keep_projector_config(self, writer: Any) -> None:
         """A new writer rewrites projector_config.pbtxt with only its own embeddings; start it from the
@@ -202,50 +253,87 @@ class RunSink:
 
     def _path(self, path: str) -> Path:
         target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _named(exc, target.parent) from None
         return target
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        with self._lock:
-            self.writer.add_scalar(tag, float(value), step)
+    def _check_worker(self) -> None:
+        """Raise, in the caller's thread, what the worker's thread could not write."""
+        error = self._worker.error if self._worker is not None else None
+        if error is not None:
+            self._worker.error = None
+            raise error
 
-    def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None:
-        """PNG bytes to ``path`` and, as they are (no decode and re-encode), to TensorBoard."""
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._check_worker()
+        self._events(lambda writer: writer.add_scalar(tag, float(value), step))
+
+    def image(self, path: str, tag: str | None, png: bytes, step: int) -> Path | None:
+        """PNG bytes to ``path`` and, as they are (no decode and re-encode), to TensorBoard (``tag``: None,
+        the file only)."""
+        with self._lock:
+            target = self._path(path)
+            write_atomic(target, png)
+            self.drawn += 1
+            if tag is not None:
+                self._tensorboard_image(tag, png, step)
+        return target
+
+    def _tensorboard_image(self, tag: str, png: bytes, step: int) -> None:
         import struct
 
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        with self._lock:
-            target = self._path(path)
-            write_atomic(target, png)
-            width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
-            channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
-            image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
-            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-        return target
+        width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+        channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+        self._events(lambda writer: writer.file_writer.add_summary(
+            Summary(value=[Summary.Value(tag=tag, image=image)]), step))
 
-    def figure(self, path: str, tag: str, figure: Any, step: int) -> None:
-        """A matplotlib figure (or a ``(callable, args)`` pair returning PNG bytes, either maybe wrapped in
-        :class:`~interp.analysis.drawing.Ahead`) rendered and written as :meth:`image` — by the drawing
-        worker when there is one, else here and now."""
-        from .drawing import Ahead, DrawingMemory, render_job
-
-        if not self.drawing_worker:
-            self._memory = self._memory or DrawingMemory()
-            self.image(path, tag, render_job(figure, self._memory), step)
-            return
-        worker = self._drawing()
+    def figure(self, record: str, name: str, path: str, tag: str, step: int, *, imports: tuple[str, ...] = (),
+               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True,
+               here: bool = False) -> None:
+        """Figure ``name`` of the record at ``record`` drawn and written as :meth:`image` (``events=False``:
+        the file only) — by the drawing worker when there is one and not ``here``, else here and now. A
+        figure drawn here is final: a later answer of the worker for the same file goes to TensorBoard only.
+        A figure that cannot be drawn is noted in errors.log; the run goes on."""
+        def done(png: bytes) -> None:
+            with self._lock:
+                self._sent.discard(path)
+                if here:
+                    self._final.add(path)
+                elif path in self._final:  # drawn here already, on the run's scale: TensorBoard only
+                    if events:
+                        self._tensorboard_image(tag, png, step)
+                    return
+                self.image(path, tag if events else None, png, step)
 
         def failed(why: str) -> None:
+            self._sent.discard(path)
+            self.failed.append(f"{path}: {why}")
             self.append("errors.log", f"--- figure {path} (step {step}) was not drawn: {why}\n")
 
-        try:
-            worker.submit(figure, lambda png: self.image(path, tag, png, step), failed)
-        finally:
-            if not isinstance(figure, tuple | Ahead):
-                import matplotlib.pyplot as plt
+        self._check_worker()
+        if not self.drawing_worker or here:
+            from .records import draw, read_record
 
-                plt.close(figure)  # pickled: the worker has its own copy
+            try:
+                png = draw(read_record(self.root / record), name, scale, note)
+            except Exception as exc:  # noqa: BLE001 — a figure that cannot be drawn fails alone, as in the worker
+                failed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            else:
+                done(png)
+            return
+        with self._lock:
+            self._sent.add(path)
+        self._drawing().submit(str(self.root / record), name, scale, note, done, failed, imports)
+
+    def drawing(self, path: str) -> bool:
+        """Whether the figure at ``path`` is with the worker, not written yet."""
+        with self._lock:
+            return path in self._sent
 
     def _drawing(self) -> Any:
         from .drawing import DrawingWorker
@@ -255,19 +343,19 @@ class RunSink:
                 self._worker = DrawingWorker()
             return self._worker
 
-    def start_drawing(self, worker: Any = None) -> None:
+    def start_drawing(self) -> None:
         """Start the drawing worker ahead of the first figure (nothing without one), so that its imports
-        overlap the caller's work instead of delaying the first figure; ``worker``: one already started."""
-        if not self.drawing_worker:
-            return
-        with self._lock:
-            if worker is not None and self._worker is None:
-                self._worker = worker
-        self._drawing().start()
+        overlap the caller's work instead of delaying the first figure."""
+        if self.drawing_worker:
+            self._drawing().start()
+
+    @property
+    def waiting(self) -> int:
+        """Figures handed to the worker and not yet written."""
+        return 0 if self._worker is None else self._worker.pending
 
     def histogram(self, tag: str, values: Any, step: int) -> None:
-        with self._lock:
-            self.writer.add_histogram(tag, values, step)
+        self._events(lambda writer: writer.add_histogram(tag, values, step))
 
     def embedding(self, tag: str, features: Any, metadata: list[list[str]], header: list[str],
                   thumbnails: Any, step: int) -> None:
@@ -318,31 +406,49 @@ class RunSink:
         return target
 
     def append(self, path: str, text: str) -> None:
-        with self._lock, self._path(path).open("a", encoding="utf-8") as handle:
-            handle.write(text)
+        with self._lock:
+            target = self._path(path)
+            try:
+                with target.open("a", encoding="utf-8") as handle:
+                    handle.write(text)
+            except OSError as exc:
+                raise _named(exc, target) from None
 
     def video(self, path: str, frames: Sequence[Any], fps: float, formats: Sequence[str]) -> list[Path]:
-        from ..animate.video import write_video
+        from ..video import write_video
 
-        return write_video(frames, self._path(path), fps, formats)
+        target = self._path(path)
+        try:
+            return write_video(frames, target, fps, formats)
+        except OSError as exc:
+            raise _named(exc, exc.filename or target) from None
 
     def wait(self) -> None:
         """Until every figure handed to the drawing worker is written."""
         if self._worker is not None:
             self._worker.wait()
+        self._check_worker()
 
     def flush(self) -> None:
+        self._check_worker()
         with self._lock:
             if self._writer is not None:
-                self._writer.flush()
+                self._events(lambda writer: writer.flush())
 
     def close(self, finish: bool = True) -> None:
-        """Wait for the drawing worker (``finish=False``: keep only the figures it has finished), then close
-        the TensorBoard files."""
+        """Wait for the drawing worker (``finish=False``: stop it; the records keep what it had not drawn),
+        then close the TensorBoard files. Raises what could not be written, after closing everything."""
+        error: BaseException | None = None
         if self._worker is not None:
             self._worker.close(finish=finish)
+            error = self._worker.error
             self._worker = None
         with self._lock:
             if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+                writer, self._writer = self._writer, None
+                try:
+                    writer.close()
+                except OSError as exc:
+                    error = error or _named(exc, getattr(writer.file_writer.event_writer, "_file_name", self.root))
+        if error is not None and finish:
+            raise error

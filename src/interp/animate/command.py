@@ -46,11 +46,12 @@ from torch import Tensor, nn
 
 from ..config import Config, save_config
 from ..errors import UserError
+from ..plotting import style
 from ..run import Run
 from ..train import Reporter, SilentReporter
+from ..video import write_video
 from .figures import CAPTION_SEPARATOR, PolynomialFigure, RingsFigure
 from .learners import Batches, Learner, Problem, check_shapes, make_learners, make_problem, measure
-from .video import write_video
 
 __all__ = ["animate_config"]
 
@@ -85,7 +86,7 @@ def animate_config(cfg: Config, save_dir: Path | str = "save", name: str | None 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the nets are tiny: more threads only add synchronisation, and cost several times
     try:
-        with reporter.progress("animate", cfg.animate.frames) as advance:
+        with reporter.progress("animate", cfg.animate.frames) as advance, style():  # the figures' look, here only
             frames, record = _play(cfg, problem, learners, advance)
     finally:
         torch.set_num_threads(threads)

@@ -20,7 +20,6 @@ from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Transform, blended_transform_factory
 
-from .. import plotting  # noqa: F401  (the Agg backend and the project's font sizes)
 from ..data import toy
 from .geometry import decision_line, grid_lines, warp_grid
 from .learners import Learner, Problem

@@ -46,8 +46,8 @@ class ActivationGifStage(ActivationsStage):
 
     def frames(self, ctx: StageContext) -> list[np.ndarray]:
         """Input frame, then one frame per layer: its first channels as a grid on its own colour scale."""
-        from ..animate.video import captioned_frame
         from ..plotting import grey_rgb, mosaic, to_rgb
+        from ..video import captioned_frame
 
         names, outputs, index = self.capture(ctx)
         label = ctx.data.classes[int(ctx.probe.y[index])]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -108,24 +108,35 @@ class ActivationsStage(Stage):
                 panels.append({"name": name, "kind": "units", "values": units[:, order], "shape": [units.shape[1]],
                                "rows": rows, "columns": list(classes) if logits else None})
         ctx.draw("activations", draw_activations, ctx.pixels(index), classes[int(ctx.probe.y[index])], panels,
-                 ctx.epoch)
+                 ctx.epoch, scale=activation_scale(panels))
 
 
-def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int) -> Any:
+def activation_scale(panels: list[dict[str, Any]]) -> dict[str, float]:
+    """Each layer's colour limits, as values that only grow over a run: ``"<layer> max"`` and
+    ``"<layer> -min"`` (the minimum, negated)."""
+    scale = {}
+    for panel in _panel_values(panels):
+        low, high = panel["limits"]
+        scale[f"{panel['name']} max"], scale[f"{panel['name']} -min"] = high, -low
+    return scale
+
+
+@register_view
+def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int,
+                     scale: dict[str, float] | None = None, scale_note: str = "this epoch's colour scale") -> Any:
     """The input image, then per layer a grid of its channels' maps (conv) or a heat map of probe images ×
-    units (dense), each with its own colour bar."""
+    units (dense), each with its own colour bar (``scale``: the limits, see :func:`activation_scale`)."""
     from ..plotting import figure, show_image
 
     maps = any(panel["kind"] == "maps" for panel in panels)
-    fig, axes = figure(1, len(panels) + maps, panel=3.2, fixed_titles=True)  # images, or classes and units
+    fig, axes = figure(1, len(panels) + maps, panel=3.2)  # images, or classes and units
     if maps:  # the image the feature maps belong to
         show_image(axes[0, 0], pixels, f"input: {label}\n(the maps are of this image)")
-    shown = _panel_values(panels)
-    images = []
-    for ax, panel in zip(axes[0, int(maps):], shown, strict=True):
+    scale = scale or activation_scale(panels)
+    for ax, panel in zip(axes[0, int(maps):], _panel_values(panels), strict=True):
+        low, high = -scale[f"{panel['name']} -min"], scale[f"{panel['name']} max"]
         image = ax.imshow(panel["values"], cmap="viridis", aspect="equal" if panel["kind"] == "maps" else "auto",
-                          interpolation="nearest")
-        images.append(image)
+                          interpolation="nearest", vmin=low, vmax=high)
         if panel["kind"] == "maps":
             ax.set_xticks([])
             ax.set_yticks([])
@@ -142,8 +153,7 @@ def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]
                 ax.set_xlabel("unit, most active first")
             ax.set_title(f"{panel['name']} ({panel['shape'][0]} units)\nevery probe image")
         fig.colorbar(image, ax=ax, shrink=0.7, label="activation")
-    _fill_activations(fig, images, shown, epoch)
-    _ACTIVATION_FIGURES[fig] = (_activation_kind(pixels, label, panels), [fig.axes.index(i.axes) for i in images])
+    fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer: {scale_note})")
     return fig
 
 
@@ -153,45 +163,9 @@ def _panel_values(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
     for panel in panels:
-        values = panel["values"]
+        values = np.asarray(panel["values"])
         grid = mosaic(values) if panel["kind"] == "maps" else values
         finite = grid[np.isfinite(grid)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         out.append({**panel, "values": grid, "limits": (low, max(high, low + 1e-6)), "shown": len(values)})
     return out
-
-
-def _fill_activations(fig: Any, images: list[Any], shown: list[dict[str, Any]], epoch: int) -> None:
-    """The panels' values and colour limits (their colour bars follow) and the title."""
-    for image, panel in zip(images, shown, strict=True):
-        image.set_data(panel["values"])
-        # widened first, so that no step inverts the limits: matplotlib before 3.9 sets vmin and vmax one at a
-        # time, and its colour bar swaps them if this epoch's minimum lies above the last epoch's maximum
-        old = image.get_clim()
-        image.set_clim(min(panel["limits"][0], old[0]), max(panel["limits"][1], old[1]))
-        image.set_clim(*panel["limits"])
-    fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer)")
-
-
-def _activation_kind(pixels: np.ndarray, label: str, panels: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """What two epochs' figures must share for one to be updated into the other: all but the values."""
-    return (label, np.asarray(pixels).tobytes(), tuple(
-        (p["name"], p["kind"], tuple(p["shape"]), p.get("channels"), tuple(p.get("rows") or ()),
-         tuple(p.get("columns") or ()), np.shape(p["values"])) for p in panels))
-
-
-# each figure drawn: what it shows (see _activation_kind) and where its panels are in fig.axes
-_ACTIVATION_FIGURES: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], list[int]]] = weakref.WeakKeyDictionary()
-
-
-def _update_activations(fig: Any, pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int) -> bool:
-    """``fig``, an earlier epoch's figure from :func:`draw_activations`, made this epoch's; False
-    (unchanged) when this epoch's would differ in more than its values (other layers, another image)."""
-    kind, places = _ACTIVATION_FIGURES.get(fig, (None, []))
-    if kind != _activation_kind(pixels, label, panels):
-        return False
-    _fill_activations(fig, [fig.axes[i].images[0] for i in places], _panel_values(panels), epoch)
-    return True
-
-
-draw_activations.update = _update_activations  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -71,16 +72,17 @@ def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return ratio(true_positive, predicted), ratio(true_positive, support), f1, support
 
 
+@register_view
 def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float, epoch: int,
                    noun: str) -> Any:
-    """The counts and the row-normalized matrix side by side (run by the drawing worker); empty cells
+    """The counts and the row-normalized matrix side by side; empty cells
     are blank, and the colour scales are fixed (counts: 0 to the largest class; rates: 0 to 1)."""
     from ..plotting import figure
 
     n = len(classes)
     labels = list(range(n))
     panel = max(3.6, 0.42 * n)
-    fig, axes = figure(1, 2, panel=panel, fixed_titles=True)  # class names on both axes
+    fig, axes = figure(1, 2, panel=panel)
     # fixed colour limits, so that TensorBoard's step slider compares like with like: counts up to the
     # largest class (the same every epoch), rates from 0 to 1
     support = int(matrix.sum(axis=1).max()) or 1
@@ -92,38 +94,12 @@ def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str
         ax.set_ylabel("true class")
         ax.set_xticks(labels, classes, rotation=90 if max(map(len, classes)) > 2 else 0)
         ax.set_yticks(labels, classes)
-        if n <= 20:  # a text in every cell, filled by _write_cells
-            for r, c in np.ndindex(n, n):
-                # inside its cell: left out of the layout and bbox computations, which it would slow down
-                ax.text(c, r, "", ha="center", va="center", fontsize=7 if n > 10 else 8, in_layout=False)
+        if n <= 20:  # the number in every cell, none where the count is 0
+            for (r, c), v in np.ndenumerate(values):
+                if matrix[r, c]:
+                    # inside its cell: left out of the layout and bbox computations, which it would slow down
+                    ax.text(c, r, format(v, "d" if values is matrix else ".2f"), ha="center", va="center",
+                            fontsize=7 if n > 10 else 8, in_layout=False, color="white" if v > 0.6 * top else "black")
         fig.colorbar(image, ax=ax, shrink=0.8)
-    _write_cells(fig, matrix, normalized, accuracy, epoch, noun)
-    return fig
-
-
-def _write_cells(fig: Any, matrix: np.ndarray, normalized: np.ndarray, accuracy: float, epoch: int,
-                 noun: str) -> None:
-    """The matrices' values, the numbers in their cells (none where the count is 0) and the title."""
-    for ax, values, fmt in zip(fig.axes[:2], (matrix, normalized), ("d", ".2f"), strict=True):
-        image = ax.images[0]
-        image.set_data(values)
-        top = image.norm.vmax
-        for text, v, count in zip(ax.texts, values.flat, matrix.flat, strict=False):
-            text.set_text(format(v, fmt) if count else "")  # nothing there: left blank
-            text.set_color("white" if v > 0.6 * top else "black")
     fig.suptitle(f"epoch {epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {noun}")
-
-
-def _update_confusion(fig: Any, matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float,
-                      epoch: int, noun: str) -> bool:
-    """``fig``, an earlier epoch's figure from :func:`draw_confusion`, made this epoch's; False (unchanged)
-    when this epoch's would differ in more than its numbers (other classes, another colour scale)."""
-    counts = fig.axes[0]
-    if (counts.images[0].get_array().shape != matrix.shape or [t.get_text() for t in counts.get_yticklabels()] != classes
-            or counts.images[0].norm.vmax != (int(matrix.sum(axis=1).max()) or 1)):
-        return False
-    _write_cells(fig, matrix, normalized, accuracy, epoch, noun)
-    return True
-
-
-draw_confusion.update = _update_confusion  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job
+    return fig

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import textwrap
-import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ class EmbeddingsStage(Stage):
                    "labels and thumbnails; PCA (and t-SNE at the end) as a PNG")
     Options = EmbeddingsOptions
     needs = frozenset({"images", "classes", "features"})
-    drawing_imports = ("sklearn.manifold",)  # t-SNE
 
     def run(self, ctx: StageContext) -> None:
         import torch
@@ -74,9 +73,8 @@ class EmbeddingsStage(Stage):
                    "drawn at the last epoch (embeddings: {tsne: always} for every epoch)")
         else:
             why = f"needs more than {3 * self.options.perplexity:g} points for perplexity {self.options.perplexity:g}"
-        # the projections (t-SNE takes seconds) are computed by the drawing worker, off the training path
-        draw = ctx.draw if tsne is None else ctx.draw_ahead  # a t-SNE takes seconds: started first
-        draw("embeddings", draw_embeddings, features.numpy(), labels, predicted, list(names), ctx.epoch, tsne,
+        # the projections (t-SNE takes seconds) are computed by the view, in the drawing worker
+        ctx.draw("embeddings", draw_embeddings, features.numpy(), labels, predicted, list(names), ctx.epoch, tsne,
              why, self.options.tsne_points, self.options.tsne_iterations)
 
 
@@ -107,6 +105,7 @@ def tsne_map(features: np.ndarray, perplexity: float, iterations: int = 500) -> 
     return np.asarray(tsne.fit_transform(features))
 
 
+@register_view
 def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str], epoch: int,
                     perplexity: float | None, no_tsne: str | None = None, tsne_points: int | None = None,
                     tsne_iterations: int = 500) -> Any:
@@ -121,7 +120,7 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     tsne = None if perplexity is None else tsne_map(features[subset], perplexity, tsne_iterations)
     wrong = labels != predicted
     ring = _rings_shown(wrong)
-    fig, axes = figure(1, 2, panel=4.6, fixed_titles=True)  # no ticks
+    fig, axes = figure(1, 2, panel=4.6)
     pca, other = axes[0]
     _scatter(pca, points, labels, wrong, ring, names)
     if tsne is not None:
@@ -141,9 +140,11 @@ def draw_embeddings(features: np.ndarray, labels: np.ndarray, predicted: np.ndar
     handles, texts = pca.get_legend_handles_labels()
     fig.legend(handles, texts, title="true class", markerscale=2, fontsize=7, loc="outside right center",
                frameon=False)
-    _label_embeddings(fig, features, share, wrong, ring, epoch)
-    if tsne is None:
-        _EMBEDDING_KINDS[fig] = _embedding_kind(features, labels, predicted, names, no_tsne)
+    pca.set_title(f"PCA (explains {share.sum():.0%} of the variance)")
+    pca.set_xlabel(f"PC 1 ({share[0]:.0%})")
+    pca.set_ylabel(f"PC 2 ({share[1]:.0%})")
+    fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, epoch {epoch}; "
+                 f"colour = true class, {wrong.mean():.1%} misclassified" + (" (ringed)" if ring else ""))
     return fig
 
 
@@ -162,49 +163,3 @@ def _scatter(ax: Any, xy: np.ndarray, labels: np.ndarray, wrong: np.ndarray, rin
     ax.scatter(xy[ringed, 0], xy[ringed, 1], s=22, facecolors="none", edgecolors="black", linewidths=0.6,
                label=f"misclassified ({int(ringed.sum())})" if ring else "_")
     ax.set_aspect("equal", adjustable="datalim")
-
-
-def _label_embeddings(fig: Any, features: np.ndarray, share: np.ndarray, wrong: np.ndarray, ring: bool,
-                      epoch: int) -> None:
-    """The texts that change from epoch to epoch: the PCA panel's, the ringed count, the figure's title."""
-    pca = fig.axes[0]
-    pca.set_title(f"PCA (explains {share.sum():.0%} of the variance)")
-    pca.set_xlabel(f"PC 1 ({share[0]:.0%})")
-    pca.set_ylabel(f"PC 2 ({share[1]:.0%})")
-    if ring:
-        fig.legends[0].get_texts()[-1].set_text(f"misclassified ({int(wrong.sum())})")
-    fig.suptitle(f"penultimate features ({features.shape[1]}-d) of {len(features)} evaluation images, epoch {epoch}; "
-                 f"colour = true class, {wrong.mean():.1%} misclassified" + (" (ringed)" if ring else ""))
-
-
-def _embedding_kind(features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str],
-                    no_tsne: str | None) -> tuple[Any, ...]:
-    """What two epochs' PCA-only figures must share for one to be updated into the other."""
-    return features.shape, np.asarray(labels).tobytes(), tuple(names), no_tsne, _rings_shown(labels != predicted)
-
-
-_EMBEDDING_KINDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
-
-
-def _update_embeddings(fig: Any, features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str],
-                       epoch: int, perplexity: float | None, no_tsne: str | None = None, tsne_points: int | None = None,
-                       tsne_iterations: int = 500) -> bool:
-    """``fig``, an earlier epoch's PCA-only figure from :func:`draw_embeddings`, made this epoch's (its points
-    replaced, its texts rewritten); False (unchanged) for a t-SNE or when more than the points would differ
-    (other images, classes or note, rings shown or not)."""
-    if perplexity is not None or _EMBEDDING_KINDS.get(fig) != _embedding_kind(features, labels, predicted, names,
-                                                                              no_tsne):
-        return False
-    points, share = principal_components(features, 2)
-    wrong = labels != predicted
-    ring = _rings_shown(wrong)
-    pca = fig.axes[0]
-    for collection in list(pca.collections):
-        collection.remove()
-    pca.relim()  # the new points' limits alone
-    _scatter(pca, points, labels, wrong, ring, names)
-    _label_embeddings(fig, features, share, wrong, ring, epoch)
-    return True
-
-
-draw_embeddings.update = _update_embeddings  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job

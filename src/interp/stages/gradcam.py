@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -39,18 +40,22 @@ class GradCamStage(Stage):
 
         name, layer = gradcam_layer(ctx.model, self.options.layer, ctx.probe.x)
         cams = gradcam(ctx.model, layer, ctx.probe.x, ctx.probe.y)[:, 0]  # (B, H, W)
-        ctx.shared.setdefault("maps", {})["gradcam"] = cams
+        ctx.maps["gradcam"] = cams
         pixels, titles = ctx.probe_sheet()
-        ctx.draw("gradcam", draw_gradcam, pixels, titles, cams.cpu().numpy(), name, ctx.epoch)
+        arrays = cams.cpu().numpy()
+        ctx.draw("gradcam", draw_gradcam, pixels, titles, arrays, name, ctx.epoch,
+                 scale={"gradcam": float(max(arrays.max(), 1e-12))})
         ctx.record("zero_maps", float((cams.flatten(1).amax(dim=1) <= 0).float().mean()))
 
 
-def draw_gradcam(pixels: np.ndarray, titles: list[str], arrays: np.ndarray, layer: str, epoch: int) -> bytes:
-    """The sheet (run by the drawing worker): image, map, overlay per probe image; one colour scale."""
+@register_view
+def draw_gradcam(pixels: np.ndarray, titles: list[str], arrays: np.ndarray, layer: str, epoch: int,
+                 scale: dict[str, float] | None = None, scale_note: str = "this epoch's colour scale") -> bytes:
+    """The sheet: image, map, overlay per probe image; one colour scale (``scale["gradcam"]``: its top)."""
     from ..plotting import UNSIGNED_CMAP, grey_rgb, overlay_rgb, per_image_sheet, unsigned_rgb
 
     sheet = per_image_sheet(len(arrays), 3, arrays.shape[1:], bars=True)
-    limit = float(max(arrays.max(), 1e-12))  # one scale for every image: magnitudes compare
+    limit = (scale or {}).get("gradcam") or float(max(arrays.max(), 1e-12))  # one scale for every image
     for g in range(sheet.groups):
         sheet.colorbar(3 * g, None, label="image")
         sheet.colorbar(3 * g + 1, UNSIGNED_CMAP, 0, limit, "Grad-CAM")
@@ -60,4 +65,4 @@ def draw_gradcam(pixels: np.ndarray, titles: list[str], arrays: np.ndarray, laye
         place(unsigned_rgb(arrays[i], limit), "all zero" if arrays[i].max() <= 0 else f"max {arrays[i].max():.2g}")
         place(overlay_rgb(pixels[i], arrays[i]))
     return sheet.png(f"Grad-CAM at {layer}, epoch {epoch} (true class; ReLU'd, bilinear upsampling; one colour "
-                     "scale for all images)")
+                     f"scale for all images: {scale_note})")

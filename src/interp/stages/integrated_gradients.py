@@ -3,12 +3,12 @@ beside the maps."""
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -73,36 +73,38 @@ class IntegratedGradientsStage(Stage):
                 ctx.record(f"max_abs_delta{suffix}", float(delta.abs().max()))
                 saved[baseline] = {"delta": delta.cpu(), "difference": difference.cpu()}
             maps[baseline] = to_map(attributions, signed=True)  # (B, H, W), sums to Σ attributions per image
-        ctx.shared.setdefault("maps", {}).update({METHOD_OF[b]: m for b, m in maps.items()})
+        ctx.maps.update({METHOD_OF[b]: m for b, m in maps.items()})
+        ctx.completeness.update({METHOD_OF[b]: e for b, e in errors.items()})
         coarse = {b: e for b, e in errors.items() if e > COMPLETENESS_WARNING}
         if coarse:
             said = ", ".join(f"{e:.1%} ({b})" for b, e in coarse.items())
             ctx.notice(f"integrated_gradients: completeness error {said} at epoch {ctx.epoch} is above "
                        f"{COMPLETENESS_WARNING:.0%}; raise the steps option (now {options.steps})")
 
+        from ..plotting import symmetric_limit
+
         pixels, titles = ctx.probe_sheet()
-        ctx.draw("integrated_gradients", draw_integrated_gradients, pixels, titles,
-                 {b: m.cpu().numpy() for b, m in maps.items()}, {b: r.numpy() for b, r in relative.items()}, errors,
-                 options.steps, options.noise_baselines, ctx.epoch)
-        tensors = io.BytesIO()
-        main = saved.get("black", {})
-        torch.save({"maps": maps.get("black", next(iter(maps.values()))).cpu(), **main,
-                    "baselines": {b: {"maps": maps[b].cpu(), **saved.get(b, {})} for b in maps}}, tensors)
-        ctx.save_file("attributions.pt", tensors.getvalue())
+        arrays = {b: m.cpu().numpy() for b, m in maps.items()}
+        ctx.draw("integrated_gradients", draw_integrated_gradients, pixels, titles, arrays,
+                 {b: r.numpy() for b, r in relative.items()}, errors, options.steps, options.noise_baselines,
+                 ctx.epoch, scale={b: symmetric_limit(values) for b, values in arrays.items()})
+        ctx.keep("baselines", saved)  # per baseline: Captum's convergence delta and F(x) − F(baseline)
 
 
+@register_view
 def draw_integrated_gradients(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.ndarray],
                               relative: dict[str, np.ndarray], errors: dict[str, float], steps: int,
-                              noise_baselines: int, epoch: int) -> bytes:
-    """The sheet (run by the drawing worker): per image its pixels, the map from each baseline (one
-    colour scale per column, centred at 0) and the positive evidence of the first over the image."""
+                              noise_baselines: int, epoch: int, scale: dict[str, float] | None = None,
+                              scale_note: str = "this epoch's colour scale") -> bytes:
+    """The sheet: per image its pixels, the map from each baseline (one colour scale per column, centred
+    at 0; ``scale``: the limit per baseline) and the positive evidence of the first over the image."""
     from ..plotting import SIGNED_CMAP, grey_rgb, overlay_rgb, per_image_sheet, signed_rgb, symmetric_limit
 
     first = next(iter(arrays))
     columns = len(arrays) + 2
     sheet = per_image_sheet(len(pixels), columns, arrays[first].shape[1:], bars=True)
     # one colour scale per baseline, shared by every image (the bar above the column), centred at 0
-    limits = {b: symmetric_limit(values) for b, values in arrays.items()}
+    limits = scale or {b: symmetric_limit(values) for b, values in arrays.items()}
     for g in range(sheet.groups):
         sheet.colorbar(g * columns, None, label="image")
         for k, baseline in enumerate(arrays, start=1):
@@ -117,5 +119,5 @@ def draw_integrated_gradients(pixels: np.ndarray, titles: list[str], arrays: dic
         place(overlay_rgb(pixels[i], np.clip(arrays[first][i], 0, None)), f"positive evidence\n({first})")
     median = "; ".join(f"{b} {e:.2%}" for b, e in errors.items())
     return sheet.png(f"integrated gradients, epoch {epoch}, {steps} steps from each baseline (red = for the true "
-                     f"class, blue = against; one colour scale per column)\nmedian completeness error (err): "
+                     f"class, blue = against; one colour scale per column: {scale_note})\nmedian completeness error (err): "
                      f"{median or 'not defined for noise'}")

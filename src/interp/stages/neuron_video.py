@@ -65,8 +65,8 @@ class NeuronVideoStage(Stage):
 
     def render_frames(self) -> list[np.ndarray]:
         """Every captured grid on one colour scale (the largest |w| over the whole video)."""
-        from ..animate.video import captioned_frame
         from ..plotting import SIGNED_CMAP, to_rgb
+        from ..video import captioned_frame
 
         limit = max(float(np.abs(tiles).max()) for _, _, tiles in self.frames) or 1e-12
         frames = []

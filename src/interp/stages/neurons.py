@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -42,11 +43,11 @@ def first_layer_tiles(model: nn.Module, input_shape: tuple[int, ...], max_units:
     return tiles.mean(axis=1)  # other channel counts: the channel mean
 
 
-def neuron_grid(tiles: np.ndarray, cols: int | None = None) -> tuple[np.ndarray, float]:
-    """One mosaic of all tiles with 1-pixel borders, and the shared colour limit (max |w|)."""
+def neuron_grid(tiles: np.ndarray, cols: int | None = None, limit: float | None = None) -> tuple[np.ndarray, float]:
+    """One mosaic of all tiles with 1-pixel borders, and the shared colour limit (``limit``, or max |w|)."""
     from ..plotting import mosaic, symmetric_limit
 
-    limit = symmetric_limit(tiles)
+    limit = limit or symmetric_limit(tiles)
     grid = mosaic(tiles, cols)
     if grid.ndim == 3:  # RGB: map [−limit, limit] to [0, 1] per channel, grey = 0
         grid = np.clip(grid / (2 * limit) + 0.5, 0.0, 1.0)
@@ -70,16 +71,21 @@ class NeuronsStage(Stage):
         layer = first_weight_layer(ctx.model)
         total = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         kind = "hidden units" if isinstance(layer, nn.Linear) else "filters"
-        ctx.draw("neurons", draw_neurons, tiles, self.options.cols, total, kind, ctx.epoch)
+        from ..plotting import symmetric_limit
+
+        ctx.draw("neurons", draw_neurons, tiles, self.options.cols, total, kind, ctx.epoch,
+                 scale={"weight": symmetric_limit(tiles)})
 
 
-def draw_neurons(tiles: np.ndarray, cols: int | None, total: int, kind: str, epoch: int) -> bytes:
-    """The tiles as one mosaic under a colour bar, as PNG bytes (run by the drawing worker). Drawn like the
+@register_view
+def draw_neurons(tiles: np.ndarray, cols: int | None, total: int, kind: str, epoch: int,
+                 scale: dict[str, float] | None = None, scale_note: str = "this epoch's colour scale") -> bytes:
+    """The tiles as one mosaic under a colour bar (``scale["weight"]``: its limit), as PNG bytes. Drawn like the
     attribution sheets (:class:`~interp.plotting.TileSheet`): each weight a square of pixels, its longer
     side about 1,000 px, in a fraction of a matplotlib figure's time."""
     from ..plotting import SIGNED_CMAP, TileSheet, to_rgb
 
-    grid, limit = neuron_grid(tiles, cols)
+    grid, limit = neuron_grid(tiles, cols, (scale or {}).get("weight"))
     height, width = grid.shape[:2]
     zoom = max(1, round(1000 / max(height, width)))
     signed = grid.ndim == 2
@@ -91,6 +97,7 @@ def draw_neurons(tiles: np.ndarray, cols: int | None, total: int, kind: str, epo
     else:  # RGB filters, already mapped to [0, 1] with grey borders
         sheet.put(0, 0, np.round(grid * 255).astype(np.uint8), each)
     shown = f"{len(tiles)} of {total}" if len(tiles) < total else f"{total}"
-    scale = "one colour scale" if signed else "red, green, blue = the weight on each input channel, grey = 0"
+    scale_text = f"one colour scale, {scale_note}" if signed else \
+        f"red, green, blue = the weight on each input channel, grey = 0; {scale_note}"
     return sheet.png(f"first layer, epoch {epoch}: {shown} {kind}, {tiles.shape[1]}×{tiles.shape[2]} weights each "
-                     f"({scale}; |w| ≤ {limit:.3f})")
+                     f"({scale_text}; |w| ≤ {limit:.3f})")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -39,16 +40,30 @@ class SaliencyStage(Stage):
         if self.options.smoothgrad:
             maps["smoothgrad"] = to_map(smoothgrad(model, x, y, self.options.smoothgrad_samples,
                                                    self.options.smoothgrad_noise), signed=False)
-        ctx.shared.setdefault("maps", {}).update({k: v for k, v in maps.items() if k != "baseline"})
+        ctx.maps.update({k: v for k, v in maps.items() if k != "baseline"})
         pixels, titles = ctx.probe_sheet()
-        ctx.draw("saliency", draw_saliency, pixels, titles, {k: v.cpu().numpy() for k, v in maps.items()}, ctx.epoch)
+        arrays = {k: v.cpu().numpy() for k, v in maps.items()}
+        ctx.draw("saliency", draw_saliency, pixels, titles, arrays, ctx.epoch, scale=saliency_scale(arrays))
         ctx.record("mean_abs_gradient", float(maps["saliency"].mean()))
         ctx.record("baseline_mean_abs_gradient", float(maps["baseline"].mean()))
 
 
-def draw_saliency(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.ndarray], epoch: int) -> bytes:
-    """The sheet (run by the drawing worker): per image its pixels, |∇| on black, saliency, their
-    difference, an overlay and (when computed) SmoothGrad; one colour scale per column."""
+def saliency_scale(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """The sheet's colour limits: |∇| (saliency and on black), their difference (±), SmoothGrad."""
+    from ..plotting import symmetric_limit
+
+    scale = {"gradient": float(max(arrays["saliency"].max(), arrays["baseline"].max(), 1e-12)),
+             "delta": symmetric_limit(arrays["saliency"] - arrays["baseline"])}
+    if "smoothgrad" in arrays:
+        scale["smoothgrad"] = float(max(arrays["smoothgrad"].max(), 1e-12))
+    return scale
+
+
+@register_view
+def draw_saliency(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.ndarray], epoch: int,
+                  scale: dict[str, float] | None = None, scale_note: str = "this epoch's colour scale") -> bytes:
+    """The sheet: per image its pixels, |∇| on black, saliency, their difference, an overlay and (when
+    computed) SmoothGrad; one colour scale per column (``scale``: the limits, e.g. the whole run's)."""
     from ..plotting import (
         SIGNED_CMAP,
         UNSIGNED_CMAP,
@@ -56,7 +71,6 @@ def draw_saliency(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.nd
         overlay_rgb,
         per_image_sheet,
         signed_rgb,
-        symmetric_limit,
         unsigned_rgb,
     )
 
@@ -65,9 +79,8 @@ def draw_saliency(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.nd
     columns = 6 if smooth else 5
     sheet = per_image_sheet(len(pixels), columns, arrays["saliency"].shape[1:], bars=True)
     # one colour scale per column, shared by every image, so that magnitudes compare across images
-    limit = float(max(arrays["saliency"].max(), arrays["baseline"].max(), 1e-12))
-    delta_limit = symmetric_limit(delta)
-    smooth_limit = float(max(arrays["smoothgrad"].max(), 1e-12)) if smooth else 1.0
+    scale = scale or saliency_scale(arrays)
+    limit, delta_limit, smooth_limit = scale["gradient"], scale["delta"], scale.get("smoothgrad", 1.0)
     for g in range(sheet.groups):
         first = g * columns
         sheet.colorbar(first, None, label="image")
@@ -86,4 +99,4 @@ def draw_saliency(pixels: np.ndarray, titles: list[str], arrays: dict[str, np.nd
         if smooth:
             place(unsigned_rgb(arrays["smoothgrad"][i], smooth_limit), f"max {arrays['smoothgrad'][i].max():.2g}")
     return sheet.png(f"saliency, epoch {epoch}: gradient of the true-class logit; each column has one colour "
-                     "scale for all images (bars above); delta red = stronger than on a black image")
+                     f"scale for all images (bars above: {scale_note}); delta red = stronger than on a black image")

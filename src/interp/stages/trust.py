@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..analysis.records import register_view
 from .base import Stage, Summary, register_stage
 
 if TYPE_CHECKING:
@@ -98,8 +98,7 @@ class TrustStage(Stage):
         if self.options.methods:
             chosen = list(self.options.methods)
         else:
-            shared = ctx.shared.get("maps", {})
-            chosen = [m for m in METHOD_NAMES if m in shared] or ["saliency", "integrated_gradients", "gradcam"]
+            chosen = [m for m in METHOD_NAMES if m in ctx.maps] or ["saliency", "integrated_gradients", "gradcam"]
         if last_spatial_layer(ctx.model) is None and "gradcam" in chosen:
             chosen.remove("gradcam")
         return chosen
@@ -363,9 +362,7 @@ class TrustStage(Stage):
     @staticmethod
     def completeness(ctx: StageContext, method: str) -> float | None:
         """The integrated-gradients stage's median completeness error for ``method`` (None: not measured)."""
-        key = {"integrated_gradients": "integrated_gradients/completeness_error",
-               "integrated_gradients_blur": "integrated_gradients/completeness_error/blur"}.get(method)
-        return ctx.numbers.get(key) if key else None
+        return ctx.completeness.get(method)
 
     # -- output ----------------------------------------------------------------------------------
     def record(self, ctx: StageContext, results: dict[str, dict[str, Any]]) -> None:
@@ -536,20 +533,16 @@ def _short(layer: str) -> str:
     return parts[-1] if parts else layer
 
 
-# -- figures (drawn by the drawing worker: plain values in, a matplotlib figure out) ---------------------
+# -- views: plain values in, a matplotlib figure or PNG bytes out --------------------------------------
+@register_view
 def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
     """One row per perturbation (black, blur, ROAD): the deletion-like curve left, the insertion-like one
     right, the references dashed and grey; each row's legend, with both scores, sits right of the row. A
-    row with a ``note`` instead of curves (ROAD before the last epoch) is drawn empty, saying why.
+    row with a ``note`` instead of curves (ROAD before the last epoch) is drawn empty, saying why."""
+    from ..plotting import figure
 
-    Laid out by hand, not by constrained layout (a third of the drawing time of this, the costliest figure
-    of a run): every text but the legends is fixed, so only the legends are measured (at each draw, see
-    :func:`_place_curves`), and the panels take the width they leave."""
-    from ..plotting import fixed_layout_figure, fixed_title_position
-
-    fig = fixed_layout_figure(10.2, 3.0 * len(rows) + 0.6, place=_place_curves)
-    with fixed_title_position():  # probabilities from 0 to 1.02: nothing above a panel but its title
-        grid = [[fig.add_axes((0, 0, 1, 1)) for _ in range(2)] for _ in rows]
+    fig, grid = figure(len(rows), 2, panel=3.0)
+    fig.set_size_inches(10.0, 3.0 * len(rows) + 0.6)
     for ax_row, row in zip(grid, rows, strict=True):
         if "note" in row:  # not computed at this epoch: an empty row that says why
             for ax, title in zip(ax_row, row["titles"], strict=True):
@@ -577,72 +570,15 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
         ax_row[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7.5, frameon=False,
                          title=f"{row['score']}: {'del.' if row['score'] == 'AUC' else 'MoRF'} / "
                                f"{'ins.' if row['score'] == 'AUC' else 'LeRF'}", title_fontsize=7.5)
-    _curves_title(fig, epoch, images)
-    _CURVE_KINDS[fig] = _curve_kind(rows)
-    return fig
-
-
-def _place_curves(fig: Any) -> None:
-    """Where the panels of :func:`draw_curves` go (at each draw, from the legends' widths then): the
-    widest legend right of the right-hand panels, the panels sharing what width it leaves."""
-    width, height = fig.get_size_inches()
-    grid = [fig.axes[i:i + 2] for i in range(0, len(fig.axes), 2)]
-    # inches: y tick labels and label left of each panel, two-line titles above, x labels below
-    left, gap, right, top, below, between = 0.55, 0.72, 0.06, 0.72, 0.45, 0.85
-    renderer = fig._get_renderer()  # as matplotlib's own layout engines: any canvas (PNG, PDF, SVG)
-    legends = [ax_row[1].get_legend() for ax_row in grid if ax_row[1].get_legend() is not None]
-    legend = max((lg.get_window_extent(renderer).width for lg in legends), default=0.0) / fig.dpi
-    panel_w = max(1.0, (width - left - gap - right - legend) / 2.02)  # the legend starts 2 % of a panel right
-    panel_h = (height - top - below - between * (len(grid) - 1)) / len(grid)
-    for r, ax_row in enumerate(grid):
-        bottom = height - top - panel_h - r * (panel_h + between)
-        for c, ax in enumerate(ax_row):
-            ax.set_position(((left + c * (panel_w + gap)) / width, bottom / height, panel_w / width, panel_h / height))
-
-
-def _curves_title(fig: Any, epoch: int, images: int) -> None:
-    height = fig.get_figheight()
     fig.suptitle(f"trust, epoch {epoch}: pixels ranked by each map, the edge map and random orders "
-                 f"(mean of {images} images)", fontsize=10, y=1 - 0.06 / height, va="top")
-
-
-def _curve_kind(rows: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """What two epochs' figures must share for one to be updated into the other: all but the curves'
-    values and the scores."""
-    return tuple((row.get("note"), tuple(row["titles"]), tuple(row.get("xlabels", ())), row.get("score"),
-                  tuple(np.asarray(row.get("x", ())).tolist()),
-                  tuple((line["name"], line["style"], line["colour"]) for line in row.get("lines", ())))
-                 for row in rows)
-
-
-_CURVE_KINDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
-
-
-def _update_curves(fig: Any, rows: list[dict[str, Any]], epoch: int, images: int) -> bool:
-    """``fig``, an earlier epoch's figure from :func:`draw_curves`, made this epoch's (its curves, the
-    scores in its legends, its title); False (unchanged) when the rows differ in more than their values
-    (ROAD's row filled at the last epoch, other methods)."""
-    if _CURVE_KINDS.get(fig) != _curve_kind(rows):
-        return False
-    axes = iter(fig.axes)
-    for row in rows:
-        ax_row = (next(axes), next(axes))
-        if "note" in row:
-            continue
-        for ax, key in zip(ax_row, ("down", "up"), strict=True):
-            for artist, line in zip(ax.lines, row["lines"], strict=True):
-                artist.set_ydata(line[key])
-        for text, line in zip(ax_row[1].get_legend().get_texts(), row["lines"], strict=True):
-            text.set_text(_curve_label(line))
-    _curves_title(fig, epoch, images)
-    return True
+                 f"(mean of {images} images)", fontsize=10)
+    return fig
 
 
 def _curve_label(line: dict[str, Any]) -> str:
     return f"{line['name']} ({' / '.join(f'{s:.3f}' for s in line['scores'])})"
 
 
-draw_curves.update = _update_curves  # type: ignore[attr-defined]  # see interp.analysis.drawing.render_job
 
 
 MEASURE_TITLES = {"spearman_abs_foreground": "ρ of |map|, foreground pixels (the verdict's)",
@@ -651,13 +587,14 @@ MEASURE_TITLES = {"spearman_abs_foreground": "ρ of |map|, foreground pixels (th
                   "ssim": "SSIM of |map| scaled to [0, 1]"}
 
 
+@register_view
 def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float]]], colours: dict[str, str],
                        epoch: int, images: int) -> Any:
     """Four similarity measures between the trained map and the map after each cumulative re-initialization;
     the references (edges: ρ 1, random: ρ ≈ 0) dashed and grey, the legend below the panels."""
     from ..plotting import figure
 
-    fig, axes = figure(2, 2, panel=1.0, fixed_titles=True)  # similarities from −0.3 to 1.05
+    fig, axes = figure(2, 2, panel=1.0)
     fig.set_size_inches(max(8.0, 0.9 * len(layers) + 5.0), 7.2)
     steps = list(range(len(layers) + 1))
     for ax, (measure, title) in zip(axes.flat, MEASURE_TITLES.items(), strict=True):
@@ -682,6 +619,7 @@ def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float
     return fig
 
 
+@register_view
 def draw_cascade_maps(pixels: np.ndarray, methods: list[str],
                       maps: dict[str, tuple[np.ndarray, list[np.ndarray], list[float]]], layers: list[str], epoch: int,
                       images: int) -> bytes:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class WeightsStage(Stage):
         ctx.draw("weights", draw_weights, panels, ctx.epoch)
 
 
+@register_view
 def draw_weights(panels: list[dict[str, Any]], epoch: int) -> Any:
     """One histogram per weight tensor: epoch 0 filled grey behind the current epoch's outline."""
     from matplotlib.ticker import MaxNLocator

@@ -101,13 +101,12 @@ def _load_weights(model: nn.Module, weights: dict[str, Tensor], path: Path, cfg:
 
 
 def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, resume: Path | str | None = None,
-        reporter: Reporter | None = None, draw_at_close: bool = False) -> TrainResult:
+        reporter: Reporter | None = None) -> TrainResult:
     """Train ``cfg``'s model on its dataset, running the analysis stages at epoch 0 and after epochs.
 
     Writes ``save/<run>/`` (config.yaml, metrics.jsonl, checkpoints, TensorBoard events, stage figures).
-    With ``resume`` (a run folder) training continues from its last.pt to ``cfg.train.epochs``.
-    ``draw_at_close``: this process helps the drawing worker with the figures still waiting when training
-    ends (``DrawingWorker(caller_draws=True)``: the ``interp`` command's own process, not a notebook's).
+    With ``resume`` (a run folder) training continues from its last.pt to ``cfg.train.epochs``, and every
+    record of the run without its figure is drawn.
     """
     reporter = reporter or SilentReporter()
     check_sources(cfg.data)
@@ -121,7 +120,7 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     if not dist.main:
         reporter = SilentReporter()  # rank 0 speaks for all
     try:
-        return _fit(cfg, stages, device, dist, Path(save_dir), name, resume, reporter, draw_at_close)
+        return _fit(cfg, stages, device, dist, Path(save_dir), name, resume, reporter)
     finally:
         if dist.enabled:
             from torch import distributed as torch_distributed
@@ -148,7 +147,7 @@ def _on_main(dist: Dist, work: Callable[[], Any]) -> Any:
 
 
 def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_dir: Path, name: str | None,
-         resume: Path | str | None, reporter: Reporter, draw_at_close: bool = False) -> TrainResult:
+         resume: Path | str | None, reporter: Reporter) -> TrainResult:
     resumed: Run | None = None
     resume_state: dict[str, Any] | None = None
 
@@ -171,23 +170,12 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         if resume_state is None:  # the other ranks read what rank 0 checked (and repaired)
             resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
 
-    worker = None
-    if stages and dist.main and cfg.analysis.drawing_worker:  # its imports overlap the loading and setup below
-        from ..analysis.drawing import DrawingWorker
-
-        worker = DrawingWorker(prepare=sorted({name for stage in stages for name in stage.drawing_imports}),
-                               caller_draws=draw_at_close)
-        worker.start()
-    try:
-        return _fit_with(cfg, stages, device, dist, save_dir, name, resume, reporter, resumed, resume_state, worker)
-    finally:
-        if worker is not None:
-            worker.close(finish=False)  # handed to the run, which closed it already; else never used
+    return _fit_with(cfg, stages, device, dist, save_dir, name, resume, reporter, resumed, resume_state)
 
 
 def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_dir: Path, name: str | None,
               resume: Path | str | None, reporter: Reporter, resumed: Run | None,
-              resume_state: dict[str, Any] | None, worker: Any) -> TrainResult:
+              resume_state: dict[str, Any] | None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed, progress=reporter.progress, notice=reporter.notice).to(device)
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
@@ -239,9 +227,10 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
         run = created if created is not None else Run(Path(run_dir))
         best = None
 
-    run.drawing_worker = cfg.analysis.drawing_worker
-    if worker is not None:
-        run.sink.start_drawing(worker)
+    drawing = bool(stages) and dist.main and cfg.analysis.drawing_worker
+    run.drawing_worker = drawing
+    if drawing:
+        run.sink.start_drawing()
     init_path = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init_path, map_location=device)["model"] \
         if dist.main and init_path.exists() else None
@@ -268,8 +257,13 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
                       features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
                       speed=speed, lr_at=lr_at)
     try:
-        with _cores_beside_worker(device, worker is not None and not dist.enabled):
+        with _cores_beside_worker(device, drawing and not dist.enabled):
             trainer.fit(start_epoch, resuming=resume_state is not None)
+        if dist.main and stages:  # every figure kind on one colour scale, and any figure still missing
+            from ..analysis.views import draw_run
+
+            draw_run(run.path, run.sink, missing_only=True)
+            run.sink.wait()
         dist.barrier()  # the others wait for rank 0's last stages and checkpoint
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say how to go on
         try:  # a second Ctrl-C while the run is closed ends the process at once
@@ -282,6 +276,10 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         resumable = (run.checkpoints / "last.pt").is_file()
+        from ..analysis.views import waiting_figures
+
+        exc.waiting = waiting_figures(run.path) if dist.main else 0  # type: ignore[attr-defined]
+        exc.run = str(run.path)  # type: ignore[attr-defined]
         exc.resume = str(run.path) if resumable else None  # type: ignore[attr-defined]
         exc.detail = f"no epoch had finished; {run.path} holds what was written"  # type: ignore[attr-defined]
         raise
