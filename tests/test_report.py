@@ -159,9 +159,10 @@ def test_epoch_selector_has_one_entry_per_analyzed_epoch_and_starts_on_the_last(
 
 
 def test_per_class_table_is_the_last_epochs_confusion_json(run_dir: Path) -> None:
+    """The confusion stage's per-class table, shown like any stage's summary."""
     _, page = _page(run_dir)
     saved = json.loads((run_dir / "epoch_002" / "confusion" / "confusion.json").read_text())
-    rows = page.rows["per_class"]
+    rows = page.rows["confusion"]
     assert rows[0] == ["class", "precision", "recall", "F1", "support"]
     assert len(rows) - 1 == len(saved["per_class"]) == 10
     for row, expected in zip(rows[1:], saved["per_class"], strict=True):

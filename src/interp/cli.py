@@ -281,6 +281,8 @@ def _print_summaries(reporter: RichReporter, summaries: dict[str, Any]) -> None:
     from rich.table import Table
 
     for summary in summaries.values():
+        if not summary.terminal:
+            continue
         view = Table(title=summary.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                      collapse_padding=True)
         numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in summary.rows)

@@ -14,7 +14,6 @@ animate`` run (no epochs, only ``animations/``) the animate section's hidden sha
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -37,7 +36,7 @@ th:first-child, td:first-child, td.text, th.text { text-align: left; }
 figure { margin: 8px 0; } figcaption { color: #666; font-size: 13px; }
 img, video { max-width: 100%; border: 1px solid #eee; image-rendering: auto; }
 figure a img { cursor: zoom-in; }
-.doubt { color: #a33; font-weight: 600; } .trust { color: #277a2d; font-weight: 600; }
+tr.bad td:last-child { color: #a33; font-weight: 600; } tr.good td:last-child { color: #277a2d; font-weight: 600; }
 .muted { color: #777; } code { background: #f4f4f4; padding: 1px 4px; }
 nav a { margin-right: 12px; }
 /* the epoch selector: one radio button per epoch; the checked one shows the panel right after its label
@@ -135,7 +134,10 @@ def _metrics_rows(metrics: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def _summary(stage: str, path: Path) -> dict[str, Any] | None:
-    """A stage's summary table from its summary.json (None if it cannot be read as one)."""
+    """A stage's summary table from its summary.json (None if it cannot be read as one), any stage's alike:
+    every column as a cell, a row's mark (good, bad) as its colour."""
+    from .stages.base import MARKS
+
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -144,13 +146,14 @@ def _summary(stage: str, path: Path) -> dict[str, Any] | None:
         return None
     columns = summary.get("columns")
     notes = summary.get("notes")
-    rows = [[_fmt(cell, 3) for cell in row] for row in summary["rows"] if isinstance(row, list)]
+    marks = summary.get("marks") if isinstance(summary.get("marks"), list) else []
+    rows = [row for row in summary["rows"] if isinstance(row, list)]
     return {"stage": stage, "title": _fmt(summary.get("title")), "epoch": _fmt(summary.get("epoch")),
             "columns": [_fmt(c) for c in columns] if isinstance(columns, list) else [],
-            "rows": [{"cells": row[:-1], "verdict": row[-1] if row else "",
-                      "css": "trust" if row and row[-1] == "trust" else ("doubt" if row and row[-1] in
-                                                                         ("doubt", "uncertain") else "")}
-                     for row in rows],
+            "rows": [{"cells": [{"value": _fmt(cell, 3), "text": _number(cell) is None and cell is not None}
+                               for cell in row],
+                      "css": marks[i] if i < len(marks) and marks[i] in MARKS else ""}
+                     for i, row in enumerate(rows)],
             "notes": [_fmt(n) for n in notes] if isinstance(notes, list) else []}
 
 
@@ -188,43 +191,6 @@ def _config_summary(raw: dict[str, Any]) -> dict[str, str] | None:
     return {"dataset": str(data.get("dataset")), "arch": str(model.get("arch")), "shape": shape,
             "epochs": str(train.get("epochs")), "optimizer": str(train.get("optimizer")),
             "lr": str(train.get("lr")), "seed": str(raw.get("seed"))}
-
-
-def _per_class(epochs: list[tuple[int, Path]]) -> dict[str, Any] | None:
-    """Precision, recall and F1 of each class at the last epoch the confusion stage wrote them: from
-    confusion.json's ``per_class`` (or per_class.csv when the JSON cannot be read)."""
-    for epoch, folder in reversed(epochs):
-        rows: Any = None
-        accuracy: Any = None
-        try:
-            saved = json.loads((folder / "confusion" / "confusion.json").read_text(encoding="utf-8"))
-            if isinstance(saved, dict):
-                rows, accuracy = saved.get("per_class"), saved.get("accuracy")
-        except (OSError, ValueError):
-            pass
-        if not isinstance(rows, list):
-            try:
-                with (folder / "confusion" / "per_class.csv").open(encoding="utf-8", newline="") as handle:
-                    rows = [{k: _csv_value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-            except (OSError, ValueError, csv.Error):
-                continue
-        keys = ("class", "precision", "recall", "f1", "support")
-        table = [[_fmt(row.get(key), 3) for key in keys] for row in rows if isinstance(row, dict)]
-        if table:
-            return {"epoch": epoch, "rows": table, "accuracy": _percent(accuracy) if accuracy is not None else None}
-    return None
-
-
-def _csv_value(text: Any) -> Any:
-    """A cell of per_class.csv as the number it holds (text stays text)."""
-    if not isinstance(text, str):
-        return text
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _animation_records(run: Run) -> list[tuple[Path, dict[str, Any]]]:
@@ -336,7 +302,7 @@ def build_report(run_dir: Path | str) -> Path:
         "animation": _animation_summary(raw, records) if animation_run and (raw or records) else None,
         "files": [(name, _href(run.path / name, page_dir)) for name in ("config.yaml", "metrics.jsonl")
                   if (run.path / name).is_file()],
-        "metrics": [], "curves": False, "final": None, "best": None, "summaries": [], "per_class": None,
+        "metrics": [], "curves": False, "final": None, "best": None, "summaries": [],
         "animations": [], "animation_tables": [], "stages": [], "last_epoch": None, "analyses": []}
     if animation_run:
         context["files"] += [(path.name, _href(path, page_dir)) for path, _ in records]
@@ -358,8 +324,7 @@ def build_report(run_dir: Path | str) -> Path:
             latest[path.parent.name] = path
     tables = [_summary(stage, path) for stage, path in sorted(latest.items())]
     context["summaries"] = [t for t in tables if t is not None]
-    context["per_class"] = _per_class(epochs)
-    if context["summaries"] or context["per_class"]:
+    if context["summaries"]:
         sections.append(("summaries", "Summaries"))
 
     animations = sorted(run.animations.glob("*")) if run.animations.is_dir() else []

@@ -1,4 +1,4 @@
-"""The stage runner: what a stage receives (:class:`StageContext`), and running stages in order.
+"""The stage runner: running stages in order on a :class:`~interp.stages.base.StageContext`.
 
 The runner skips the stages a run cannot serve (with one notice per run), orders them so a stage runs
 after the ones it reads from, times each, keeps the training RNG and the model's mode untouched, and
@@ -7,167 +7,15 @@ collects the numbers and summary tables the stages produce.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
 
-from ..data import Data, Probe
-from ..stages.base import Stage, Summary
-from .evaluation import Evaluation
-from .sink import Sink, WriteError
+from ..stages.base import Stage, StageContext, Summary
+from .sink import WriteError
 
 __all__ = ["StageContext", "StageResults", "order_stages", "run_stages"]
-
-
-@dataclass
-class StageContext:
-    """Everything a stage may use: the epoch's :class:`Evaluation`, and the sink to write to.
-
-    ``folder`` is where this analysis point's files go, relative to the run (``epoch_003``,
-    ``analysis/best``); ``tag`` prefixes TensorBoard tags (``""``, ``"analysis/best/"``)."""
-
-    evaluation: Evaluation
-    sink: Sink
-    folder: str
-    tag: str = ""
-    initial_state: dict[str, Tensor] | None = None  # the weights at epoch 0, when known
-    notice: Callable[[str], None] = print
-    numbers: dict[str, float] = field(default_factory=dict)  # → metrics.jsonl and TensorBoard scalars
-    # what one stage leaves for a later one: attribution maps by method name, (B, H, W) on the device; the
-    # median completeness error of each integrated-gradients method
-    maps: dict[str, Tensor] = field(default_factory=dict)
-    completeness: dict[str, float] = field(default_factory=dict)
-    stage: str = ""
-    during_training: bool = True
-    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # this stage's, until its record is written
-    kept: dict[str, Any] = field(default_factory=dict)
-
-    # -- the evaluation, for short -----------------------------------------------------------------
-    @property
-    def model(self) -> nn.Module:
-        return self.evaluation.model
-
-    @property
-    def data(self) -> Data:
-        return self.evaluation.data
-
-    @property
-    def probe(self) -> Probe:
-        return self.evaluation.probe
-
-    @property
-    def epoch(self) -> int:
-        return self.evaluation.epoch
-
-    @property
-    def final(self) -> bool:
-        return self.evaluation.final
-
-    @property
-    def device(self) -> torch.device:
-        return self.evaluation.data.device
-
-    @property
-    def step(self) -> int:
-        return self.epoch
-
-    # -- writing -------------------------------------------------------------------------------------
-    def record(self, key: str, value: float) -> None:
-        """A number for metrics.jsonl (``<stage>/<key>``) and a TensorBoard scalar."""
-        name = f"{self.stage}/{key}"
-        self.numbers[name] = float(value)
-        self.sink.scalar(f"{self.tag}{name}", float(value), self.step)
-
-    def draw(self, name: str, view: Callable[..., Any], *args: Any, scale: dict[str, float] | None = None,
-             **kwargs: Any) -> None:
-        """Figure ``<stage>/<name>.png``, drawn by ``view`` — a module-level function of plain values (arrays,
-        numbers, strings, lists, mappings) returning PNG bytes or a matplotlib figure — from this stage's
-        record: the arguments are kept there first, then drawn (by the drawing worker when the run has one).
-
-        ``scale``: the colour limits the view uses (``{"saliency": 0.12}``), for a figure whose magnitudes
-        matter; the view receives it as ``scale=`` (with ``scale_note=``), and at the end of a run every
-        epoch's figure of this kind is drawn again on the largest of each limit over the run."""
-        import inspect
-
-        from .records import register_view, view_name
-
-        register_view(view)
-        try:
-            fields = dict(inspect.signature(view).bind(*args, **kwargs).arguments)
-        except TypeError as exc:
-            raise TypeError(f"figure {name}: the arguments do not fit {view.__qualname__} ({exc})") from None
-        self.figures[name] = {"view": view_name(view),
-                              "scale": None if scale is None else {k: float(v) for k, v in scale.items()},
-                              "fields": fields}
-
-    def keep(self, name: str, value: Any) -> None:
-        """Arrays or values kept in this stage's record beside its figures (``record.data[name]``)."""
-        self.kept[name] = value
-
-    def save_file(self, name: str, content: bytes | str) -> None:
-        """A file beside the stage's figures (JSON, CSV, tensors)."""
-        self.sink.file(f"{self.folder}/{self.stage}/{name}", content)
-
-    def save_json(self, name: str, value: Any) -> None:
-        """Strict JSON: a NaN or an infinity is written as null."""
-        from ..run import strict_json
-
-        self.save_file(name, json.dumps(strict_json(value), indent=1, allow_nan=False))
-
-    def histogram(self, name: str, values: Any) -> None:
-        self.sink.histogram(f"{self.tag}{name}", values, self.step)
-
-    def video(self, name: str, frames: list[np.ndarray], fps: float, formats: list[str]) -> None:
-        self.sink.video(f"{self.folder}/{self.stage}/{name}", frames, fps, formats)
-
-    def write_record(self, summary: Summary | None) -> None:
-        """This stage's record (its figures' data, numbers, summary and kept values), then its figures."""
-        from .records import RECORD, Record, encode_record
-
-        prefix = f"{self.stage}/"
-        record = Record(stage=self.stage, epoch=self.epoch, figures=self.figures,
-                        numbers={k: v for k, v in self.numbers.items() if k.startswith(prefix)},
-                        summary=None if summary is None else summary.to_json(), data=self.kept)
-        where = f"{self.folder}/{self.stage}"
-        self.sink.file(f"{where}/{RECORD}", encode_record(record))
-        for name, entry in self.figures.items():
-            imports = () if entry["view"].startswith("interp.") else (entry["view"].split(":")[0],)
-            self.sink.figure(f"{where}/{RECORD}", name, f"{where}/{name}.png", f"{self.tag}{self.stage}/{name}",
-                             self.step, imports=imports)
-        self.figures, self.kept = {}, {}
-
-    # -- small helpers for drawing -------------------------------------------------------------------
-    def eval_logits(self) -> Tensor:
-        return self.evaluation.logits()
-
-    def eval_features(self) -> Tensor:
-        return self.evaluation.features()
-
-    def title(self, i: int, probs: Tensor) -> str:
-        """'true 7\\npred 7 (0.98)' for probe item ``i`` given softmax probabilities (B, classes): two short
-        lines, so that long class names fit above a small panel."""
-        classes = self.data.classes
-        pred = int(probs[i].argmax())
-        return f"true {classes[int(self.probe.y[i])]}\npred {classes[pred]} ({float(probs[i, pred]):.2f})"
-
-    def probe_probs(self) -> Tensor:
-        with torch.no_grad():
-            return torch.softmax(self.model(self.probe.x), dim=1)
-
-    def pixels(self, i: int) -> np.ndarray:
-        return self.probe.pixels[i].detach().cpu().numpy()
-
-    def probe_sheet(self) -> tuple[np.ndarray, list[str]]:
-        """The probe images' pixels (B, C, H, W) and their two-line titles: what a sheet drawn by the
-        drawing worker needs of them."""
-        probs = self.probe_probs()
-        return self.probe.pixels.detach().cpu().numpy(), [self.title(i, probs) for i in range(len(probs))]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from .base import register_stage
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..analysis.runner import StageContext
+    from .base import StageContext
 
 
 def _gif_only() -> list[Literal["gif", "mp4"]]:

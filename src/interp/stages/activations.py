@@ -14,8 +14,8 @@ from .base import Stage, register_stage
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from ..analysis.runner import StageContext
     from ..data import Data
+    from .base import StageContext
 
 
 class ActivationsOptions(BaseModel):

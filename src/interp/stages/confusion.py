@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis.records import register_view
-from .base import Stage, register_stage
+from .base import Stage, Summary, register_stage
 
 if TYPE_CHECKING:
-    from ..analysis.runner import StageContext
+    from .base import StageContext
 
 
 @register_stage
@@ -21,7 +21,7 @@ class Confusion(Stage):
     needs = frozenset({"classes"})  # the matrix needs classes, not pictures
     description = "confusion matrix on the evaluation set (raw and row-normalized) + per-class precision/recall/F1"
 
-    def run(self, ctx: StageContext) -> None:
+    def run(self, ctx: StageContext) -> Summary:
         classes = ctx.data.classes
         y_true = ctx.data.eval_y.cpu().numpy()
         y_pred = ctx.eval_logits().argmax(dim=1).cpu().numpy()
@@ -48,6 +48,8 @@ class Confusion(Stage):
 
         noun = "images" if ctx.data.is_image else "points"
         ctx.draw("confusion", draw_confusion, matrix, normalized, list(classes), accuracy, ctx.epoch, noun)
+        return Summary("Per class", ["class", "precision", "recall", "F1", "support"],
+                       [list(row.values()) for row in rows], [f"accuracy {accuracy:.2%}"], terminal=False)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
-    from ..analysis.runner import StageContext
+    from .base import StageContext
 
 PROJECTOR_POINT_LIMIT = 10_000  # the projector's t-SNE works on at most this many points
 SPRITE_LIMIT = 8192  # the projector cannot load larger sprite sheets (pixels per side)

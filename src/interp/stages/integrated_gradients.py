@@ -12,7 +12,7 @@ from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
-    from ..analysis.runner import StageContext
+    from .base import StageContext
 
 # Above this median relative completeness error the integral is too coarse to trust.
 COMPLETENESS_WARNING = 0.05

@@ -14,9 +14,9 @@ from .neurons import first_layer_tiles, neuron_grid
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..analysis.runner import StageContext
     from ..analysis.sink import Sink
     from ..data import Data
+    from .base import StageContext
 
 
 def _gif_only() -> list[Literal["gif", "mp4"]]:

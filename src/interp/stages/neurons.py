@@ -14,7 +14,7 @@ from .base import Stage, register_stage
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..analysis.runner import StageContext
+    from .base import StageContext
 
 
 class NeuronsOptions(BaseModel):

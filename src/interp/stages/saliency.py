@@ -11,7 +11,7 @@ from ..analysis.records import register_view
 from .base import Stage, register_stage
 
 if TYPE_CHECKING:
-    from ..analysis.runner import StageContext
+    from .base import StageContext
 
 
 class SaliencyOptions(BaseModel):

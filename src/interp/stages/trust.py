@@ -17,8 +17,8 @@ from .base import Stage, Summary, register_stage
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from ..analysis.runner import StageContext
     from ..trust import Cascade, Check
+    from .base import StageContext
 
 # The attribution methods the stage can score (interp.attribution.METHODS computes them).
 METHOD_NAMES = ("saliency", "smoothgrad", "integrated_gradients", "integrated_gradients_blur", "expected_gradients",
@@ -442,7 +442,8 @@ class TrustStage(Stage):
                                      "road_percentages": list(options.road_percentages) if road else None,
                                      "methods": {m: results[m] for m in methods},
                                      "references": {r: results[r] for r in REFERENCES}})  # strict JSON
-        return Summary("Can you trust the maps?", columns, rows, lines)
+        marks = [{"trust": "good", "doubt": "bad", "uncertain": "bad"}.get(row[-1]) for row in rows]
+        return Summary("Can you trust the maps?", columns, rows, lines, marks=marks)
 
     def draw(self, ctx: StageContext, methods: list[str], results: dict[str, dict[str, Any]],
              curves: dict[str, dict[str, np.ndarray]], cascades: dict[str, Cascade], count: int) -> None:
