@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+import interp
 from interp.config import ModelConfig
 from interp.errors import UserError
 from interp.models import MODELS, AllConv, build_model, resolve_layer
@@ -100,3 +103,42 @@ def test_the_package_exports_are_typed_and_lazy() -> None:
         assert module == interp._LAZY.get(name, module), name
         importlib.import_module("interp.analyze")  # the package attribute a submodule's import sets
         assert getattr(interp, name) is getattr(importlib.import_module(f"interp.{module}"), name), name
+
+
+def test_no_module_of_interp_imports_itself_back() -> None:
+    """The import graph of interp's modules (every import, at module level or inside a function; package
+    __init__ files left out, as they only re-export) has no circle."""
+    import ast
+
+    root = Path(interp.__file__).parent
+    modules = {".".join(("interp", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                parts = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join([*parts[:len(parts) - node.level + 1], *([node.module] if node.module else [])]) \
+                    if node.level else (node.module or "")
+                found = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules]
+                deps.update(found or [base])
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+        graph[name] = {d for d in deps if d in modules and d not in packages and d != name}
+
+    def reaches(start: str, goal: str) -> list[str] | None:
+        paths, seen = [[start]], {start}
+        while paths:
+            path = paths.pop()
+            for nxt in graph.get(path[-1], ()):
+                if nxt == goal:
+                    return [*path, nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    paths.append([*path, nxt])
+        return None
+
+    circles = [reaches(name, name) for name in graph if name not in packages]
+    assert [c for c in circles if c] == []
