@@ -15,19 +15,22 @@ from interp.train import fit
 
 
 def test_confusion_colour_scales_are_fixed_and_empty_cells_blank() -> None:
-
-    from interp.stages.confusion import draw_confusion
+    from interp.stages.confusion import confusion_panels, draw_confusion
 
     matrix = np.array([[5, 0, 1], [0, 7, 0], [2, 0, 0]])
     rates = matrix / matrix.sum(axis=1, keepdims=True)
-    fig = draw_confusion(matrix, rates, ["a", "b", "c"], 0.75, 3, "images")
-    counts, normalized = (ax for ax in fig.axes if ax.images)
-    assert counts.images[0].get_clim() == (0, 7)  # the largest class: the same at every epoch
-    assert normalized.images[0].get_clim() == (0, 1.0)
-    for ax in (counts, normalized):
-        assert len([t for t in ax.texts if t.get_text()]) == np.count_nonzero(matrix)  # zero cells are left blank
-    assert sorted(t.get_text() for t in counts.texts if t.get_text()) == ["1", "2", "5", "7"]
+    (counts, top, texts), (_, rate_top, rate_texts) = confusion_panels(matrix, rates)
+    assert top == 7 and rate_top == 1.0  # the largest class (the same at every epoch); rates 0 to 1
+    for shown in (texts, rate_texts):
+        assert (shown != "").sum() == np.count_nonzero(matrix)  # zero cells are left blank
+    assert sorted(texts[texts != ""]) == ["1", "2", "5", "7"]
+    assert rate_texts[2, 0] == "1.00" and rate_texts[0, 2] == "0.17"
+    with Image.open(io.BytesIO(draw_confusion(matrix, rates, ["a", "b", "c"], 0.75, 3, "images"))) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    from interp.plotting import to_rgb
 
+    darkest = to_rgb(np.array([[7.0]]), "Blues", 0, 7)[0, 0]  # the count 7 sits at the top of the scale
+    assert (pixels.reshape(-1, 3) == darkest).all(axis=1).sum() > 100
 
 
 def test_weight_titles_give_shape_and_count_and_epoch_0_has_no_comparison() -> None:
@@ -138,24 +141,25 @@ def test_every_figure_keeps_its_size_across_epochs(run: Path) -> None:
 
 
 def test_dense_activations_show_every_probe_image_and_the_logits(run: Path) -> None:
-    import torch
+    import interp
+    from interp.plotting import to_rgb
+    from interp.stages.activations import PANEL, draw_activations
 
-    from interp.run import Run
-    from interp.stages import STAGES
-    from interp.stages.activations import draw_activations
-    from interp.train import load_model
-
-    cfg, model, data, _, _ = load_model(Run(run), "last")
-    layers = STAGES["activations"]().layers(model)
-    assert layers == ["features.fc1", "head"]  # one hidden layer: it, then the classifier's logits
-    units = torch.relu(torch.randn(10, 128)).numpy()
-    panels = [{"name": "features.fc1", "kind": "units", "values": units, "shape": [128],
-               "rows": [str(i) for i in range(10)], "columns": None}]
-    fig = draw_activations(np.zeros((1, 28, 28)), "0", panels, 1)
-    (ax,) = (a for a in fig.axes if a.images and a.get_ylabel())
-    assert ax.images[0].get_array().shape == (10, 128)
-    assert [t.get_text() for t in ax.get_yticklabels()] == [str(i) for i in range(10)]
-
+    record = interp.load_record(run, "activations", 2)
+    panels = record.figures["activations"]["fields"]["panels"]
+    assert [p["name"] for p in panels] == ["features.fc1", "head"]  # one hidden layer, then the logits
+    assert np.shape(panels[0]["values"]) == (10, 128) and np.shape(panels[1]["values"]) == (10, 10)
+    assert panels[0]["rows"] == [str(i) for i in range(10)]  # every probe image, one per class
+    assert panels[1]["columns"] == [str(i) for i in range(10)] and panels[0]["columns"] is None
+    # drawn: each unit a block of the panel, the largest activation at the colour map's top
+    units = np.zeros((10, 128))
+    units[3, 7] = 2.0
+    png = draw_activations(np.zeros((1, 28, 28)), "0", [{**panels[0], "values": units}], 1)
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    top = to_rgb(np.array([[2.0]]), "viridis", 0, 2)[0, 0]
+    block = (pixels.reshape(-1, 3) == top).all(axis=1).sum()
+    assert (PANEL // 10) * (PANEL // 128) <= block <= (PANEL // 10 + 1) * (PANEL // 128 + 1) + 9 * 3  # + colour bar end
 
 
 def test_principal_components_equal_scikit_learns_pca() -> None:

@@ -121,40 +121,51 @@ def activation_scale(panels: list[dict[str, Any]]) -> dict[str, float]:
     return scale
 
 
+PANEL = 320  # pixels: each layer's panel is drawn this size, whatever its shape
+
+
 @register_view
 def draw_activations(pixels: np.ndarray, label: str, panels: list[dict[str, Any]], epoch: int,
-                     scale: dict[str, float] | None = None, scale_note: str = "this epoch's colour scale") -> Any:
+                     scale: dict[str, float] | None = None, scale_note: str = "this epoch's colour scale") -> bytes:
     """The input image, then per layer a grid of its channels' maps (conv) or a heat map of probe images ×
-    units (dense), each with its own colour bar (``scale``: the limits, see :func:`activation_scale`)."""
-    from ..plotting import figure, show_image
+    units (dense), each under its own colour bar (``scale``: the limits, see :func:`activation_scale`), as
+    one tile sheet."""
+    from PIL import Image
+
+    from ..plotting import TileSheet, grey_rgb, to_rgb
+
+    def fitted(rgb: np.ndarray) -> np.ndarray:  # stretched to the panel, each value a block of pixels
+        return np.asarray(Image.fromarray(rgb).resize((PANEL, PANEL), Image.Resampling.NEAREST))
 
     maps = any(panel["kind"] == "maps" for panel in panels)
-    fig, axes = figure(1, len(panels) + maps, panel=3.2)  # images, or classes and units
+    shown = _panel_values(panels)
+    sheet = TileSheet(1, len(shown) + maps, (PANEL, PANEL), zoom=1, bars=True)
+    sheet.TITLE = 58  # four lines above a panel
+    sheet.height = sheet.TOP + sheet.TITLE + PANEL + sheet.GAP
+    sheet.pixels = np.full((sheet.height, sheet.width, 3), 255, dtype=np.uint8)
     if maps:  # the image the feature maps belong to
-        show_image(axes[0, 0], pixels, f"input: {label}\n(the maps are of this image)")
+        sheet.colorbar(0, None, label="input")
+        sheet.put(0, 0, fitted(grey_rgb(pixels)), f"{label}\n(the maps are of this image)")
     scale = scale or activation_scale(panels)
-    for ax, panel in zip(axes[0, int(maps):], _panel_values(panels), strict=True):
+    for col, panel in enumerate(shown, start=int(maps)):
         low, high = -scale[f"{panel['name']} -min"], scale[f"{panel['name']} max"]
-        image = ax.imshow(panel["values"], cmap="viridis", aspect="equal" if panel["kind"] == "maps" else "auto",
-                          interpolation="nearest", vmin=low, vmax=high)
+        sheet.colorbar(col, "viridis", low, high, "activation")
         if panel["kind"] == "maps":
-            ax.set_xticks([])
-            ax.set_yticks([])
             shape = "×".join(map(str, panel["shape"]))
-            ax.set_title(f"{panel['name']} ({shape})\nfirst {panel['shown']} of {panel['channels']} channels")
+            title = f"{panel['name']} ({shape})\nfirst {panel['shown']} of {panel['channels']} channels"
         else:
-            ax.set_yticks(range(len(panel["rows"])), panel["rows"], fontsize=7)
-            ax.set_ylabel("probe image (true class)")
-            if panel.get("columns"):  # the classifier: one logit per class
-                ax.set_xticks(range(len(panel["columns"])), panel["columns"], fontsize=7,
-                              rotation=90 if max(map(len, panel["columns"])) > 2 else 0)
-                ax.set_xlabel("class (logit)")
-            else:
-                ax.set_xlabel("unit, most active first")
-            ax.set_title(f"{panel['name']} ({panel['shape'][0]} units)\nevery probe image")
-        fig.colorbar(image, ax=ax, shrink=0.7, label="activation")
-    fig.suptitle(f"activations, epoch {epoch} (one colour scale per layer: {scale_note})")
-    return fig
+            columns = panel.get("columns")
+            across = f"columns: logits of {', '.join(columns)}" if columns else "columns: units, most active first"
+            title = (f"{panel['name']} ({panel['shape'][0]} units)\nrows: probe images of {', '.join(panel['rows'])}"
+                     f"\n{across}")
+        sheet.put(0, col, fitted(to_rgb(panel["values"], "viridis", low, high)), _wrap(title, 50))
+    return sheet.png(f"activations, epoch {epoch} (one colour scale per layer: {scale_note})")
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(line for part in text.split("\n") for line in textwrap.wrap(part, width))
 
 
 def _panel_values(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:

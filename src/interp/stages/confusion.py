@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -74,34 +74,74 @@ def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return ratio(true_positive, predicted), ratio(true_positive, support), f1, support
 
 
-@register_view
-def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float, epoch: int,
-                   noun: str) -> Any:
-    """The counts and the row-normalized matrix side by side; empty cells
-    are blank, and the colour scales are fixed (counts: 0 to the largest class; rates: 0 to 1)."""
-    from ..plotting import figure
-
-    n = len(classes)
-    labels = list(range(n))
-    panel = max(3.6, 0.42 * n)
-    fig, axes = figure(1, 2, panel=panel)
-    # fixed colour limits, so that TensorBoard's step slider compares like with like: counts up to the
-    # largest class (the same every epoch), rates from 0 to 1
-    support = int(matrix.sum(axis=1).max()) or 1
-    for ax, values, title, top in ((axes[0, 0], matrix, "counts", support),
-                                   (axes[0, 1], normalized, "row-normalized\n(recall on the diagonal)", 1.0)):
-        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
-        ax.set_title(title)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_xticks(labels, classes, rotation=90 if max(map(len, classes)) > 2 else 0)
-        ax.set_yticks(labels, classes)
-        if n <= 20:  # the number in every cell, none where the count is 0
+def confusion_panels(matrix: np.ndarray, normalized: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """What each panel of :func:`draw_confusion` shows: its values, the top of its colour scale (counts:
+    the largest class; rates: 1), and the text of every cell ("" where the count is 0, and everywhere
+    past 20 classes)."""
+    n = len(matrix)
+    panels = []
+    for values, high, fmt in ((matrix, float(int(matrix.sum(axis=1).max()) or 1), "d"), (normalized, 1.0, ".2f")):
+        texts = np.full(matrix.shape, "", dtype=object)
+        if n <= 20:
             for (r, c), v in np.ndenumerate(values):
                 if matrix[r, c]:
-                    # inside its cell: left out of the layout and bbox computations, which it would slow down
-                    ax.text(c, r, format(v, "d" if values is matrix else ".2f"), ha="center", va="center",
-                            fontsize=7 if n > 10 else 8, in_layout=False, color="white" if v > 0.6 * top else "black")
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.suptitle(f"epoch {epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {noun}")
-    return fig
+                    texts[r, c] = format(int(v) if fmt == "d" else float(v), fmt)
+        panels.append((values, high, texts))
+    return panels
+
+
+@register_view
+def draw_confusion(matrix: np.ndarray, normalized: np.ndarray, classes: list[str], accuracy: float, epoch: int,
+                   noun: str) -> bytes:
+    """The counts and the row-normalized matrix side by side, as one Pillow sheet: rows the true class,
+    columns the predicted one, the number in every cell (none where the count is 0, none at all past 20
+    classes), on fixed colour scales (counts: 0 to the largest class, the same every epoch; rates: 0 to 1)."""
+    from PIL import Image, ImageDraw
+
+    from ..plotting import _font, to_rgb
+
+    matrix, normalized = np.asarray(matrix), np.asarray(normalized)
+    n = len(classes)
+    cell = max(6, min(48, 480 // n))
+    side = cell * n
+    names = [name if len(name) <= 10 else name[:9] + "…" for name in classes]
+    small, large = _font(12), _font(15)
+    margin = 16 + max(int(small.getlength(name)) for name in names)  # class names left of the rows
+    below = 20 + (margin if n > 20 or max(map(len, names)) > 2 else 14)  # under the columns (upright if long)
+    top, gap = 100, 40
+    width = 2 * (margin + side) + gap + 20
+    canvas = Image.new("RGB", (width, top + side + below), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((width / 2, 8), f"epoch {epoch}: accuracy {accuracy:.3f} on {int(matrix.sum())} {noun}", fill="black",
+              font=large, anchor="ma")
+    for k, (label, (values, high, texts)) in enumerate(zip(("counts", "row-normalized (recall on the diagonal)"),
+                                                           confusion_panels(matrix, normalized), strict=True)):
+        left = 10 + k * (margin + side + gap) + margin
+        ramp = np.linspace(0, high, side)[None, :].repeat(9, axis=0)  # the colour bar, 0 to the top
+        canvas.paste(Image.fromarray(to_rgb(ramp, "Blues", 0, high)), (left, 50))
+        draw.text((left, 46), label, fill="black", font=small, anchor="ld")
+        draw.text((left, 62), "0", fill="black", font=small, anchor="lt")
+        draw.text((left + side, 62), f"{high:g}", fill="black", font=small, anchor="rt")  # the scale's top
+        rgb = to_rgb(values.astype(np.float64), "Blues", 0, high)
+        canvas.paste(Image.fromarray(np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)), (left, top))
+        draw.rectangle((left - 1, top - 1, left + side, top + side), outline=(160, 160, 160))
+        for r, name in enumerate(names):
+            draw.text((left - 6, top + r * cell + cell / 2), name, fill="black", font=small, anchor="rm")
+        for c, name in enumerate(names):
+            x = left + c * cell + cell / 2
+            if below > 34:  # long names or many classes: written upwards
+                text = Image.new("L", (int(small.getlength(name)) + 2, 16), 255)
+                ImageDraw.Draw(text).text((0, 0), name, fill=0, font=small)
+                upright = text.rotate(90, expand=True)
+                canvas.paste((0, 0, 0), (int(x - 8), top + side + 4), Image.eval(upright, lambda v: 255 - v))
+            else:
+                draw.text((x, top + side + 4), name, fill="black", font=small, anchor="ma")
+        draw.text((left - margin, top - 8), "true ↓  predicted →", fill=(90, 90, 90), font=small, anchor="ld")
+        font = _font(11 if cell < 40 else 12)
+        for (r, c), text in np.ndenumerate(texts):
+            if text:
+                draw.text((left + c * cell + cell / 2, top + r * cell + cell / 2), text, font=font, anchor="mm",
+                          fill="white" if values[r, c] > 0.6 * high else "black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
