@@ -149,7 +149,8 @@ class Stop(Stage):
 
 def test_interrupted_runs_resume_or_draw_to_every_figure_of_an_uninterrupted_run(tmp_path: Path) -> None:
     """Ctrl-C and kill -9 in the middle of epochs' analyses, then --resume; figures deleted, then interp
-    draw --missing: every epoch ends with every figure, byte for byte an uninterrupted run's."""
+    draw --missing, or --resume of a finished run: every epoch ends with every figure, byte for byte an
+    uninterrupted run's."""
     (tmp_path / "stop.py").write_text(STOP)
     stages = STAGES.replace("activations]", "activations, 'stop:Stop']")
     args = ["--set", "train.epochs=4", "--set", "data.train_limit=300", "--set", "train.device=cpu",
@@ -185,6 +186,12 @@ def test_interrupted_runs_resume_or_draw_to_every_figure_of_an_uninterrupted_run
     drawn = subprocess.run([sys.executable, "-m", "interp", "draw", str(run), "--missing"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=600)
     assert drawn.returncode == 0, drawn.stderr
+    assert pngs(run) == expected
+    for path in run.glob("epoch_00[24]/*/*.png"):  # a finished run whose drawing was cut: --resume draws
+        path.unlink()
+    again = subprocess.run([sys.executable, "-m", "interp", "train", "--resume", str(run)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already has 4 epochs" in again.stdout + again.stderr, again.stderr
     assert pngs(run) == expected
 
 

@@ -165,7 +165,11 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
         return resume_state is not None
 
     if resume is not None:
-        if not _on_main(dist, check_resume):
+        if not _on_main(dist, check_resume):  # nothing to train: only figures an interruption left undrawn
+            from ..analysis.views import draw_figures, waiting_figures
+
+            if dist.main and waiting_figures(Path(resume)):
+                draw_figures(resume, missing_only=True)
             return TrainResult(run_dir=Path(resume), metrics=Run(Path(resume)).read_metrics(), best_epoch=-1)
         if resume_state is None:  # the other ranks read what rank 0 checked (and repaired)
             resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
