@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import interp
 from interp.cli import app
 
 runner = CliRunner()
@@ -56,7 +57,16 @@ def wrong_outputs(num_classes):
 
 NOT_CALLABLE = 3
 
+from interp.analysis.records import register_view
 from interp.stages import Stage, Summary
+
+@register_view
+def draw_brightness(values, epoch):
+    from interp.plotting import figure
+    fig, axes = figure(1, 1, panel=3)
+    axes[0, 0].hist(values, bins=20)
+    axes[0, 0].set_title(f"mean pixel of each probe image, epoch {epoch}")
+    return fig
 
 class Brightness(Stage):
     name = "brightness"
@@ -64,9 +74,11 @@ class Brightness(Stage):
     needs = frozenset({"images"})
 
     def run(self, ctx):
-        value = float(ctx.probe.pixels.mean())
+        per_image = ctx.probe.pixels.mean(dim=(1, 2, 3)).cpu().numpy()
+        value = float(per_image.mean())
         ctx.record("mean", value)
         ctx.save_json("brightness.json", {"mean": value})
+        ctx.draw("brightness", draw_brightness, per_image, ctx.epoch)
         return Summary("Brightness", ["what", "value"], [["mean pixel", value]])
 '''
 
@@ -105,8 +117,11 @@ def test_user_factory_from_yaml_trains_and_is_analyzed(user_module: str, tmp_pat
     assert 0.05 < expected < 0.5
     assert rows[0]["brightness/mean"] == pytest.approx(expected) and rows[1]["brightness/mean"] == pytest.approx(expected)
     for name in ("confusion/confusion.png", "gradcam/gradcam.png", "embeddings/embeddings.png",
-                 "brightness/brightness.json", "brightness/summary.json"):
-        assert (run / "epoch_001" / name).is_file(), name
+                 "brightness/brightness.json", "brightness/summary.json", "brightness/brightness.png"):
+        assert (run / "epoch_001" / name).is_file(), name  # the user's figure too, drawn by the worker
+    assert not (run / "errors.log").exists()
+    record = interp.load_record(run, "brightness", 1)
+    assert record.figures["brightness"]["fields"]["values"].mean() == pytest.approx(expected, rel=1e-5)
     # the penultimate features are the Linear's input: 6 per image in the projector
     tensors = next((run / "00001").rglob("tensors.tsv")).read_text().splitlines()
     assert len(tensors[0].split("\t")) == 6

@@ -43,7 +43,9 @@ class DrawingWorker:
             if self._process is None and self.broken is None:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "interp.analysis.drawing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD,
+                         # the modules this process can import (a stage of the user's own and its views)
+                         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))})
                 self._thread = threading.Thread(target=self._collect, name="interp-drawing", daemon=True)
                 self._thread.start()
                 atexit.register(self.close)  # a loop that forgets to close still gets its figures
