@@ -222,9 +222,6 @@ class Stage:
     needs: ClassVar[frozenset[str]] = frozenset({"images", "classes"})
     default: ClassVar[bool] = True  # on when the config lists no stages
     runs_after: ClassVar[tuple[str, ...]] = ()  # stages whose results this one reads, when they run
-    # modules its figures need (beyond matplotlib): the drawing worker imports them while it waits for the
-    # run's first figure, instead of on the way to drawing one
-    drawing_imports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: BaseModel | None = None):
         self.options: Any = options if options is not None else self.Options()
