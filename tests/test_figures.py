@@ -293,3 +293,31 @@ def test_the_neurons_sheet_shows_every_weight_in_its_colour() -> None:
     assert 950 <= max(panel.shape[:2]) <= 1050
     later = np.asarray(Image.open(io.BytesIO(draw_neurons(tiles * 3, None, 128, "hidden units", 6))))
     assert later.shape[:2] == image.shape[:2]
+
+
+def test_drawing_leaves_matplotlib_and_tensorboard_as_the_caller_set_them(tmp_path: Path) -> None:
+    """A notebook's matplotlib settings, backend and open figures, and TensorBoard's own checksum function,
+    are the same after interp draws figures and writes events as before (interp sets nothing global)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from tensorboard.summary.writer import record_writer
+
+    import interp
+
+    checksum = record_writer.masked_crc32c
+    mine = plt.figure()
+    with matplotlib.rc_context({"font.size": 17.0, "image.cmap": "plasma"}):
+        before = dict(matplotlib.rcParams)
+        backend = matplotlib.get_backend()
+        import interp.plotting  # noqa: F401
+        from interp.stages.confusion import draw_confusion
+
+        draw_confusion(np.eye(3, dtype=int), np.eye(3), ["a", "b", "c"], 1.0, 0, "images")
+        run = fit(quick_config("train.epochs=1", "data.train_limit=200", "analysis.drawing_worker=false",
+                               "analysis.stages=[confusion, weights, neurons, activations]"),
+                  save_dir=tmp_path).run_dir
+        assert interp.load_record(run, "weights", 1).figures["weights"]["view"].endswith("draw_weights")
+        assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
+    assert plt.fignum_exists(mine.number)  # drawing closed no figure of the caller's
+    assert record_writer.masked_crc32c is checksum
+    plt.close(mine)
