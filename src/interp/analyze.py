@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     from .train import load_model, resolve_device
 
     run = Run.open(Path(run_dir))
+    if not run.checkpoints.is_dir() and run.animations.is_dir():
+        raise UserError(f"run {run.path} holds an animation (interp animate), not a trained model: there is no "
+                        "checkpoint to analyze")
     if not run.config_path.is_file():
         raise UserError(f"run {run.path} has no config.yaml (it was written by the Python API), so its model "
                         "cannot be rebuilt; call Analyzer.run on your model instead")
@@ -56,15 +60,21 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
         specs = cfg.analysis.stages
     stage_list = check_stages(specs, "--stage")
 
-    cfg, model, data, state, path = load_model(run, checkpoint, target)
     label = checkpoint if checkpoint in ("best", "last", "init") else Path(checkpoint).stem
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", label):
+        raise UserError(f"--checkpoint {checkpoint}: its name {label!r} cannot name a folder under "
+                        f"{run.path / 'analysis'} (letters, digits, '.', '_' and '-', not starting with '.'); "
+                        "copy the file to a plainer name")
+    cfg, model, data, state, path = load_model(run, checkpoint, target)
     probe = select_probe(data, cfg.analysis.probe_per_class, cfg.seed)
     analyzed = logits_model(model, probe.x)
     init = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init, map_location=target)["model"] if init.is_file() else None
     analysis = Analysis(stage_list, run.sink, notice=notice, initial_state=initial_state, during_training=False)
     analysis.prepare(analyzed, data)
-    epoch = int(state.get("epoch", 0))
+    epoch = state.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UserError(f"checkpoint {path}: its epoch is {epoch!r}, not a whole number of epochs")
     folder = f"analysis/{label}"
     try:
         evaluation = evaluate(analyzed, data, probe, epoch, final=True, batch_size=cfg.data.eval_batch_size,

@@ -137,6 +137,7 @@ def train(
                                                 show_default=False)] = None,
 ) -> None:
     """Train a model and run the analysis stages at epoch 0 and after epochs; results go to save/<run>/."""
+    config, save_dir, resume = _home(config), save_dir.expanduser(), _home(resume)
     from .config import load_config
     from .data.sources import check_sources
     from .stages import check_stages
@@ -174,6 +175,8 @@ def analyze(
                                                     "default: the run's configured stages).")] = None,
 ) -> None:
     """Run the analysis stages again on a saved checkpoint; output goes to save/<run>/analysis/<checkpoint>/."""
+    run = run.expanduser()
+    checkpoint = str(Path(checkpoint).expanduser()) if checkpoint not in ("best", "last", "init") else checkpoint
     from .analyze import analyze as analyze_run
 
     settle_collector()
@@ -195,6 +198,7 @@ def draw(
                                           "kind drawn on one colour scale for the run).")] = False,
 ) -> None:
     """Draw a run's figures again from its records (the ones an interruption left out, a changed view);
+    run = run.expanduser()
     attribution maps, Grad-CAM, neurons and activations on one colour scale for the whole run."""
     from .analysis.views import draw_figures
 
@@ -223,6 +227,7 @@ def animate(
     save_dir: SaveDirOpt = Path("save"),
 ) -> None:
     """Animate toy networks learning (rings: hidden space, warped grid, decision line; polynomial: the fit)."""
+    config, save_dir = _home(config), save_dir.expanduser()
     from .animate import animate_config
     from .config import bundled_config, load_config
 
@@ -247,6 +252,7 @@ def animate(
 @_user_errors
 def report(run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mnist-mlp.")]) -> None:
     """Write a static HTML page of a run (metrics, every stage's figures, animations): save/<run>/report/."""
+    run = run.expanduser()
     from .report import build_report
 
     path = build_report(run)
@@ -262,6 +268,11 @@ def stages() -> None:
     width = max(map(len, STAGES))
     for name, cls in STAGES.items():
         typer.echo(f"{name:<{width}} {'*' if cls.default else ' '} {cls.description}")
+
+
+def _home(path: Path | None) -> Path | None:
+    """``~`` at the start of a path is the home folder, as a shell would have made it."""
+    return path.expanduser() if path is not None else None
 
 
 def _parse_hidden(text: str) -> list[int]:

@@ -6,6 +6,8 @@ names the file and the key.
 
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,10 +54,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    @field_validator("root")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        return os.path.expanduser(value)
+
+
     # One of DATASETS, or "package.module:factory" for your own (see interp.data.custom).
     dataset: str = "mnist-sample"
     # Where the downloadable datasets are kept; for `folder`, the folder with train/<class>/ (and val/<class>/).
-    root: str = "data"
+    root: str = "data"  # a leading ~ is your home folder
     download: bool = True
     batch_size: int = Field(default=128, ge=1, le=1_000_000)
     # Evaluation runs without gradients, so it can take far bigger batches than training.

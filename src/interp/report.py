@@ -81,11 +81,12 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any, digits: int = 4, limit: int = 200) -> str:
+    """A number with ``digits`` decimals, other values as text of at most ``limit`` characters."""
     number = _number(value)
     if number is not None:
         return f"{number:.{digits}f}" if isinstance(value, float) else str(value)
-    return "—" if value is None or isinstance(value, float) else str(value)[:200]
+    return "—" if value is None or isinstance(value, float) else str(value)[:limit]
 
 
 def _percent(value: Any) -> str:
@@ -146,7 +147,8 @@ def _summary(stage: str, path: Path) -> dict[str, Any] | None:
         return None
     columns = summary.get("columns")
     notes = summary.get("notes")
-    marks = summary.get("marks") if isinstance(summary.get("marks"), list) else []
+    marks = summary.get("marks")
+    marks = marks if isinstance(marks, list) else []
     rows = [row for row in summary["rows"] if isinstance(row, list)]
     return {"stage": stage, "title": _fmt(summary.get("title")), "epoch": _fmt(summary.get("epoch")),
             "columns": [_fmt(c) for c in columns] if isinstance(columns, list) else [],
@@ -154,7 +156,7 @@ def _summary(stage: str, path: Path) -> dict[str, Any] | None:
                                for cell in row],
                       "css": marks[i] if i < len(marks) and marks[i] in MARKS else ""}
                      for i, row in enumerate(rows)],
-            "notes": [_fmt(n) for n in notes] if isinstance(notes, list) else []}
+            "notes": [_fmt(n, limit=5000) for n in notes] if isinstance(notes, list) else []}
 
 
 def _raw_config(run: Run) -> dict[str, Any]:

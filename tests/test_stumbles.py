@@ -1,0 +1,84 @@
+"""Hostile inputs and a new user's stumbles, round three: each finding, with the behaviour it should have."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import quick_config
+from interp.checkpoint import load_checkpoint, save_checkpoint
+from interp.cli import app
+from interp.train import fit
+
+runner = CliRunner()
+
+
+def one_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return fit(quick_config("train.epochs=1", "data.train_limit=300"), save_dir=tmp_path_factory.mktemp("run")).run_dir
+
+
+def test_a_checkpoint_whose_epoch_is_not_a_number_is_named(run: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    forged = tmp_path / "odd.pt"
+    save_checkpoint({**state, "epoch": "two"}, forged)
+    line = one_line(runner.invoke(app, ["analyze", str(run), "--checkpoint", str(forged)]), 2)
+    assert line == f"error: checkpoint {forged}: its epoch is 'two', not a whole number of epochs"
+
+
+def test_an_analysis_label_is_a_plain_folder_inside_analysis(run: Path, tmp_path: Path) -> None:
+    dots = tmp_path / "...pt"  # its stem is ".."
+    shutil.copy(run / "checkpoints" / "best.pt", dots)
+    before = sorted(p.name for p in run.iterdir())
+    line = one_line(runner.invoke(app, ["analyze", str(run), "--checkpoint", str(dots)]), 2)
+    assert line.startswith(f"error: --checkpoint {dots}: its name '..' cannot name a folder under {run / 'analysis'}")
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing landed in the run folder itself
+
+
+def test_analyze_says_an_animation_run_holds_no_model(tmp_path: Path) -> None:
+    folder = tmp_path / "rings"
+    (folder / "animations").mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed: 0\n")
+    line = one_line(runner.invoke(app, ["analyze", str(folder)]), 2)
+    assert line == f"error: run {folder} holds an animation (interp animate), not a trained model: there is no " \
+                   "checkpoint to analyze"
+
+
+def test_a_tilde_is_the_home_folder_in_every_path(run: Path, tmp_path: Path, monkeypatch) -> None:
+    from interp.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config(None, ["data.root=~/photos"]).data.root == str(tmp_path / "photos")
+    shutil.copytree(run, tmp_path / "saved")
+    done = runner.invoke(app, ["report", "~/saved"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "saved" / "report" / "index.html").is_file()
+    shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "weights.pt")
+    done = runner.invoke(app, ["analyze", "~/saved", "--checkpoint", "~/weights.pt", "--stage", "confusion"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "saved" / "analysis" / "weights" / "metrics.json").read_text())["epoch"] == 1
+
+
+def test_the_report_keeps_a_summarys_notes_whole(tmp_path: Path) -> None:
+    from interp.report import build_report
+
+    run = fit(quick_config("train.epochs=1", "data.train_limit=300",
+                           "analysis.stages=[saliency, {trust: {images: 4, steps: 4}}]"), save_dir=tmp_path).run_dir
+    notes = json.loads((run / "epoch_001" / "trust" / "summary.json").read_text())["notes"]
+    assert max(map(len, notes)) > 200
+    from html import unescape
+
+    page = unescape(build_report(run).read_text(encoding="utf-8"))
+    for note in notes:
+        assert note in page
