@@ -423,8 +423,9 @@ def test_animate_frames_limit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("damage", "message"), [
     ("magic", "train-images-idx3-ubyte: not an MNIST IDX file"),
     ("truncated", "train-images-idx3-ubyte: not an MNIST IDX file"),
-    ("labels", "the t10k images ((100, 28, 28)) and labels (100, values 0–9) do not match"),
-    ("count", "the train images ((300, 28, 28)) and labels (299, values 0–9) do not match"),
+    ("labels", "the t10k labels must lie in 0–9 (found 200…200)"),
+    ("count", "the train images ((300, 28, 28)) and labels (299) do not match"),
+    ("sizes", "the train images are 28×28, the t10k images 14×14; both must have one size"),
 ])
 def test_corrupt_mnist_files_are_named(tmp_path: Path, damage: str, message: str, monkeypatch) -> None:
     import numpy as np
@@ -441,7 +442,9 @@ def test_corrupt_mnist_files_are_named(tmp_path: Path, damage: str, message: str
         data = (raw / "train-images-idx3-ubyte").read_bytes()
         (raw / "train-images-idx3-ubyte").write_bytes(data[: len(data) // 2])
     elif damage == "labels":
-        write_idx(raw / "t10k-labels-idx1-ubyte", np.full(100, 12, dtype=np.uint8))
+        write_idx(raw / "t10k-labels-idx1-ubyte", np.full(100, 200, dtype=np.uint8))
+    elif damage == "sizes":
+        write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((100, 14, 14), dtype=np.uint8))
     else:
         write_idx(raw / "train-labels-idx1-ubyte", np.zeros(299, dtype=np.uint8))
     monkeypatch.chdir(tmp_path)

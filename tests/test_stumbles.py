@@ -82,3 +82,20 @@ def test_the_report_keeps_a_summarys_notes_whole(tmp_path: Path) -> None:
     page = unescape(build_report(run).read_text(encoding="utf-8"))
     for note in notes:
         assert note in page
+
+
+def test_a_dataset_whose_splits_differ_in_shape_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """A factory whose training and evaluation images differ in size is refused before training (as IDX
+    files are now, and every other kind by load_data's own check), not by a matrix product."""
+    (tmp_path / "twosizes.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    train = (torch.zeros(20, 1, 28, 28, dtype=torch.uint8), torch.arange(20) % 2)\n"
+        "    test = (torch.zeros(10, 1, 14, 14, dtype=torch.uint8), torch.arange(10) % 2)\n"
+        "    return train, test, ['a', 'b']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    line = one_line(runner.invoke(app, ["train", "--set", "data.dataset=twosizes:make", "--set", "train.epochs=1",
+                                        "--set", "analysis.stages=[confusion]"]), 2)
+    assert line == ("error: data.dataset 'twosizes:make': train images (1, 28, 28) and eval images (1, 14, 14) "
+                    "differ in shape")

@@ -67,9 +67,16 @@ def load_data(cfg: DataConfig, seed: int = 0, progress: Progress | None = None,
         from . import toy
 
         data = toy.as_data(cfg.dataset, points=cfg.points, noise=cfg.noise, seed=seed)
+    if len(data.train_x) and len(data.eval_x) and data.train_x.shape[1:] != data.eval_x.shape[1:]:
+        raise UserError(f"data.dataset {cfg.dataset}: the training inputs are {_shape(data.train_x)} each, the "
+                        f"evaluation inputs {_shape(data.eval_x)}; both splits must have one shape")
     if cfg.train_limit is not None:
         data = replace(data, train_x=data.train_x[: cfg.train_limit], train_y=data.train_y[: cfg.train_limit])
     return data
+
+
+def _shape(x: Tensor) -> str:
+    return "×".join(map(str, x.shape[1:]))
 
 
 def _read_idx_gz(raw: bytes) -> Tensor:
@@ -126,9 +133,15 @@ def _idx_dataset(cfg: DataConfig) -> Data:
             raise UserError(f"{path}: not an {label} IDX file ({_reason(exc)})") from None
     (train_x, train_y, eval_x, eval_y) = parts
     for images, labels, split in ((train_x, train_y, "train"), (eval_x, eval_y, "t10k")):
-        if images.dim() != 3 or len(images) != len(labels) or (len(labels) and int(labels.max()) > 9):
+        if images.dim() != 3 or len(images) != len(labels):
             raise UserError(f"{folder}: the {split} images ({tuple(images.shape)}) and labels "
-                            f"({len(labels)}, values 0–9) do not match")
+                            f"({len(labels)}) do not match")
+        if len(labels) and int(labels.max()) > 9:
+            raise UserError(f"{folder}: the {split} labels must lie in 0–9 (found {int(labels.min())}…"
+                            f"{int(labels.max())})")
+    if train_x.shape[1:] != eval_x.shape[1:]:
+        raise UserError(f"{folder}: the train images are {_shape(train_x)}, the t10k images {_shape(eval_x)}; "
+                        "both must have one size")
     classes = list(cls.classes) if cfg.dataset == "fashion-mnist" else None
     return _mnist_data(cfg.dataset, train_x, train_y, eval_x, eval_y, classes)
 
