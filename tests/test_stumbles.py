@@ -99,3 +99,23 @@ def test_a_dataset_whose_splits_differ_in_shape_is_one_line(tmp_path: Path, monk
                                         "--set", "analysis.stages=[confusion]"]), 2)
     assert line == ("error: data.dataset 'twosizes:make': train images (1, 28, 28) and eval images (1, 14, 14) "
                     "differ in shape")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"train:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n", "key 'epochs' appears twice in one mapping (line 4); keep one"),
+    (b"train:\n  epochs: true\n", "train.epochs: expected a value of its own kind, not yes/no (true/false) (got True)"),
+    (b"train:\n  lr: false\n", "train.lr: expected a value of its own kind, not yes/no (true/false) (got False)"),
+    (b"name: ..\n", "name: a run folder name: letters, digits, '.', '_' and '-', not starting with '.' (got '..')"),
+    (b"name: .\n", "name: a run folder name: letters, digits, '.', '_' and '-', not starting with '.' (got '.')"),
+])
+def test_configs_that_would_be_read_other_than_meant_are_refused(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "bad.yaml").write_bytes(content)
+    line = one_line(runner.invoke(app, ["train", "-c", str(tmp_path / "bad.yaml")]), 2)
+    assert line == f"error: {tmp_path / 'bad.yaml'}: {message}"
+
+
+def test_a_run_name_that_is_not_a_plain_folder_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = one_line(runner.invoke(app, ["train", "--name", "..", "--set", "analysis.stages=[confusion]"]), 2)
+    assert line == "error: run name '..': use letters, digits, '.', '_' and '-' only, not starting with '.'"
+    assert not (tmp_path / "save").exists() or not any((tmp_path / "save").iterdir())

@@ -7,8 +7,8 @@ names the file and the key.
 from __future__ import annotations
 
 import os
-
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -51,6 +52,16 @@ Size = Annotated[int, Field(ge=1, le=4096)]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``epochs: true`` is a mistake, not 1: a yes/no value is refused where the field is not one."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in typing.get_args(annotation):
+                raise ValueError("expected a value of its own kind, not yes/no (true/false)")
+        return value
 
 
 class DataConfig(_Section):
@@ -190,13 +201,21 @@ class AnimateConfig(_Section):
 class Config(_Section):
     # Run folder name prefix; None: the dataset and the architecture (mnist-mlp, cifar10-allconv,
     # rings-mlp …; see run_name).
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", max_length=100)
+    # A plain folder name: letters, digits, '.', '_' and '-', not starting with '.' (no ".", "..", hidden).
+    name: str | None = Field(None, max_length=100)
     seed: int = Field(default=0, ge=0, lt=2**63)
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     animate: AnimateConfig = Field(default_factory=AnimateConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", value):
+            raise ValueError("a run folder name: letters, digits, '.', '_' and '-', not starting with '.'")
+        return value
 
 
 def _short(value: str) -> str:
@@ -308,12 +327,35 @@ def _first_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
 
 
+class _RepeatedKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is refused (YAML would keep the last
+    silently, so an edit that seems to change a value may change nothing)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if not isinstance(key, typing.Hashable):
+                continue  # refused by the safe loader itself
+            if key in seen:
+                raise _RepeatedKey(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                   "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load`` with its failures (bad syntax, nesting too deep) as one UserError line."""
     try:
         if "*" in text and any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
             raise UserError(f"{source}: YAML aliases (*name) are not accepted in a config; write the values out")
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 — a SafeLoader that refuses repeated keys
+    except _RepeatedKey as exc:
+        raise UserError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: not valid YAML ({_first_line(exc)})") from None
     except RecursionError:

@@ -53,8 +53,8 @@ class Run:
         typed) that is an error; otherwise ``name-2``, ``name-3`` … is taken. Returns the run and a
         notice when the folder name differs from ``name``."""
         save_dir = Path(save_dir)
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise UserError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only")
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
+            raise UserError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only, not starting with '.'")
         if save_dir.is_symlink() and not save_dir.exists():
             raise UserError(f"save folder {save_dir} is a link to {os.readlink(save_dir)}, which does not exist")
         if save_dir.exists() and not save_dir.is_dir():
