@@ -119,3 +119,26 @@ def test_a_run_name_that_is_not_a_plain_folder_is_refused(tmp_path: Path, monkey
     line = one_line(runner.invoke(app, ["train", "--name", "..", "--set", "analysis.stages=[confusion]"]), 2)
     assert line == "error: run name '..': use letters, digits, '.', '_' and '-' only, not starting with '.'"
     assert not (tmp_path / "save").exists() or not any((tmp_path / "save").iterdir())
+
+
+def test_paths_that_exist_but_are_not_what_was_asked_for_say_what_they_are(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    line = one_line(runner.invoke(app, ["train", "-c", str(folder)]), 2)
+    assert line == f"error: config file {folder} is a folder, not a config file"
+    line = one_line(runner.invoke(app, ["train", "-c", "/dev/null"]), 2)
+    assert line == "error: config file /dev/null is not a regular file (a pipe or a device); give a YAML file"
+    line = one_line(runner.invoke(app, ["train", "--resume", str(run / "config.yaml")]), 2)
+    assert line == f"error: run {run / 'config.yaml'} is a file, not a run folder"
+
+
+def test_animate_frames_of_0_is_one_line_like_every_other_value(tmp_path: Path) -> None:
+    line = one_line(runner.invoke(app, ["animate", "--frames", "0", "--save-dir", str(tmp_path)]), 2)
+    assert line.startswith("error: ") and line.endswith("animate.frames: Input should be greater than or equal to 1 "
+                                                        "(got 0)")
+
+
+def test_resuming_a_finished_run_names_its_best_epoch(run: Path) -> None:
+    done = runner.invoke(app, ["train", "--resume", str(run)])
+    assert done.exit_code == 0, done.output
+    assert f"run saved in {run} (best epoch 1)" in " ".join(done.output.split())

@@ -147,7 +147,9 @@ def train(
             raise UserError("--resume uses the run's own config.yaml; drop -c (use --set to change values)")
         config = resume / "config.yaml"
         if not config.is_file():
-            raise UserError(f"run {resume} {'is not a run folder (no config.yaml)' if resume.is_dir() else 'does not exist'}")
+            what = ("is not a run folder (no config.yaml)" if resume.is_dir() else
+                    "is a file, not a run folder" if resume.exists() else "does not exist")
+            raise UserError(f"run {resume} {what}")
     cfg = load_config(config, set_ or [])
     source = f"{config or 'default config'}{' with --set' if set_ else ''}"
     check_stages(cfg.analysis.stages, f"{source}: analysis.stages")
@@ -219,7 +221,7 @@ def animate(
     hidden: Annotated[list[str] | None, typer.Option("--hidden", help="Hidden layer sizes of one panel, "
                                                      "e.g. 3,2 (repeatable; default: the config's presets).",
                                                      show_default=False)] = None,
-    frames: Annotated[int | None, typer.Option("--frames", min=1, help="Frames (frame 0 is the untrained net).",
+    frames: Annotated[int | None, typer.Option("--frames", help="Frames (frame 0 is the untrained net).",
                                                show_default=False)] = None,
     format_: Annotated[str | None, typer.Option("--format", help="gif, or mp4 (written next to the gif).",
                                                 show_default=False)] = None,

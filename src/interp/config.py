@@ -273,7 +273,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(path)
         file = Path(path)
         if not file.is_file():
-            raise UserError(f"config file {source} not found")
+            what = ("is a folder, not a config file" if file.is_dir() else
+                    "is not a regular file (a pipe or a device); give a YAML file" if file.exists() else "not found")
+            raise UserError(f"config file {source} {what}")
         try:
             data = file.read_bytes()
         except OSError as exc:

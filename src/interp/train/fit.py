@@ -170,7 +170,9 @@ def _fit(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, save_
 
             if dist.main and waiting_figures(Path(resume)):
                 draw_figures(resume, missing_only=True)
-            return TrainResult(run_dir=Path(resume), metrics=Run(Path(resume)).read_metrics(), best_epoch=-1)
+            best = Path(resume) / "checkpoints" / "best.pt"
+            best_epoch = int(load_checkpoint(best).get("epoch", 0)) if best.is_file() else 0
+            return TrainResult(run_dir=Path(resume), metrics=Run(Path(resume)).read_metrics(), best_epoch=best_epoch)
         if resume_state is None:  # the other ranks read what rank 0 checked (and repaired)
             resume_state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
 
