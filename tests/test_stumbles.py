@@ -142,3 +142,20 @@ def test_resuming_a_finished_run_names_its_best_epoch(run: Path) -> None:
     done = runner.invoke(app, ["train", "--resume", str(run)])
     assert done.exit_code == 0, done.output
     assert f"run saved in {run} (best epoch 1)" in " ".join(done.output.split())
+
+
+def test_the_completeness_error_is_the_median_of_the_images(tmp_path: Path) -> None:
+    """With an even number of probe images the median is the mean of the middle two (torch's is the lower)."""
+    import numpy as np
+
+    import interp
+
+    run = fit(quick_config("train.epochs=1", "data.train_limit=300",
+                           "analysis.stages=[{integrated_gradients: {steps: 8, baselines: [black]}}]"),
+              save_dir=tmp_path).run_dir
+    record = interp.load_record(run, "integrated_gradients", 1)
+    relative = record.figures["integrated_gradients"]["fields"]["relative"]["black"]
+    assert len(relative) == 10
+    assert record.numbers["integrated_gradients/completeness_error"] == pytest.approx(float(np.median(relative)),
+                                                                                      rel=1e-6)
+    assert float(np.median(relative)) != pytest.approx(float(np.sort(relative)[4]), rel=1e-6)  # not the lower one

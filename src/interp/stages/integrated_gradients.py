@@ -67,7 +67,7 @@ class IntegratedGradientsStage(Stage):
                                                            options.internal_batch_size)
                 difference = target_logits(model, x, y) - target_logits(model, start, y)  # F(x) − F(baseline)
                 relative[baseline] = (delta.abs() / difference.abs().clamp(min=1e-12)).cpu()
-                errors[baseline] = float(relative[baseline].median())
+                errors[baseline] = float(np.median(relative[baseline].numpy()))  # torch's median is the lower one
                 suffix = "" if baseline == "black" else f"/{baseline}"
                 ctx.record(f"completeness_error{suffix}", errors[baseline])
                 ctx.record(f"max_abs_delta{suffix}", float(delta.abs().max()))
