@@ -159,3 +159,22 @@ def test_the_completeness_error_is_the_median_of_the_images(tmp_path: Path) -> N
     assert record.numbers["integrated_gradients/completeness_error"] == pytest.approx(float(np.median(relative)),
                                                                                       rel=1e-6)
     assert float(np.median(relative)) != pytest.approx(float(np.sort(relative)[4]), rel=1e-6)  # not the lower one
+
+
+def test_one_option_of_one_stage_from_the_command_line(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    done = runner.invoke(app, ["train", "--set", "train.epochs=1", "--set", "data.train_limit=200", "--set",
+                               "analysis.stages=[confusion, {trust: {steps: 4}}, saliency]", "--set",
+                               "analysis.stages.trust.images=12", "--set", "analysis.stages.saliency.smoothgrad=false"])
+    assert done.exit_code == 0, done.output
+    saved = yaml.safe_load((tmp_path / "save" / "mnist-mlp" / "config.yaml").read_text())
+    assert saved["analysis"]["stages"] == ["confusion", {"trust": {"steps": 4, "images": 12}},
+                                           {"saliency": {"smoothgrad": False}}]
+    trust = json.loads((tmp_path / "save" / "mnist-mlp" / "epoch_001" / "trust" / "trust.json").read_text())
+    assert trust["images"] == 12
+    line = one_line(runner.invoke(app, ["train", "--set", "analysis.stages.nosuch.x=1"]), 2)
+    assert line.startswith("error: --set analysis.stages.nosuch.x: nosuch is not among this run's stages (confusion,")
+    line = one_line(runner.invoke(app, ["train", "--set", "analysis.stages.trust.imagez=1"]), 2)
+    assert line.endswith("(trust): imagez: unknown option")

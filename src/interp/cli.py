@@ -9,6 +9,7 @@ import contextlib
 import functools
 import gc
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,7 +151,9 @@ def train(
             what = ("is not a run folder (no config.yaml)" if resume.is_dir() else
                     "is a file, not a run folder" if resume.exists() else "does not exist")
             raise UserError(f"run {resume} {what}")
-    cfg = load_config(config, set_ or [])
+    overrides = [item for item in set_ or [] if not _STAGE_OPTION.match(item)]
+    cfg = load_config(config, overrides)
+    cfg = _set_stage_options(cfg, [item for item in set_ or [] if _STAGE_OPTION.match(item)])
     source = f"{config or 'default config'}{' with --set' if set_ else ''}"
     check_stages(cfg.analysis.stages, f"{source}: analysis.stages")
     check_sources(cfg.data)  # before torch is imported: an offline machine hears about it at once
@@ -270,6 +273,38 @@ def stages() -> None:
     width = max(map(len, STAGES))
     for name, cls in STAGES.items():
         typer.echo(f"{name:<{width}} {'*' if cls.default else ' '} {cls.description}")
+
+
+_STAGE_OPTION = re.compile(r"\s*analysis\.stages\.([^.=\s]+)\.([^=\s]+)\s*=")
+
+
+def _set_stage_options(cfg: Any, items: list[str]) -> Any:
+    """``--set analysis.stages.trust.images=20``: one option of one of the run's stages (the default stages
+    when the config lists none), the value read as YAML."""
+    if not items:
+        return cfg
+    from .config import _parse_yaml, validate_config
+    from .stages import default_stage_specs, parse_stage_specs
+
+    specs = parse_stage_specs(cfg.analysis.stages if cfg.analysis.stages is not None else default_stage_specs())
+    for item in items:
+        match = _STAGE_OPTION.match(item)
+        assert match is not None
+        stage, path = match.group(1), match.group(2).split(".")
+        names = [name for name, _ in specs]
+        if stage not in names:
+            raise UserError(f"--set {item.split('=')[0].strip()}: {stage} is not among this run's stages "
+                            f"({', '.join(names)}); list it in analysis.stages first")
+        options = specs[names.index(stage)][1]
+        for part in path[:-1]:
+            options = options.setdefault(part, {})
+            if not isinstance(options, dict):
+                raise UserError(f"--set {item.split('=')[0].strip()}: {part} is a value, not a section")
+        text = item.split("=", 1)[1]
+        options[path[-1]] = _parse_yaml(text, f"--set {item.split('=')[0].strip()}: the value") if text.strip() else ""
+    raw = cfg.model_dump(mode="json")
+    raw["analysis"]["stages"] = [{name: options} if options else name for name, options in specs]
+    return validate_config(raw, "--set")
 
 
 def _home(path: Path | None) -> Path | None:

@@ -193,8 +193,8 @@ class TrustStage(Stage):
             return
         self.slow_noticed = True
         ctx.notice(f"trust: scoring {count} images under every baseline took {seconds:.0f} s at epoch {ctx.epoch} "
-                   f"({maps} maps); trust: {{images: 20}} makes it about {count / 20:.0f}× faster, with wider "
-                   "intervals")
+                   f"({maps} maps); --set analysis.stages.trust.images=20 (trust: {{images: 20}} in a config) makes it "
+                   f"about {count / 20:.0f}× faster, with wider intervals")
 
     # -- computing --------------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, maps: dict[str, Tensor], baselines: dict[str, Tensor],
