@@ -178,3 +178,35 @@ def test_one_option_of_one_stage_from_the_command_line(tmp_path: Path, monkeypat
     assert line.startswith("error: --set analysis.stages.nosuch.x: nosuch is not among this run's stages (confusion,")
     line = one_line(runner.invoke(app, ["train", "--set", "analysis.stages.trust.imagez=1"]), 2)
     assert line.endswith("(trust): imagez: unknown option")
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_checkpoint_or_its_folder(tmp_path: Path, monkeypatch) -> None:
+    """A read-only folder (the temporary file cannot be made) names the folder; a rename that fails names the
+    checkpoint and leaves no temporary file behind, even when removing it fails too."""
+    import errno
+    import os
+    import tempfile
+
+    import torch
+
+    target = tmp_path / "checkpoints" / "last.pt"
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target.parent / ".last.pt.x1y2.tmp"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(OSError) as raised:
+            save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, target)
+    assert raised.value.filename == str(target.parent) and ".tmp" not in str(raised.value)
+    assert "cannot write last.pt there" in raised.value.strerror
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", args[0])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", refuse)
+        with pytest.raises(OSError) as raised:
+            save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, target)
+    assert raised.value.filename == str(target)
+    assert list(target.parent.iterdir()) == []  # the temporary file is gone

@@ -24,7 +24,16 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_signals():  # Ctrl-C waits until the file is whole (or removed)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:  # a read-only folder: name it, not the temporary file that could not be made
+            raise OSError(exc.errno, f"cannot write {path.name} there ({exc.strerror or exc})",
+                          str(path.parent)) from None
+
+        def remove() -> None:
+            with contextlib.suppress(OSError):  # what failed is the write; say that, not this
+                Path(tmp).unlink(missing_ok=True)
+
         try:
             with os.fdopen(fd, "wb") as handle:
                 torch.save(state, handle)
@@ -32,15 +41,15 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except RuntimeError as exc:
-            Path(tmp).unlink(missing_ok=True)
+            remove()
             if "PytorchStreamWriter" in str(exc) or "inline_container" in str(exc):  # torch's word for a failed write
                 raise OSError(errno.EIO, "the write failed", str(path)) from None
             raise
         except OSError as exc:  # name the checkpoint, not the temporary file
-            Path(tmp).unlink(missing_ok=True)
+            remove()
             raise OSError(exc.errno, exc.strerror or "the write failed", str(path)) from None
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            remove()
             raise
 
 
