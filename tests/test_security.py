@@ -95,6 +95,37 @@ def test_honest_batches_in_any_protocol_still_load(tmp_path: Path, protocol: int
     assert data.classes[3] == "cat"
 
 
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_honest_batches_with_numpy_integer_labels_load(tmp_path: Path, protocol: int) -> None:
+    """A batch re-packed with numpy holds its labels as numpy integers (pickled as numpy scalars): plain data,
+    admitted like arrays; a scalar of an object dtype or with the wrong byte count is still refused."""
+    make_cifar_batches(tmp_path / "data")
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    rows = np.arange(3 * 3072, dtype=np.uint64).astype(np.uint8).reshape(3, 3072)
+    labels = [np.int64(7), np.int32(9), np.uint8(1)]
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": rows, "labels": labels}, protocol=protocol))
+    data = load_data(DataConfig(dataset="cifar10", root=str(tmp_path / "data"), download=False))
+    assert data.eval_y.tolist() == [7, 9, 1] and np.array_equal(data.eval_x.reshape(3, -1).numpy(), rows)
+    with pytest.raises(safe_pickle.UnsafePickleError, match="an array whose data does not match its shape"):
+        safe_pickle.loads(pickle.dumps(_ScalarWith(np.dtype("i8"), b"\x07\x00"), protocol=protocol))
+    with pytest.raises(safe_pickle.UnsafePickleError, match="an array of dtype object"):
+        safe_pickle.loads(pickle.dumps(_ScalarWith(np.dtype(object), b"\0" * 8), protocol=protocol))
+
+
+class _ScalarWith:
+    """Pickles as numpy's ``scalar(dtype, raw)`` with parts chosen by the test."""
+
+    def __init__(self, dtype: object, raw: bytes) -> None:
+        self.dtype, self.raw = dtype, raw
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        try:
+            from numpy._core.multiarray import scalar
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import scalar
+        return (scalar, (self.dtype, self.raw))
+
+
 def test_python2_style_batch_loads(tmp_path: Path) -> None:
     """The official batches are Python 2 pickles: byte-string keys and text decoded as latin-1."""
     make_cifar_batches(tmp_path / "data")

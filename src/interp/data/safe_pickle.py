@@ -2,7 +2,7 @@
 
 The CIFAR python batches (and any later pickle format) are read through :func:`load`, a restricted
 unpickler: a pickle may only build plain containers (dict, list, tuple, str, bytes, int, float, bool,
-None) and numpy arrays of plain numeric or string dtypes. Any other global a file names —
+None) and numpy arrays and scalars of plain numeric or string dtypes. Any other global a file names —
 ``os.system``, ``builtins.eval``, ``subprocess.Popen`` — is refused before it is looked up.
 
 Not even numpy's own reconstruction runs on the file's data: the globals a numpy array pickles as are
@@ -88,6 +88,14 @@ class _Buffer:
         self.state = (1, shape, dtype, order == "F", buffer)
 
 
+class _Scalar:
+    """A numpy scalar as ``scalar(dtype, raw bytes)`` describes it (how numpy pickles ``np.int64(3)``, the
+    labels of a batch re-packed with numpy); built for real by :func:`_finish` like an array of one item."""
+
+    def __init__(self, dtype: Any, raw: Any = None) -> None:
+        self.state = (1, (), dtype, False, raw)
+
+
 def _encode(text: Any, encoding: str = "utf-8") -> bytes:
     """How Python 3 writes bytes in a protocol-2 pickle: ``_codecs.encode(text, "latin1")``."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -109,6 +117,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy.core.numeric", "_frombuffer"): _Buffer,
     ("numpy._core.numeric", "_frombuffer"): _Buffer,
+    ("numpy.core.multiarray", "scalar"): _Scalar,
+    ("numpy._core.multiarray", "scalar"): _Scalar,
     ("_codecs", "encode"): _encode,
 }
 
@@ -124,7 +134,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         raise UnsafePickleError("a persistent reference", code=True)
 
 
-def _array(placeholder: _Array | _Buffer) -> Any:
+def _array(placeholder: _Array | _Buffer | _Scalar) -> Any:
     import numpy as np
 
     state = placeholder.state
@@ -155,6 +165,8 @@ def _finish(value: Any, depth: int = 0) -> Any:
         raise UnsafePickleError("data nested too deeply")
     if isinstance(value, _Array | _Buffer):
         return _array(value)
+    if isinstance(value, _Scalar):
+        return _array(value)[()]  # a numpy scalar of the checked dtype
     if isinstance(value, _DType | _NDArrayClass) or value is _NDArrayClass:
         raise UnsafePickleError("a bare numpy type")
     if isinstance(value, dict):
