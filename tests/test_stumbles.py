@@ -210,3 +210,18 @@ def test_a_checkpoint_that_cannot_be_written_names_the_checkpoint_or_its_folder(
             save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, target)
     assert raised.value.filename == str(target)
     assert list(target.parent.iterdir()) == []  # the temporary file is gone
+
+
+def test_a_projector_config_that_does_not_parse_is_named_and_left_whole(tmp_path: Path) -> None:
+    stages = "analysis.stages=[confusion, {embeddings: {points: 60, tsne: never}}]"
+    run = fit(quick_config("train.epochs=1", "data.train_limit=300", stages), save_dir=tmp_path).run_dir
+    broken = b'embeddings {\n  tensor_name: "mine, by hand"\n  tensor_path: "elsewhere/tensors.tsv"\n}\n{{ not protobuf\n'
+    (run / "projector_config.pbtxt").write_bytes(broken)
+    done = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.output.split())
+    assert said.count("projector_config.pbtxt does not parse (ParseError") == 1  # once, naming the file
+    assert "failed" not in said
+    assert (run / "projector_config.pbtxt").read_bytes() == broken  # entries it did not write are kept
+    assert (run / "epoch_002" / "confusion" / "confusion.png").is_file()  # the other stages' output too
+    assert (run / "00002" / "embeddings" / "tensors.tsv").is_file()

@@ -209,7 +209,8 @@ class RunSink:
         self.drawn = 0  # figures written
         self.failed: list[str] = []  # figures that could not be drawn, with why
         self._sent: set[str] = set()  # figures with the worker
-        self._final: set[str] = set()  # figures drawn on the run's scale: the worker's copy does not replace them
+        self._final: set[str] = set()
+        self.projector_problem: str | None = None  # why projector_config.pbtxt is left alone, when it is  # figures drawn on the run's scale: the worker's copy does not replace them
 
     @property
     def writer(self) -> Any:
@@ -243,7 +244,14 @@ class RunSink:
         from google.protobuf import text_format
         from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-        config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
+        try:
+            config = text_format.Parse(path.read_text(encoding="utf-8", errors="strict"), ProjectorConfig())
+        except (text_format.ParseError, UnicodeDecodeError, OSError) as exc:
+            # not ours to rewrite: entries this run did not write would be lost
+            self.projector_problem = (f"{path} does not parse ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                                      "it is left as it is, so TensorBoard's projector does not list this run's new "
+                                      "embeddings (their files are written) until it is fixed or removed")
+            return
         if self._purge_step is not None:
             keep = [e for e in config.embeddings
                     if (place := _projector_place(e)) is None or place[0] < self._purge_step]
@@ -394,9 +402,10 @@ class RunSink:
                 writer._projector_config = ProjectorConfig()
             writer._projector_config.embeddings.extend([get_embedding_info(metadata, thumbnails, subdir, step, tag)])
 
-            _name_projector_entries(writer._projector_config)
-            write_atomic(self.root / "projector_config.pbtxt",
-                         text_format.MessageToString(writer._projector_config).encode("utf-8"))
+            if self.projector_problem is None:
+                _name_projector_entries(writer._projector_config)
+                write_atomic(self.root / "projector_config.pbtxt",
+                             text_format.MessageToString(writer._projector_config).encode("utf-8"))
 
     def file(self, path: str, content: bytes | str) -> Path | None:
         """Written whole or not at all (a temporary file, then renamed)."""

@@ -40,6 +40,7 @@ class EmbeddingsStage(Stage):
                    "labels and thumbnails; PCA (and t-SNE at the end) as a PNG")
     Options = EmbeddingsOptions
     needs = frozenset({"images", "classes", "features"})
+    projector_noticed = False
 
     def run(self, ctx: StageContext) -> None:
         import torch
@@ -63,6 +64,10 @@ class EmbeddingsStage(Stage):
             thumbnails = F.interpolate(thumbnails, size=(size, size), mode="area")
         ctx.sink.embedding(f"{ctx.tag.replace('/', '-')}embeddings", features, metadata, ["label", "predicted"],
                            thumbnails, ctx.step)
+        problem = getattr(ctx.sink, "projector_problem", None)
+        if problem and not self.projector_noticed:  # once per run
+            self.projector_noticed = True
+            ctx.notice(f"embeddings: {problem}")
         want_tsne = self.options.tsne == "always" or (self.options.tsne == "final" and ctx.final)
         subset = min(self.options.tsne_points, len(features))
         tsne = self.options.perplexity if want_tsne and subset > self.options.perplexity * 3 else None
