@@ -225,3 +225,24 @@ def test_a_projector_config_that_does_not_parse_is_named_and_left_whole(tmp_path
     assert (run / "projector_config.pbtxt").read_bytes() == broken  # entries it did not write are kept
     assert (run / "epoch_002" / "confusion" / "confusion.png").is_file()  # the other stages' output too
     assert (run / "00002" / "embeddings" / "tensors.tsv").is_file()
+
+
+def test_an_ignored_sigint_stays_ignored_while_a_checkpoint_is_written(tmp_path: Path) -> None:
+    """A background job of a non-interactive shell ignores SIGINT; interp must not start answering it with
+    130 just because it landed while a checkpoint was being written."""
+    import signal
+
+    import torch
+
+    from interp.interrupts import deferred_signals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            save_checkpoint({"model": {"w": torch.zeros(1)}, "epoch": 1}, tmp_path / "last.pt")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # no KeyboardInterrupt was raised either
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1

@@ -46,7 +46,9 @@ def deferred_signals() -> Iterator[None]:
     def remember(signum: int, frame: Any) -> None:
         caught.append(signum)
 
-    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the process ignores (SIGINT in a background job of a non-interactive shell) stays ignored
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:
