@@ -246,3 +246,30 @@ def test_an_ignored_sigint_stays_ignored_while_a_checkpoint_is_written(tmp_path:
     finally:
         signal.signal(signal.SIGINT, previous)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_the_same_config_gives_the_same_weights_run_after_run_under_load(tmp_path: Path) -> None:
+    """Three runs of one config with every default stage (the drawing worker, the analysis between epochs)
+    while another process keeps a core busy: the same weights, bit for bit, and the same losses."""
+    import subprocess
+    import sys
+
+    import torch
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        states, losses = [], []
+        for i in range(3):
+            done = runner.invoke(app, ["train", "--set", "train.epochs=2", "--set", "data.train_limit=1000",
+                                       "--set", "analysis.stages.trust.images=10", "--save-dir", str(tmp_path),
+                                       "--name", f"run{i}"])
+            assert done.exit_code == 0, done.output
+            states.append(load_checkpoint(tmp_path / f"run{i}" / "checkpoints" / "last.pt")["model"])
+            rows = (tmp_path / f"run{i}" / "metrics.jsonl").read_text().splitlines()
+            losses.append([json.loads(row).get("train_loss") for row in rows])
+    finally:
+        hog.kill()
+        hog.wait()
+    for other in states[1:]:
+        assert all(torch.equal(states[0][k], other[k]) for k in states[0])
+    assert losses[0] == losses[1] == losses[2]
