@@ -273,3 +273,20 @@ def test_the_same_config_gives_the_same_weights_run_after_run_under_load(tmp_pat
     for other in states[1:]:
         assert all(torch.equal(states[0][k], other[k]) for k in states[0])
     assert losses[0] == losses[1] == losses[2]
+
+
+def test_a_stage_of_ones_own_is_not_a_default_stage_once_imported(tmp_path: Path, monkeypatch) -> None:
+    """A config that named ``module:Class`` registers it; a later run with the default stages must not run it."""
+    from interp.stages import STAGES, default_stage_specs, stage_class
+
+    (tmp_path / "mystage.py").write_text(
+        "from interp.stages import Stage\n"
+        "class Loud(Stage):\n    name = 'loud'\n    description = 'x'\n    needs = frozenset()\n"
+        "    def run(self, ctx):\n        raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = default_stage_specs()
+    try:
+        assert stage_class("mystage:Loud").name == "loud" and "loud" in STAGES
+        assert default_stage_specs() == before and "loud" not in before
+    finally:
+        STAGES.pop("loud", None)

@@ -36,8 +36,9 @@ __all__ = [
 
 
 def default_stage_specs() -> list[str]:
-    """Every registered stage that is on by default, in registry order."""
-    return [name for name, cls in STAGES.items() if cls.default]
+    """Every built-in stage that is on by default, in registry order. A stage of one's own runs where a
+    config names it: importing it (a config that named it, a notebook) does not add it to later runs."""
+    return [name for name, cls in STAGES.items() if cls.default and cls.__module__.startswith(f"{__name__}.")]
 
 
 def parse_stage_specs(specs: list[Any]) -> list[tuple[str, dict[str, Any]]]:
