@@ -71,11 +71,6 @@ class DrawingWorker:
                     why = self.broken = "the drawing worker stopped"
         failed(why)
 
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._pending) + self._busy
-
     def _collect(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         stream = self._process.stdout

@@ -357,11 +357,6 @@ class RunSink:
         if self.drawing_worker:
             self._drawing().start()
 
-    @property
-    def waiting(self) -> int:
-        """Figures handed to the worker and not yet written."""
-        return 0 if self._worker is None else self._worker.pending
-
     def histogram(self, tag: str, values: Any, step: int) -> None:
         self._events(lambda writer: writer.add_histogram(tag, values, step))
 
