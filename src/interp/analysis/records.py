@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import UserError
 
 __all__ = ["RECORD", "SCHEMA", "VIEWS", "Record", "RecordError", "decode_bytes", "draw", "encode_record", "load_record",
-           "read_record", "record_path", "register_view", "view_name"]
+           "read_record", "record_path", "register_view", "view_name", "worker_imports"]
 
 SCHEMA = 1
 RECORD = "record.npz"
@@ -60,6 +60,12 @@ def register_view(function: Callable[..., Any]) -> Callable[..., Any]:
         raise TypeError(f"view {function.__qualname__}: a view must be a module-level function")
     VIEWS[view_name(function)] = function
     return function
+
+
+def worker_imports(view: str) -> tuple[str, ...]:
+    """The module a drawing process must import to find ``view``: a stage's own module when this process has
+    registered its view (so it is code already running here), never a name only a record holds."""
+    return (view.split(":")[0],) if view in VIEWS and not view.startswith("interp.") else ()
 
 
 @dataclass
@@ -222,9 +228,9 @@ def _read(archive: zipfile.ZipFile, path: Path, refuse: Callable[[str], RecordEr
                   data=decode(meta.get("data") or {}), schema=meta["schema"], path=path)
 
 
-def decode_bytes(content: bytes | str, name: str) -> Record:
+def decode_bytes(content: bytes, name: str) -> Record:
     """A record from its bytes (``name``: where they came from, for messages)."""
-    return read_record(name, content if isinstance(content, bytes) else content.encode("latin-1"))
+    return read_record(name, content)
 
 
 def record_path(run: Path | str, stage: str, epoch: int | str | None = None) -> Path:

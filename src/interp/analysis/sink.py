@@ -23,7 +23,10 @@ class Sink(Protocol):
     def image(self, path: str, tag: str, png: bytes, step: int) -> Path | None: ...
 
     def figure(self, record: str, name: str, path: str, tag: str, step: int, *, imports: tuple[str, ...] = (),
-               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True) -> None: ...
+               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True,
+               loaded: Any = None) -> None: ...
+
+    def drawing(self, path: str) -> bool: ...
 
     def histogram(self, tag: str, values: Any, step: int) -> None: ...
 
@@ -158,10 +161,16 @@ class NullSink:
         return None
 
     def figure(self, record: str, name: str, path: str, tag: str, step: int, *, imports: tuple[str, ...] = (),
-               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True) -> None:
+               scale: dict[str, float] | None = None, note: str | None = None, events: bool = True,
+               loaded: Any = None) -> None:
         from .records import decode_bytes, draw
 
-        self.images[path] = draw(decode_bytes(self.files[record], record), name, scale, note)
+        content = self.files[record]
+        assert isinstance(content, bytes)
+        self.images[path] = draw(loaded or decode_bytes(content, record), name, scale, note)
+
+    def drawing(self, path: str) -> bool:
+        return False
 
     def histogram(self, tag: str, values: Any, step: int) -> None:
         pass
@@ -209,8 +218,8 @@ class RunSink:
         self.drawn = 0  # figures written
         self.failed: list[str] = []  # figures that could not be drawn, with why
         self._sent: set[str] = set()  # figures with the worker
-        self._final: set[str] = set()
-        self.projector_problem: str | None = None  # why projector_config.pbtxt is left alone, when it is  # figures drawn on the run's scale: the worker's copy does not replace them
+        self._final: set[str] = set()  # figures drawn on the run's scale: the worker's copy does not replace them
+        self.projector_problem: str | None = None  # why projector_config.pbtxt is left alone, when it is
 
     @property
     def writer(self) -> Any:
@@ -233,7 +242,10 @@ class RunSink:
             try:
                 write(writer)
             except OSError as exc:
-                raise _named(exc, getattr(writer.file_writer.event_writer, "_file_name", self.root)) from None
+                raise _named(exc, self._events_file(writer)) from None
+
+    def _events_file(self, writer: Any) -> Any:
+        return getattr(writer.file_writer.event_writer, "_file_name", self.root)
 
     def _keep_projector_config(self, writer: Any) -> None:
         """A new writer rewrites projector_config.pbtxt with only its own embeddings; start it from the
@@ -302,11 +314,12 @@ class RunSink:
 
     def figure(self, record: str, name: str, path: str, tag: str, step: int, *, imports: tuple[str, ...] = (),
                scale: dict[str, float] | None = None, note: str | None = None, events: bool = True,
-               here: bool = False) -> None:
+               loaded: Any = None) -> None:
         """Figure ``name`` of the record at ``record`` drawn and written as :meth:`image` (``events=False``:
-        the file only) — by the drawing worker when there is one and not ``here``, else here and now. A
-        figure drawn here is final: a later answer of the worker for the same file goes to TensorBoard only.
-        A figure that cannot be drawn is noted in errors.log; the run goes on."""
+        the file only) — by the drawing worker when there is one, else here and now. With ``loaded`` (the
+        record, read already) it is drawn here, and is final: a later answer of the worker for the same file
+        goes to TensorBoard only. A figure that cannot be drawn is noted in errors.log; the run goes on."""
+        here = loaded is not None
         def done(png: bytes) -> None:
             with self._lock:
                 self._sent.discard(path)
@@ -328,7 +341,7 @@ class RunSink:
             from .records import draw, read_record
 
             try:
-                png = draw(read_record(self.root / record), name, scale, note)
+                png = draw(loaded or read_record(self.root / record), name, scale, note)
             except Exception as exc:  # noqa: BLE001 — a figure that cannot be drawn fails alone, as in the worker
                 failed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
             else:
@@ -453,6 +466,6 @@ class RunSink:
                 try:
                     writer.close()
                 except OSError as exc:
-                    error = error or _named(exc, getattr(writer.file_writer.event_writer, "_file_name", self.root))
+                    error = error or _named(exc, self._events_file(writer))
         if error is not None and finish:
             raise error

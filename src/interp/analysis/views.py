@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import RECORD, VIEWS, Record, read_record
+from .records import RECORD, Record, read_record, worker_imports
 
 __all__ = ["Figure", "draw_figures", "draw_run", "find_figures", "run_scales", "waiting_figures"]
 
@@ -31,33 +31,26 @@ class Figure:
         return f"{self.record.rsplit('/', 1)[0]}/{self.name}.png"
 
 
-def find_figures(run: Path, stages: Iterable[str] | None = None, epochs: Iterable[int] | None = None
-                 ) -> tuple[list[Figure], dict[str, Record]]:
-    """Every figure of every record in ``run`` (only ``stages`` and ``epochs`` when given), in epoch and
-    stage order, and the records by their path."""
-    wanted_stages = None if stages is None else set(stages)
-    wanted_epochs = None if epochs is None else set(epochs)
+def find_figures(run: Path) -> tuple[list[Figure], dict[str, Record]]:
+    """Every figure of every record in ``run``, in epoch and stage order, and the records by their path."""
     figures: list[Figure] = []
     records: dict[str, Record] = {}
-    paths = sorted(run.glob(f"epoch_*/*/{RECORD}")) + sorted(run.glob(f"analysis/*/*/{RECORD}"))
-    for path in paths:
+    for path in sorted(run.glob(f"epoch_*/*/{RECORD}")) + sorted(run.glob(f"analysis/*/*/{RECORD}")):
         relative = path.relative_to(run).as_posix()
         match = _EPOCH.fullmatch(relative.split("/")[0])
-        epoch = int(match.group(1)) if match else None
-        stage = path.parent.name
-        if (wanted_stages is not None and stage not in wanted_stages) or \
-                (wanted_epochs is not None and epoch not in wanted_epochs):
-            continue
-        record = read_record(path)
-        records[relative] = record
-        figures += [Figure(relative, name, stage, epoch, entry.get("scale")) for name, entry in record.figures.items()]
+        record = records[relative] = read_record(path)
+        figures += [Figure(relative, name, path.parent.name, int(match.group(1)) if match else None,
+                           entry.get("scale")) for name, entry in record.figures.items()]
     return figures, records
 
 
 def run_scales(run: Path) -> tuple[dict[tuple[str, str], dict[str, float]], list[int]]:
     """Per (stage, figure) with a colour scale, the largest of each limit over every epoch of the run; and
     the epochs they span."""
-    figures, _ = find_figures(run)
+    return _scales(find_figures(run)[0])
+
+
+def _scales(figures: list[Figure]) -> tuple[dict[tuple[str, str], dict[str, float]], list[int]]:
     scales: dict[tuple[str, str], dict[str, float]] = {}
     epochs: set[int] = set()
     for figure in figures:
@@ -84,25 +77,28 @@ def draw_run(run: Path, sink: Any, stages: Iterable[str] | None = None, epochs: 
     """Draw the figures of ``run``'s records through ``sink``: each figure of a kind whose magnitudes matter
     on the run's scale for that kind, here and now (the files only: TensorBoard keeps the images drawn during
     training, on their epoch's scale), and the others when their PNG is missing (or always, without
-    ``missing_only``), by the sink's worker when it has one. Returns how many; ``sink.wait()`` for them."""
-    scales, spanned = run_scales(run)
-    figures, records = find_figures(run, stages, epochs)
+    ``missing_only``), by the sink's worker when it has one; ``stages``, ``epochs``: only those. Returns how
+    many; ``sink.wait()`` for them."""
+    figures, records = find_figures(run)
+    scales, spanned = _scales(figures)  # over the whole run, whichever figures are drawn
     note = f"one scale for epochs {spanned[0]}–{spanned[-1]}" if len(spanned) > 1 else None
+    wanted_stages, wanted_epochs = (None if s is None else set(s) for s in (stages, epochs))
     sent = 0
     for figure in figures:
+        if (wanted_stages is not None and figure.stage not in wanted_stages) or \
+                (wanted_epochs is not None and figure.epoch not in wanted_epochs):
+            continue
         scale = scales.get((figure.stage, figure.name)) if figure.epoch is not None and note else None
-        exists = (run / figure.png).is_file() or bool(getattr(sink, "drawing", lambda path: False)(figure.png))
+        exists = (run / figure.png).is_file() or sink.drawing(figure.png)
         if scale is None and missing_only and exists:
             continue
-        view = str(records[figure.record].figures[figure.name]["view"])
-        # the worker imports a stage's own module only when this process has its view already (never by a
-        # name read from a record)
-        imports = (view.split(":")[0],) if view in VIEWS and not view.startswith("interp.") else ()
+        record = records[figure.record]
         # a figure TensorBoard never got (drawing stopped by Ctrl-C) goes there too, at its epoch
         events = not exists and figure.epoch is not None
         sink.figure(figure.record, figure.name, figure.png, f"{figure.stage}/{figure.name}", figure.epoch or 0,
-                    imports=imports, scale=scale, note=note if scale is not None else None, events=events,
-                    here=scale is not None)
+                    imports=worker_imports(record.figures[figure.name]["view"]), scale=scale,
+                    note=note if scale is not None else None, events=events,
+                    loaded=record if scale is not None else None)
         sent += 1
     return sent
 
@@ -121,10 +117,9 @@ def draw_figures(run: Path | str, stages: Iterable[str] | None = None, epochs: I
     from .. import stages as _built_in  # noqa: F401 — registers the built-in views
 
     handle.lock()
+    sink = handle.sink
     try:
-        draw_run(handle.path, handle.sink, stages, epochs, missing_only)
-        sink = handle.sink
-        handle.close()
-        return sink.drawn, list(sink.failed)
+        draw_run(handle.path, sink, stages, epochs, missing_only)
     finally:
-        handle.close()
+        handle.close()  # waits for the figures, raises what could not be written
+    return sink.drawn, list(sink.failed)

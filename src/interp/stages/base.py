@@ -130,7 +130,7 @@ class StageContext:
         numbers, strings, lists, mappings) returning PNG bytes or a matplotlib figure — from this stage's
         record: the arguments are kept there first, then drawn (by the drawing worker when the run has one).
 
-        ``scale``: the colour limits the view uses (``{"saliency": 0.12}``), for a figure whose magnitudes
+        ``scale``: the colour limits the view uses (``{"gradient": 0.12}``), for a figure whose magnitudes
         matter; the view receives it as ``scale=`` (with ``scale_note=``), and at the end of a run every
         epoch's figure of this kind is drawn again on the largest of each limit over the run."""
         import inspect
@@ -168,7 +168,7 @@ class StageContext:
 
     def write_record(self, summary: Summary | None) -> None:
         """This stage's record (its figures' data, numbers, summary and kept values), then its figures."""
-        from ..analysis.records import RECORD, Record, encode_record
+        from ..analysis.records import RECORD, Record, encode_record, worker_imports
 
         prefix = f"{self.stage}/"
         record = Record(stage=self.stage, epoch=self.epoch, figures=self.figures,
@@ -177,10 +177,8 @@ class StageContext:
         where = f"{self.folder}/{self.stage}"
         self.sink.file(f"{where}/{RECORD}", encode_record(record))
         for name, entry in self.figures.items():
-            imports = () if entry["view"].startswith("interp.") else (entry["view"].split(":")[0],)
             self.sink.figure(f"{where}/{RECORD}", name, f"{where}/{name}.png", f"{self.tag}{self.stage}/{name}",
-                             self.step, imports=imports)
-        self.figures, self.kept = {}, {}
+                             self.step, imports=worker_imports(entry["view"]))
 
     # -- small helpers for drawing -------------------------------------------------------------------
     def eval_logits(self) -> Tensor:
