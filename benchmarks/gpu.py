@@ -99,7 +99,7 @@ class PhaseTimer:
         self.count_syncs = syncs
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         counting = self.count_syncs and description == "training" and torch.cuda.is_available()
         with warnings.catch_warnings(record=True) as caught:
             if counting:
@@ -107,7 +107,7 @@ class PhaseTimer:
                 torch.cuda.set_sync_debug_mode("warn")
             start = time.perf_counter()
             try:
-                yield lambda n: None
+                yield lambda n, what=None: None
             finally:
                 if counting:
                     torch.cuda.set_sync_debug_mode("default")

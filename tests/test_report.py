@@ -123,7 +123,8 @@ def test_report_links_only_files_of_the_run(run_dir: Path) -> None:
     assert [row[0] for row in metrics[1:]] == ["0", "1", "2"]
     trust = page.rows["trust"]
     assert [row[0] for row in trust[1:]] == ["saliency", "smoothgrad", "integrated_gradients",
-                                             "integrated_gradients_blur", "expected_gradients", "edges", "random"]
+                                             "integrated_gradients_blur", "expected_gradients", "guided_backprop",
+                                             "edges", "random"]
     assert all(row[-1].startswith(("trust", "doubt", "uncertain")) for row in trust[1:-2])
     assert [row[-1] for row in trust[-2:]] == ["reference", "reference"]  # the null maps
 

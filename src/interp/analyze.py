@@ -30,6 +30,7 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     (tags under ``analysis/<checkpoint>/``)."""
     from .analysis.api import Analysis
     from .analysis.evaluation import evaluate
+    from .attribution import check_methods
     from .checkpoint import load_checkpoint
     from .config import load_config
     from .data import select_probe
@@ -46,6 +47,7 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
                         "cannot be rebuilt; call Analyzer.run on your model instead")
     cfg = load_config(run.config_path)
     check_stages(cfg.analysis.stages, f"{run.config_path}: analysis.stages")
+    check_methods(cfg.analysis.methods, f"{run.config_path}: analysis.methods")
     target = resolve_device(device or cfg.train.device)
     configured = dict(parse_stage_specs(cfg.analysis.stages if cfg.analysis.stages is not None
                                         else default_stage_specs()))
@@ -70,7 +72,8 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     analyzed = logits_model(model, probe.x)
     init = run.checkpoints / "init.pt"
     initial_state = load_checkpoint(init, map_location=target)["model"] if init.is_file() else None
-    analysis = Analysis(stage_list, run.sink, notice=notice, initial_state=initial_state, during_training=False)
+    analysis = Analysis(stage_list, run.sink, notice=notice, initial_state=initial_state, during_training=False,
+                        methods=cfg.analysis.methods)
     analysis.prepare(analyzed, data)
     epoch = state.get("epoch", 0)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:

@@ -1,28 +1,41 @@
-"""Attribution methods, computed with Captum, and their reduction to one 2-D map per image.
+"""Attribution methods, one registry: each method is one small class in :data:`METHODS` (its name, its
+colour in every plot, whether its map is signed, what it needs, and how it computes — Captum is the
+engine). The ``attributions`` stage draws and the ``trust`` stage scores the methods of
+``analysis.methods``; :func:`attribute` computes one for code of your own. Every target is the **true
+class** logit.
 
-The stages draw these maps and the ``trust`` stage scores them; both call the functions here so that
-a method means the same thing everywhere. Every target is the **true class** logit.
+```python
+from interp.attribution import attribute
+maps = attribute("guided_backprop", model, x, target=y)       # shaped like x, as Captum returns it
+cams = attribute("gradcam", model, x, y, layer="layer4")       # (B, 1, H, W), upsampled to the input
+```
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_METHODS",
     "METHODS",
     "Method",
+    "attribute",
+    "check_methods",
     "blurred",
     "expected_gradients",
     "gradcam",
     "gradcam_layer",
     "integrated_gradients",
+    "method_class",
+    "register_method",
     "saliency",
     "smoothgrad",
     "white",
@@ -130,45 +143,6 @@ def to_map(attributions: Tensor, signed: bool) -> Tensor:
     return attributions.abs().amax(dim=1)
 
 
-@dataclass(frozen=True)
-class Method:
-    """An attribution method as the trust stage sees it: ``compute(model, x, y, black, options) → (B, H, W)``.
-
-    ``options`` may hold ``steps`` (integration points), ``blur_sigma``, ``noise_baselines``, ``white`` (the
-    all-white image, for the uniform-noise references), ``smoothgrad_samples``, ``layer`` (Grad-CAM).
-    ``signed`` maps rank pixels by value (positive evidence first); unsigned ones by magnitude."""
-
-    name: str
-    stage: str  # the stage whose presence in the run switches this method on
-    signed: bool
-    compute: Callable[[nn.Module, Tensor, Tensor, Tensor, dict], Tensor]
-
-
-def _saliency_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    return to_map(saliency(model, x, y), signed=False)
-
-
-def _smoothgrad_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    return to_map(smoothgrad(model, x, y, options.get("smoothgrad_samples", 16),
-                             options.get("smoothgrad_noise", 0.15)), signed=False)
-
-
-def _ig_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    attributions, _ = integrated_gradients(model, x, y, baseline, options.get("steps", 50),
-                                           options.get("internal_batch_size", 256))
-    return to_map(attributions, signed=True)
-
-
-def _ig_blur_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    return _ig_map(model, x, y, blurred(x, options.get("blur_sigma", BLUR_SIGMA)), options)
-
-
-def _expected_gradients_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    high = options["white"] if "white" in options else baseline + 1.0
-    return to_map(expected_gradients(model, x, y, baseline, high, options.get("noise_baselines", 4),
-                                     options.get("steps", 50), options.get("internal_batch_size", 256)), signed=True)
-
-
 def gradcam_layer(model: nn.Module, name: str | None = None, example: Tensor | None = None) -> tuple[str, nn.Module]:
     """The layer Grad-CAM looks at: ``name`` (short or full), else the last block with spatial output
     (larger than 1×1 for ``example``, when given)."""
@@ -180,21 +154,325 @@ def gradcam_layer(model: nn.Module, name: str | None = None, example: Tensor | N
     return found
 
 
-def _gradcam_map(model: nn.Module, x: Tensor, y: Tensor, baseline: Tensor, options: dict) -> Tensor:
-    return gradcam(model, gradcam_layer(model, options.get("layer"), x)[1], x, y)[:, 0]
+# -- the registry: one small class per method ------------------------------------------------------------
+class Method:
+    """An attribution method: ``name``, whether its map is ``signed`` (pixels ranked by value, positive
+    evidence first; unsigned maps by magnitude), what it ``needs`` ("conv": a layer with spatial output),
+    its ``colour`` in every plot, and :meth:`attribute`, which returns attributions shaped like the input
+    (or (B, 1, H, W) for a class-activation map). Its keyword options have defaults; the stages offer
+    ``baseline`` (the black image), ``white``, ``steps``, ``samples``, ``blur_sigma``, ``references`` and
+    ``layer``, and each method takes the ones its :meth:`attribute` names.
+
+    A method of one's own is a subclass registered with :func:`register_method`, or named in a config as
+    ``package.module:Class``."""
+
+    name: ClassVar[str] = ""
+    signed: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()
+    colour: ClassVar[str] = "C7"
+    description: ClassVar[str] = ""
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor, **options: Any) -> Tensor:
+        raise NotImplementedError
+
+    def skip_reason(self, model: nn.Module, example: Tensor | None = None) -> str | None:
+        """Why this method cannot run on ``model`` (None: it can)."""
+        if "conv" in self.needs:
+            from .models import last_spatial_layer
+
+            if last_spatial_layer(model, example) is None:
+                return "needs a convolutional layer; the model has none"
+        return None
+
+    def map(self, model: nn.Module, inputs: Tensor, target: Tensor, **offered: Any) -> Tensor:
+        """One map per image (B, H, W), from the ``offered`` options this method takes."""
+        from .imports import accepted_keywords
+
+        with quiet():
+            values = self.attribute(model, inputs, target, **accepted_keywords(self.attribute, offered)).detach()
+        if values.shape[1] == 1 and values.dim() == 4 and inputs.shape[1] != 1:  # a class-activation map
+            return values[:, 0]
+        return to_map(values, self.signed)
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("saliency", "saliency", False, _saliency_map),
-        Method("smoothgrad", "saliency", False, _smoothgrad_map),
-        Method("integrated_gradients", "integrated_gradients", True, _ig_map),  # from black
-        Method("integrated_gradients_blur", "integrated_gradients", True, _ig_blur_map),  # from the blurred image
-        Method("expected_gradients", "integrated_gradients", True, _expected_gradients_map),  # from uniform noise
-        Method("gradcam", "gradcam", False, _gradcam_map),
-    )
-}
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add ``cls`` to :data:`METHODS` under its ``name`` (a decorator)."""
+    if not cls.name:
+        raise ValueError(f"method {cls.__qualname__} has no name")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    """A registered method by name, or ``package.module:Class`` imported (and registered) on demand."""
+    found = METHODS.get(name)
+    if found is not None:
+        return found
+    if ":" not in name:
+        raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)}, or package.module:Class)")
+    from .errors import UserError
+    from .imports import import_path
+
+    try:
+        found = import_path(name, "method", "Class")
+    except UserError as exc:
+        raise ValueError(f"{exc} (cannot import it)") from None
+    if not (isinstance(found, type) and issubclass(found, Method)) or not found.name:
+        raise ValueError(f"method {name!r} is not a subclass of interp.attribution.Method with a name")
+    return register_method(found) if found.name not in METHODS else found
+
+
+def attribute(method: str | Method, model: nn.Module, inputs: Tensor, target: Tensor | int,
+              **options: Any) -> Tensor:
+    """Attributions of ``method`` (a name, ``package.module:Class`` or a :class:`Method`) for ``target``
+    (a class index or one per input): shaped like ``inputs``, or (B, 1, H, W) for Grad-CAM-like maps.
+
+    >>> attribute("guided_backprop", model, x, target=3)            # doctest: +SKIP
+    >>> attribute("occlusion", model, x, y, window=4, stride=2)     # doctest: +SKIP
+    """
+    found = method if isinstance(method, Method) else method_class(method)()
+    if isinstance(target, int):
+        target = torch.full((len(inputs),), target, dtype=torch.long, device=inputs.device)
+    reason = found.skip_reason(model, inputs)
+    if reason:
+        raise ValueError(f"{found.name}: {reason}")
+    with quiet():
+        return found.attribute(model, inputs, target, **options).detach()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Without Captum's notices that it hooks the model's ReLUs (printed on every call)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
+        yield
+
+
+def check_methods(names: Sequence[str] | None, source: str = "analysis.methods") -> tuple[str, ...]:
+    """The method names a config or caller chose (None: :data:`DEFAULT_METHODS`), each known or imported;
+    a mistake is a :class:`~interp.errors.UserError` naming ``source``."""
+    from .errors import UserError
+
+    if names is None:
+        return DEFAULT_METHODS
+    if isinstance(names, str) or not names:
+        raise UserError(f"{source}: expected a non-empty list of method names, got {names!r}")
+    chosen: list[str] = []
+    for name in names:
+        try:
+            found = method_class(str(name)).name
+        except ValueError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        if found in chosen:
+            raise UserError(f"{source}: method {found!r} is listed twice")
+        chosen.append(found)
+    return tuple(chosen)
+
+
+DEFAULT_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "integrated_gradients_blur", "expected_gradients",
+                   "guided_backprop", "gradcam")
+
+
+def _zeros(x: Tensor, baseline: Tensor | None) -> Tensor:
+    return torch.zeros_like(x) if baseline is None else baseline
+
+
+@register_method
+class SaliencyMethod(Method):
+    name, colour = "saliency", "C0"
+    description = "|∂ logit / ∂x| (Simonyan et al. 2013)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        return saliency(model, inputs, target)
+
+
+@register_method
+class SmoothGradMethod(Method):
+    name, colour = "smoothgrad", "C1"
+    description = "saliency averaged over noisy copies (Smilkov et al. 2017)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor, samples: int = 16,  # type: ignore[override]
+                  noise: float = 0.15) -> Tensor:
+        return smoothgrad(model, inputs, target, samples, noise)
+
+
+@register_method
+class InputXGradientMethod(Method):
+    name, colour, signed = "input_x_gradient", "C9", True
+    description = "x · ∂ logit / ∂x"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        from captum.attr import InputXGradient
+
+        return InputXGradient(model).attribute(inputs.detach().requires_grad_(True), target=target)
+
+
+@register_method
+class IntegratedGradientsMethod(Method):
+    name, colour, signed = "integrated_gradients", "C3", True
+    description = "integrated gradients from the black image (Sundararajan et al. 2017)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  baseline: Tensor | None = None, steps: int = 50, internal_batch_size: int = 256) -> Tensor:
+        return integrated_gradients(model, inputs, target, _zeros(inputs, baseline), steps, internal_batch_size)[0]
+
+
+@register_method
+class BlurIntegratedGradientsMethod(Method):
+    name, colour, signed = "integrated_gradients_blur", "C4", True
+    description = "integrated gradients from a blurred copy of the image"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  blur_sigma: float = BLUR_SIGMA, steps: int = 50, internal_batch_size: int = 256) -> Tensor:
+        return integrated_gradients(model, inputs, target, blurred(inputs, blur_sigma), steps, internal_batch_size)[0]
+
+
+@register_method
+class ExpectedGradientsMethod(Method):
+    name, colour, signed = "expected_gradients", "C5", True
+    description = "expected gradients from uniform-noise references (Erion et al. 2021)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  baseline: Tensor | None = None, white: Tensor | None = None, references: int = 4,
+                  steps: int = 50, internal_batch_size: int = 256) -> Tensor:
+        low = _zeros(inputs, baseline)
+        high = white if white is not None else low + 1.0
+        return expected_gradients(model, inputs, target, low, high, references, steps, internal_batch_size)
+
+
+def reused_layer(model: nn.Module, example: Tensor | None) -> str | None:
+    """The name of a layer that one forward pass of ``example`` calls more than once (a ResNet block's
+    ReLU), or None. DeepLIFT and LRP keep state per layer, so they need every layer called once."""
+    if example is None:
+        return None
+    calls: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+             for n, m in model.named_modules() if n and not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return next((n for n, count in calls.items() if count > 1), None)
+
+
+@register_method
+class DeepLiftMethod(Method):
+    name, colour, signed = "deeplift", "#bcbd22", True
+    description = "DeepLIFT, Rescale rule, from the black image (Shrikumar et al. 2017)"
+
+    def skip_reason(self, model: nn.Module, example: Tensor | None = None) -> str | None:
+        reused = reused_layer(model, example)
+        return f"needs every layer called once per forward pass; {reused} is called more than once" if reused else None
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  baseline: Tensor | None = None) -> Tensor:
+        from captum.attr import DeepLift
+
+        return DeepLift(model).attribute(inputs.detach().requires_grad_(True), baselines=_zeros(inputs, baseline),
+                                         target=target)
+
+
+@register_method
+class OcclusionMethod(Method):
+    name, colour, signed = "occlusion", "C8", True
+    description = "the drop in the logit when a square patch becomes the black image (Zeiler & Fergus 2014)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  baseline: Tensor | None = None, window: int | None = None, stride: int | None = None,
+                  internal_batch_size: int = 256) -> Tensor:
+        from captum.attr import Occlusion
+
+        side = min(int(inputs.shape[-2]), int(inputs.shape[-1]))
+        window = window or max(2, side // 7)
+        stride = stride or max(1, window // 2)
+        return Occlusion(model).attribute(inputs, sliding_window_shapes=(int(inputs.shape[1]), window, window),
+                                          strides=(int(inputs.shape[1]), stride, stride),
+                                          baselines=_zeros(inputs, baseline), target=target,
+                                          perturbations_per_eval=max(1, internal_batch_size // len(inputs)))
+
+
+@register_method
+class GuidedBackpropMethod(Method):
+    name, colour = "guided_backprop", "C6"
+    description = "gradients with negative ones stopped at every ReLU (Springenberg et al. 2015)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        from captum.attr import GuidedBackprop
+
+        return GuidedBackprop(model).attribute(inputs.detach().requires_grad_(True), target=target)
+
+
+@register_method
+class GradCamMethod(Method):
+    name, colour, needs = "gradcam", "C2", frozenset({"conv"})
+    description = "Grad-CAM at the last convolutional block (Selvaraju et al. 2017)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  layer: str | None = None) -> Tensor:
+        return gradcam(model, gradcam_layer(model, layer, inputs)[1], inputs, target)
+
+
+@register_method
+class GuidedGradCamMethod(Method):
+    name, colour, needs = "guided_gradcam", "#8c564b", frozenset({"conv"})
+    description = "guided backprop × Grad-CAM (Selvaraju et al. 2017)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  layer: str | None = None) -> Tensor:
+        from captum.attr import GuidedGradCam
+
+        found = gradcam_layer(model, layer, inputs)[1]
+        return GuidedGradCam(model, found).attribute(inputs.detach().requires_grad_(True), target=target,
+                                                     interpolate_mode="bilinear")
+
+
+@register_method
+class GradCamPlusPlusMethod(Method):
+    name, colour, needs = "gradcam_plus_plus", "#17becf", frozenset({"conv"})
+    description = "Grad-CAM++: positive gradients weighted per position (Chattopadhay et al. 2018)"
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
+                  layer: str | None = None) -> Tensor:
+        from captum._utils.gradient import compute_layer_gradients_and_eval
+
+        found = gradcam_layer(model, layer, inputs)[1]
+        gradients, activations = compute_layer_gradients_and_eval(model, found, inputs, target_ind=target)
+        g, a = gradients[0].detach(), activations[0].detach()  # (B, K, h, w)
+        g2 = g * g
+        alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + 1e-6)  # the closed form for exp(logit)
+        weights = (torch.where(g != 0, alpha, 0.0) * g.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+        cam = (weights * a).sum(dim=1, keepdim=True).clamp(min=0)
+        return F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@register_method
+class LRPMethod(Method):
+    name, colour, signed = "lrp", "#393b79", True
+    description = "layer-wise relevance propagation, ε rule (Bach et al. 2015), by Captum"
+
+    def skip_reason(self, model: nn.Module, example: Tensor | None = None) -> str | None:
+        from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+
+        covered = (*SUPPORTED_LAYERS_WITH_RULES, *SUPPORTED_NON_LINEAR_LAYERS)
+        leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+        other = sorted({type(m).__name__ for _, m in leaves if not isinstance(m, covered)})
+        if other:
+            return f"LRP's rules do not cover {', '.join(other)}"
+        reused = reused_layer(model, example)
+        return f"needs every layer called once per forward pass; {reused} is called more than once" if reused else None
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        import copy
+
+        from captum.attr import LRP
+
+        net = copy.deepcopy(model)  # Captum puts its rules on the layers
+        return LRP(net).attribute(inputs.detach().requires_grad_(True), target=target)
 
 
 @torch.no_grad()

@@ -103,13 +103,13 @@ class RichReporter:
         self.console = Console(highlight=False, quiet=quiet)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description:<10}"), BarColumn(bar_width=40), TaskProgressColumn(),
                       TimeElapsedColumn(), console=self.console) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+            yield lambda n, what=None: bar.update(task, advance=n, **({"description": what} if what else {}))
 
     def epoch(self, row: dict[str, Any], epochs: int) -> None:
         parts = [f"epoch {row['epoch']}/{epochs}"]
@@ -139,6 +139,7 @@ def train(
 ) -> None:
     """Train a model and run the analysis stages at epoch 0 and after epochs; results go to save/<run>/."""
     config, save_dir, resume = _home(config), save_dir.expanduser(), _home(resume)
+    from .attribution import check_methods
     from .config import load_config
     from .data.sources import check_sources
     from .stages import check_stages
@@ -156,6 +157,7 @@ def train(
     cfg = _set_stage_options(cfg, [item for item in set_ or [] if _STAGE_OPTION.match(item)])
     source = f"{config or 'default config'}{' with --set' if set_ else ''}"
     check_stages(cfg.analysis.stages, f"{source}: analysis.stages")
+    check_methods(cfg.analysis.methods, f"{source}: analysis.methods")
     check_sources(cfg.data)  # before torch is imported: an offline machine hears about it at once
 
     from .train import fit

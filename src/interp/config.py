@@ -173,6 +173,10 @@ class AnalysisConfig(_Section):
     # own; None = every stage that is on by default (`interp stages` lists them). The stages package
     # checks the entries (interp.stages.check_stages), right after the config is loaded.
     stages: list[str | dict[str, dict[str, Any] | None]] | None = None
+    # The attribution methods drawn side by side (the attributions stage) and scored (the trust stage):
+    # names from interp.attribution.METHODS, or "package.module:Class" for a method of your own; None = the default
+    # set (interp.attribution.DEFAULT_METHODS). Checked right after the config is loaded.
+    methods: list[str] | None = None
     # The layer whose input is the penultimate representation (embeddings); None = the classifier,
     # i.e. the last Linear or 1×1 conv.
     features_layer: str | None = None

@@ -53,15 +53,17 @@ class InterpCallback(Callback):
     through (optional, for drawing; without them each image is scaled for display). ``stages``: names or
     ``{name: {options}}`` (default: the default stages). ``eval_limit``: use only the first N validation
     items. Other keywords go to :class:`interp.Analyzer` (``probe_per_class``, ``seed``, ``batch_size``,
-    ``features_layer``).
+    ``features_layer``, ``methods``).
     """
 
     def __init__(self, folder: str | Path, classes: Sequence[str], *, stages: list[Any] | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  eval_limit: int | None = None, notice: Callable[[str], None] = print, **analyzer_options: Any):
+        from .attribution import check_methods
         from .stages import check_stages
 
         check_stages(stages, "stages")  # a typo fails when the callback is made, not after an epoch
+        check_methods(analyzer_options.get("methods"), "methods")
         self.folder = Path(folder)
         self.classes = list(classes)
         self.stages = stages

@@ -43,6 +43,10 @@ __all__ = [
     "bootstrap_interval",
     "cascade_layers",
     "degenerate",
+    "deletion",
+    "insertion",
+    "randomization",
+    "road",
     "foreground",
     "mass_inside",
     "perturbation_curves",
@@ -99,30 +103,112 @@ def _probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size
 
 @torch.no_grad()
 def perturbation_curves(model: nn.Module, x: Tensor, target: Tensor, baseline: Tensor, ranking: Tensor,
-                        steps: int = 20, mode: str = "deletion", batch_size: int = 1024) -> Tensor:
+                        steps: int = 20, mode: str = "deletion", batch_size: int = 1024,
+                        tolerance: float | None = None) -> Tensor:
     """Softmax probability of ``target`` as the top-ranked pixels are deleted or inserted.
 
     ``x``, ``baseline``: (B, C, H, W); ``ranking``: (B, H·W) from :func:`rank_pixels`. Returns (B, steps + 1):
     column k is the probability with a fraction k/steps of the pixels perturbed (one mask for all channels).
-    All B·(steps + 1) images go through the model in batches of ``batch_size``.
+    The perturbed images go through the model in batches of ``batch_size``.
+
+    With a ``tolerance`` (and even ``steps``), every other point is computed first; a point between two
+    whose probabilities differ by at most ``tolerance`` is taken as their mean instead of computed. Where
+    the curve is monotone between them that moves the AUC by at most tolerance / 4 per image.
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be deletion or insertion, not {mode!r}")
     b, c, h, w = x.shape
-    pixels = h * w
-    position = _positions(ranking)
-    counts = torch.round(torch.linspace(0, pixels, steps + 1)).long()  # pixels perturbed at each step
-    masks = (position[:, None, :] < counts[None, :, None]).to(x.device)  # (B, steps+1, H·W)
-    masks = masks.view(b, steps + 1, 1, h, w)
+    position = _positions(ranking).to(x.device)
+    counts = torch.round(torch.linspace(0, h * w, steps + 1)).long().to(x.device)  # pixels perturbed per step
     start, end = (x, baseline) if mode == "deletion" else (baseline, x)
-    images = torch.where(masks, end[:, None], start[:, None]).view(b * (steps + 1), c, h, w)
-    return _probabilities(model, images, target.repeat_interleave(steps + 1), batch_size).view(b, steps + 1)
+
+    def probabilities(images: Tensor, steps_of: Tensor) -> Tensor:
+        """p(target) of image ``images[i]`` with ``counts[steps_of[i]]`` of its pixels perturbed."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            which, k = images[i:i + batch_size], steps_of[i:i + batch_size]
+            masks = (position[which] < counts[k][:, None]).view(-1, 1, h, w)
+            out.append(_probabilities(model, torch.where(masks, end[which], start[which]), target[which], batch_size))
+        return torch.cat(out) if out else torch.zeros(0)
+
+    images = torch.arange(b, device=x.device)
+    if tolerance is None or steps % 2:
+        grid = torch.arange(steps + 1, device=x.device)
+        return probabilities(images.repeat_interleave(steps + 1), grid.repeat(b)).view(b, steps + 1)
+    even = torch.arange(0, steps + 1, 2, device=x.device)
+    curves = torch.zeros(b, steps + 1)
+    curves[:, ::2] = probabilities(images.repeat_interleave(len(even)), even.repeat(b)).view(b, len(even))
+    curves[:, 1::2] = (curves[:, :-1:2] + curves[:, 2::2]) / 2
+    wanted = (curves[:, 2::2] - curves[:, :-1:2]).abs() > tolerance  # (B, steps / 2): the midpoints to compute
+    rows, halves = wanted.nonzero(as_tuple=True)
+    if len(rows):
+        curves[rows, 2 * halves + 1] = probabilities(rows.to(x.device), (2 * halves + 1).to(x.device))
+    return curves
 
 
 def auc(curves: Tensor) -> Tensor:
     """Area under curves sampled at evenly spaced fractions 0 … 1 (both ends included), trapezoid rule."""
     steps = curves.shape[-1] - 1
     return torch.trapezoid(curves, dx=1.0 / steps, dim=-1)
+
+
+def _as_target(target: Tensor | int, inputs: Tensor) -> Tensor:
+    if isinstance(target, int):
+        return torch.full((len(inputs),), target, dtype=torch.long, device=inputs.device)
+    return target.to(inputs.device)
+
+
+def _as_maps(maps: Tensor, inputs: Tensor) -> Tensor:
+    """(B, H, W) or attributions shaped like the inputs (summed over channels) → (B, H, W)."""
+    if maps.dim() == 4:
+        maps = maps.sum(dim=1)
+    if maps.shape != (inputs.shape[0], *inputs.shape[-2:]):
+        raise ValueError(f"maps of shape {tuple(maps.shape)} do not match inputs of shape {tuple(inputs.shape)}")
+    return maps
+
+
+def deletion(model: nn.Module, inputs: Tensor, maps: Tensor, target: Tensor | int, baseline: Tensor | None = None,
+             steps: int = 20, seed: int = 0) -> Tensor:
+    """Per image (B,), the area under the deletion curve: pixels ranked by ``maps`` (larger first; pass |map|
+    to rank by magnitude) become ``baseline`` (default all zeros), the true class's probability is read at
+    ``steps`` + 1 evenly spaced fractions. Lower is better."""
+    return auc(perturbation_curves(model, inputs, _as_target(target, inputs),
+                                   torch.zeros_like(inputs) if baseline is None else baseline,
+                                   rank_pixels(_as_maps(maps, inputs), torch.Generator().manual_seed(seed)), steps,
+                                   "deletion"))
+
+
+def insertion(model: nn.Module, inputs: Tensor, maps: Tensor, target: Tensor | int, baseline: Tensor | None = None,
+              steps: int = 20, seed: int = 0) -> Tensor:
+    """Per image (B,), the area under the insertion curve (the pixels ranked by ``maps`` revealed on
+    ``baseline``). Higher is better."""
+    return auc(perturbation_curves(model, inputs, _as_target(target, inputs),
+                                   torch.zeros_like(inputs) if baseline is None else baseline,
+                                   rank_pixels(_as_maps(maps, inputs), torch.Generator().manual_seed(seed)), steps,
+                                   "insertion"))
+
+
+def road(model: nn.Module, inputs: Tensor, maps: Tensor, target: Tensor | int,
+         percentages: Sequence[float] = (10, 30, 50, 70, 90), order: Literal["morf", "lerf"] = "morf",
+         noise: float = 0.0, seed: int = 0) -> Tensor:
+    """Per image (B,), ROAD's mean probability of the true class over ``percentages`` % of the pixels
+    removed and imputed from their neighbours, the most relevant first (``morf``: lower is better) or the
+    least relevant first (``lerf``: higher is better)."""
+    ranking = rank_pixels(_as_maps(maps, inputs), torch.Generator().manual_seed(seed))
+    return road_curves(model, inputs, _as_target(target, inputs), ranking, percentages, order, noise, seed).mean(dim=1)
+
+
+def randomization(model: nn.Module, inputs: Tensor, target: Tensor | int, method: str = "saliency",
+                  mask: Tensor | None = None, seed: int = 0, **options: Any) -> Cascade:
+    """The model randomization cascade of an attribution ``method`` (a name of
+    :data:`interp.attribution.METHODS`, with its ``options``): blocks re-initialized from the top, the map
+    recomputed after each step and compared with the trained one (:class:`Cascade`: ``correlations``,
+    ``top_values()``, ``final_values()``)."""
+    from .attribution import method_class
+
+    found = method_class(method)()
+    wanted = _as_target(target, inputs)
+    return randomization_cascade(model, lambda net: found.map(net, inputs, wanted, **options), seed=seed, mask=mask)
 
 
 # -- ROAD ------------------------------------------------------------------------------------------------
@@ -355,12 +441,25 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 # -- model randomization -----------------------------------------------------------------------------
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what a randomization step re-initializes
+
+
 def cascade_layers(model: nn.Module) -> list[str]:
-    """Names of the linear and conv layers, from the output back to the input (normalization layers keep
-    their weights: they rescale, they do not decide)."""
-    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    names = [name for name, module in model.named_modules() if isinstance(module, kinds)]
-    return names[::-1]
+    """The cascade's steps, from the output back to the input: the model's blocks that hold linear or conv
+    layers (the children of ``features`` when it is a Sequential, and the model's other children; a
+    ResNet's ``fc``, ``layer4`` … ``layer1``, ``conv1``), each a step that re-initializes every linear and
+    conv layer inside it. Normalization layers keep their weights: they rescale, they do not decide."""
+    prefix, root = "", model
+    while len(children := list(root.named_children())) == 1 and not isinstance(children[0][1], WEIGHTED):
+        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
+    blocks: list[str] = []
+    for name, child in root.named_children():
+        inner = child.named_children() if name == "features" and isinstance(child, nn.Sequential) else [(None, child)]
+        for sub, module in inner:
+            full = f"{prefix}{name}" if sub is None else f"{prefix}{name}.{sub}"
+            if any(isinstance(m, WEIGHTED) for m in module.modules()):
+                blocks.append(full)
+    return blocks[::-1]
 
 
 @dataclass
@@ -368,7 +467,7 @@ class Cascade:
     """The randomization check of one method: after each step, the layers randomized so far and, per
     image, how alike its map is to the trained network's (:func:`similarities`)."""
 
-    layers: list[str]  # layer randomized at each step, top first
+    layers: list[str]  # the block re-initialized at each step, top first
     scores: list[dict[str, np.ndarray]]  # one per step: measure → (B,) per image
     maps: list[Tensor]  # (B, H, W) after each step (for the figure)
     trained: Tensor  # (B, H, W): the map every step is compared with
@@ -391,10 +490,30 @@ class Cascade:
         """Per image, ``measure`` with every layer randomized."""
         return self.scores[-1][measure or self.measure] if self.scores else np.array([])
 
+    def joined(self, other: Cascade) -> Cascade:
+        """This cascade and ``other`` (the same steps on more images), image after image."""
+        scores = [{m: np.concatenate([a[m], b[m]]) for m in a} for a, b in zip(self.scores, other.scores, strict=True)]
+        maps = [torch.cat([a, b]) for a, b in zip(self.maps, other.maps, strict=True)]
+        return Cascade(self.layers, scores, maps, torch.cat([self.trained, other.trained]), self.measure)
+
+    @property
+    def top(self) -> int:
+        """How many steps re-initialize the top of the network, the layers that decide the class: the first
+        third of the cascade (at least one step)."""
+        return max(1, len(self.layers) // 3)
+
+    def top_values(self, measure: str | None = None) -> np.ndarray:
+        """Per image, the mean of ``measure`` over the :attr:`top` steps (Adebayo et al. 2018: Guided Backprop's
+        maps barely change there, so they cannot show what the network learned)."""
+        if not self.scores:
+            return np.array([])
+        return np.mean([step[measure or self.measure] for step in self.scores[: self.top]], axis=0)
+
 
 def randomization_cascade(model: nn.Module, compute: Callable[[nn.Module], Tensor], trained: Tensor | None = None,
                           seed: int = 0, layers: list[str] | None = None, mask: Tensor | None = None) -> Cascade:
-    """Re-initialize ``layers`` (default :func:`cascade_layers`) one after another on a copy of ``model``,
+    """Re-initialize ``layers`` (default :func:`cascade_layers`: blocks, each step re-initializing the linear
+    and conv layers inside it) one after another on a copy of ``model``,
     cumulatively from the top, recomputing ``compute(copy) → (B, H, W)`` after each step and comparing it
     with ``trained`` image by image (:func:`similarities`, ``mask`` = the foreground; the verdict reads ρ of
     |map| on the foreground, or over all pixels when there is no mask).
@@ -416,9 +535,11 @@ def randomization_cascade(model: nn.Module, compute: Callable[[nn.Module], Tenso
         if trained is None:
             trained = seeded(clone)
         for name in names:
-            module = modules[name]
+            block = modules[name]
             torch.random.set_rng_state(weights.get_state())
-            module.reset_parameters()  # type: ignore[operator]
+            for module in block.modules():
+                if isinstance(module, WEIGHTED):
+                    module.reset_parameters()  # type: ignore[operator]
             weights.set_state(torch.random.get_rng_state())
             current = seeded(clone)
             scores.append(similarities(trained, current, mask))

@@ -38,8 +38,13 @@ class Analysis:
     :class:`Analyzer` and the Lightning callback alike."""
 
     def __init__(self, stages: list[Stage], sink: Sink, *, notice: Callable[[str], None] = lambda m: None,
-                 initial_state: dict[str, Tensor] | None = None, during_training: bool = True, strict: bool = False):
+                 initial_state: dict[str, Tensor] | None = None, during_training: bool = True, strict: bool = False,
+                 methods: Sequence[str] | None = None, progress: Callable[..., Any] | None = None):
+        from ..attribution import check_methods
+
+        self.progress = progress  # Reporter.progress: a bar over the stages, saying what each is doing
         self.stages = stages
+        self.methods = check_methods(methods, "methods")
         self.strict = strict
         self.failed: dict[str, str] = {}  # stage → its latest failure
         self.sink = sink
@@ -63,7 +68,7 @@ class Analysis:
     def run(self, evaluation: Evaluation, folder: str, tag: str = "") -> StageResults:
         ctx = StageContext(evaluation=evaluation, sink=self.sink, folder=folder, tag=tag,
                            initial_state=self.initial_state, notice=self.notice,
-                           during_training=self.during_training)
+                           during_training=self.during_training, methods=self.methods, progress=self.progress)
         results = run_stages(self.stages, ctx, self.strict)
         self.summaries.update(results.summaries)
         self.failed.update(results.failed)
@@ -109,7 +114,8 @@ class Analyzer:
     integer labels. ``mean``/``std`` are the normalization the inputs went through (for drawing the
     images and for the black baseline); without them each image is scaled to its own range for display
     and the baseline is an all-zero input. ``stages``: names or ``{name: {options}}`` (default: the
-    default stages). ``epochs``: the last epoch, whose analysis is the final one (the randomization
+    default stages). ``methods``: the attribution methods drawn and scored (default:
+    :data:`interp.attribution.DEFAULT_METHODS`). ``epochs``: the last epoch, whose analysis is the final one (the randomization
     check, t-SNE); or pass ``final=True`` to :meth:`run`.
 
     Writes what ``interp train`` writes for those stages into ``folder`` (an existing run folder is never
@@ -121,13 +127,15 @@ class Analyzer:
 
     def __init__(self, folder: str | Path, *, eval_data: tuple[Tensor, Tensor], classes: Sequence[str],
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 stages: list[Any] | None = None, epochs: int | None = None, probe_per_class: int = 1,
+                 stages: list[Any] | None = None, methods: Sequence[str] | None = None, epochs: int | None = None, probe_per_class: int = 1,
                  seed: int = 0, batch_size: int = 1000, features_layer: str | None = None,
                  device: str | torch.device | None = None, notice: Callable[[str], None] = print,
                  drawing_worker: bool = True):
+        from ..attribution import check_methods
         from ..run import Run
 
         self._stages = check_stages(stages, "stages")
+        self._methods = check_methods(methods, "methods")
         self.data = _tensor_data(eval_data[0], eval_data[1], classes, mean, std)
         self.device = torch.device(device) if device is not None else eval_data[0].device
         self.data = self.data.to(self.device)
@@ -142,7 +150,7 @@ class Analyzer:
         self.folder = self.run_folder.path
         self.run_folder.drawing_worker = drawing_worker
         self.notice = notice
-        self.analysis = Analysis(self._stages, self.run_folder.sink, notice=notice)
+        self.analysis = Analysis(self._stages, self.run_folder.sink, notice=notice, methods=self._methods)
         self._prepared = False
 
     def run(self, model: nn.Module, epoch: int, *, final: bool | None = None, train_loss: float | None = None,

@@ -7,7 +7,9 @@ collects the numbers and summary tables the stages produce.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -55,9 +57,13 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
     # the final trust check 7.2 s instead of 12.7 s); the training's shapes keep their tuned algorithms.
     autotune = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
+    bar = ctx.progress("analysis", len(stages)) if ctx.progress else contextlib.nullcontext(lambda n, what=None: None)
     try:
-        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []), bar as counted:
+            advance = _saying(counted)
             for stage in order_stages(stages):
+                advance(0, f"analysis · {stage.name}")
+                ctx.status = lambda what, name=stage.name: advance(0, f"analysis · {name}: {what}")
                 reason = stage.skip_reason(model, ctx.data)
                 if reason is None and "training" in stage.needs and not ctx.during_training:
                     reason = "records during `interp train` only"
@@ -65,6 +71,7 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                     if not stage.skip_noticed:  # once per run, not every epoch
                         ctx.notice(f"{stage.name}: skipped ({reason})")
                         stage.skip_noticed = True
+                    advance(1)
                     continue
                 start = time.perf_counter()
                 ctx.stage = stage.name
@@ -77,6 +84,7 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                     if strict:
                         raise
                     failed[stage.name] = _report_failure(ctx, stage.name, exc)
+                    advance(1)
                     continue
                 if summary is not None:
                     summary.epoch = ctx.epoch if summary.epoch is None else summary.epoch
@@ -84,10 +92,26 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                     ctx.save_json("summary.json", summary.to_json())
                 ctx.write_record(summary)
                 ctx.numbers[f"seconds/{stage.name}"] = round(time.perf_counter() - start, 4)
+                advance(1)
+            advance(0, "analysis")
     finally:
         model.train(was_training)
         torch.backends.cudnn.benchmark = autotune
     return StageResults(ctx.numbers, summaries, failed)
+
+
+def _saying(advance: Callable[..., None]) -> Callable[..., None]:
+    """``advance(n, what)`` for a reporter's bar, also when its ``advance`` takes the count alone (a
+    reporter written before bars said what they were doing)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(advance).parameters.values()
+    except (TypeError, ValueError):
+        return advance
+    if len(parameters) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return advance
+    return lambda n, what=None: advance(n)
 
 
 def _report_failure(ctx: StageContext, name: str, exc: Exception) -> str:

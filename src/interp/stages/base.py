@@ -8,6 +8,7 @@ writer, reloads data or names another stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable
@@ -83,6 +84,10 @@ class StageContext:
     # median completeness error of each integrated-gradients method
     maps: dict[str, Tensor] = field(default_factory=dict)
     completeness: dict[str, float] = field(default_factory=dict)
+    methods: tuple[str, ...] = ()  # the attribution methods to draw and score (analysis.methods)
+    # a progress bar over the stages (``Reporter.progress``), and what the running stage says it is doing
+    progress: Callable[[str, int], contextlib.AbstractContextManager[Callable[..., None]]] | None = None
+    status: Callable[[str], None] = lambda what: None
     stage: str = ""
     during_training: bool = True
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # this stage's, until its record is written

@@ -15,21 +15,22 @@ from ..analysis.records import register_view
 from .base import Stage, Summary, register_stage
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
     from ..trust import Cascade, Check
     from .base import StageContext
 
-# The attribution methods the stage can score (interp.attribution.METHODS computes them).
-METHOD_NAMES = ("saliency", "smoothgrad", "integrated_gradients", "integrated_gradients_blur", "expected_gradients",
-                "gradcam")
 REFERENCES = ("edges", "random")  # maps that know nothing of the model, scored like the methods
 CORRELATION_LIMIT = 0.5  # the same as interp.trust.CORRELATION_LIMIT (checked by a test)
 COMPLETENESS_LIMIT = 0.05
-COLOURS = {"saliency": "C0", "smoothgrad": "C1", "integrated_gradients": "C3", "integrated_gradients_blur": "C4",
-           "expected_gradients": "C5", "gradcam": "C2", "edges": "0.35", "random": "0.6"}
+REFERENCE_COLOURS = {"edges": "0.35", "random": "0.6"}  # the methods' colours are theirs (interp.attribution)
 STYLES = {"edges": "--", "random": ":"}
-SLOW_SECONDS = 10.0  # a scoring pass longer than this gets one notice per run
+SLOW_SECONDS = 10.0  # a final check expected to take longer than this is announced, with how to make it cheaper
+# Images are scored in chunks; after each (from FIRST_IMAGES on) the stage stops once every verdict is decided:
+# a check is decided when its 95 % interval lies on one side of its limit or is narrower than ±PRECISION.
+FIRST_IMAGES, CHUNK, PRECISION = 20, 10, 0.01
+CASCADE_FIRST = 10  # the randomization cascade runs on 10 images, then on the rest when a check is still open
 # (deletion-like, insertion-like) metrics of each perturbation: deletion falls, insertion rises for a good map
 PERTURBATIONS = {"black": ("deletion/black", "insertion/black"), "blur": ("deletion/blur", "insertion/blur"),
                  "road": ("road_morf", "road_lerf")}
@@ -37,15 +38,18 @@ PERTURBATIONS = {"black": ("deletion/black", "insertion/black"), "blur": ("delet
 
 class TrustOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # Methods to score; default: every map the attribution stages drew this epoch.
-    methods: list[str] | None = None
-    # Images scored at the final epoch (and by `interp analyze`): the probe batch first, then more evaluation
-    # images, class-balanced and seeded (None: the probe batch alone). `epoch_images`: the same at every other
+    # The methods scored are analysis.methods (one list for the drawing and the scoring).
+    # Images scored at the final epoch (and by `interp analyze`), at most: the probe batch first, then more
+    # evaluation images, class-balanced and seeded (None: the probe batch alone). Scoring stops earlier, from
+    # 20 images on, once every verdict is decided. `epoch_images`: the same at every other
     # epoch, fewer because the stage runs every epoch (the all-conv net of width 16 on 2 CPU cores: about
     # 0.3 s per image).
     images: int | None = Field(100, ge=1, le=10_000)
     epoch_images: int | None = Field(10, ge=1, le=10_000)
     steps: int = Field(20, ge=2, le=1000)  # deletion/insertion steps from 0 to 100 % of the pixels
+    # Every other step is computed first; a step between two whose probabilities differ by at most this is
+    # their mean (the AUC moves by at most a quarter of it per image where the curve is monotone). None: all.
+    curve_tolerance: float | None = Field(0.02, ge=0, le=1)
     # What deleted pixels become (and what insertion starts from): black, a blurred copy of the image.
     baselines: list[Literal["black", "blur"]] = Field(default=["black", "blur"], min_length=1)
     blur_sigma: float = Field(0.1, gt=0, le=1)  # the blur's standard deviation, as a fraction of the image side
@@ -60,19 +64,13 @@ class TrustOptions(BaseModel):
     # Adebayo's data randomization test at the final epoch: a copy of the model trained as long on shuffled
     # labels (Adam, lr 1e-3, batches of 128) — a second training run, hence off by default.
     data_randomization: bool = False
-    ig_steps: int = Field(50, ge=2, le=2000)  # integrated-gradients steps (expected gradients: samples)
+    # integrated-gradients steps (expected gradients: samples); Captum integrates by Gauss–Legendre, whose 20
+    # points give the same scores as 50 to 0.001 on the default run (the IG stage measures completeness with 50)
+    ig_steps: int = Field(20, ge=2, le=2000)
     noise_baselines: int = Field(4, ge=1, le=1000)  # expected gradients: uniform-noise references
     smoothgrad_samples: int = Field(8, ge=1, le=1000)
     resamples: int = Field(1000, ge=100, le=100_000)  # bootstrap resamples for the 95 % intervals
     seed: int = 0  # image choice, random orders, tie-breaks, ROAD's noise, re-initialized weights, bootstrap
-
-    @field_validator("methods")
-    @classmethod
-    def _known(cls, value: list[str] | None) -> list[str] | None:
-        for name in value or []:
-            if name not in METHOD_NAMES:
-                raise ValueError(f"unknown method {name!r} (known: {', '.join(METHOD_NAMES)})")
-        return value
 
     @field_validator("road_percentages")
     @classmethod
@@ -92,27 +90,27 @@ class TrustStage(Stage):
     runs_after = ("saliency", "integrated_gradients", "gradcam")  # scores the maps they drew
     slow_noticed = False
 
-    def methods(self, ctx: StageContext) -> list[str]:
-        from ..models import last_spatial_layer
+    def methods(self, ctx: StageContext) -> tuple[list[str], dict[str, str]]:
+        """The methods of ``analysis.methods`` that can run on this model, and why each other one cannot."""
+        from ..attribution import DEFAULT_METHODS, method_class
 
-        if self.options.methods:
-            chosen = list(self.options.methods)
-        else:
-            chosen = [m for m in METHOD_NAMES if m in ctx.maps] or ["saliency", "integrated_gradients", "gradcam"]
-        if last_spatial_layer(ctx.model) is None and "gradcam" in chosen:
-            chosen.remove("gradcam")
-        return chosen
+        chosen, skipped = [], {}
+        for name in ctx.methods or DEFAULT_METHODS:
+            reason = method_class(name)().skip_reason(ctx.model, ctx.probe.x)
+            if reason:
+                skipped[name] = reason
+            else:
+                chosen.append(name)
+        return chosen, skipped
 
     def compute(self, method: str, model: nn.Module, x: Tensor, y: Tensor, black: Tensor,
                 white: Tensor | None = None) -> Tensor:
         """``method``'s maps (B, H, W) for images ``x`` with this stage's options, on the CPU."""
-        from ..attribution import METHODS
+        from ..attribution import method_class
 
-        options: dict[str, Any] = {"steps": self.options.ig_steps, "smoothgrad_samples": self.options.smoothgrad_samples,
-                                   "blur_sigma": self.options.blur_sigma, "noise_baselines": self.options.noise_baselines}
-        if white is not None:
-            options["white"] = white
-        return METHODS[method].compute(model, x, y, black, options).detach().float().cpu()
+        return method_class(method)().map(model, x, y, baseline=black, white=white, steps=self.options.ig_steps,
+                                          samples=self.options.smoothgrad_samples, blur_sigma=self.options.blur_sigma,
+                                          references=self.options.noise_baselines).float().cpu()
 
     def images(self, ctx: StageContext) -> Tensor:
         """Positions in the evaluation set of the images scored: the probe batch, then class-balanced extra
@@ -138,35 +136,42 @@ class TrustStage(Stage):
     def run(self, ctx: StageContext) -> Summary:
         import torch
 
-        from ..attribution import blurred, white
-        from ..trust import degenerate, sobel_map
+        from ..attribution import white
 
         options = self.options
         data, model = ctx.data, ctx.model
-        start = time.perf_counter()
         index = self.images(ctx).to(data.device)
-        x = data.normalize(data.eval_x[index])
-        y = data.eval_y[index]
+        methods, skipped = self.methods(ctx)
+        road = options.road == "always" or (options.road == "final" and ctx.final)
+        cascade = options.randomization == "always" or (options.randomization == "final" and ctx.final)
+        torch.manual_seed(options.seed)  # SmoothGrad's and expected gradients' noise (the runner restores the RNG)
+        rankings = torch.Generator().manual_seed(options.seed)  # the random orders, image after image
+        parts: list[dict[str, Any]] = []
+        done = 0
+        while done < len(index):
+            upto = min(len(index), max(FIRST_IMAGES, len(ctx.probe.indices)) if not done else done + CHUNK)
+            ctx.status(f"scoring {len(methods)} methods on images {done + 1}–{upto} of at most {len(index)}")
+            start = time.perf_counter()
+            parts.append(self.score(ctx, methods, index[done:upto], road, rankings))
+            if not done:
+                self.announce(ctx, time.perf_counter() - start, upto, len(index), parts[0]["map_seconds"], cascade,
+                              len(methods))
+            done = upto
+            if done < len(index) and self.decided(methods, _joined(parts, "scores")):
+                break
+        x, y = torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts])
+        index = index[:len(x)]
         black = data.black(x)
         bright = white(black, data)
-        methods = self.methods(ctx)
-        torch.manual_seed(options.seed)  # SmoothGrad's and expected gradients' noise (the runner restores the RNG)
-        maps = {m: self.compute(m, model, x, y, black, bright) for m in methods}
-        maps["edges"] = sobel_map(data.denormalize(x))
-        broken = {m: degenerate(values) for m, values in maps.items()}
-        baselines = {b: black if b == "black" else blurred(x, options.blur_sigma) for b in options.baselines}
-        road = options.road == "always" or (options.road == "final" and ctx.final)
-        scores, curves = self.perturb(model, x, y, maps, baselines, road)
-        for name, broke in broken.items():  # a degenerate map ranks pixels by a coin toss: left out
-            for values in [*scores[name].values(), *curves[name].values()]:
-                values[broke.numpy()] = math.nan
-        self.check_cost(ctx, time.perf_counter() - start, len(x), len(maps))
+        maps = {name: torch.cat([p["maps"][name] for p in parts]) for name in parts[0]["maps"]}
+        broken = {name: torch.cat([p["broken"][name] for p in parts]) for name in parts[0]["broken"]}
+        scores, curves = _joined(parts, "scores"), _joined(parts, "curves")
 
         cascades: dict[str, Cascade] = {}
-        if options.randomization == "always" or (options.randomization == "final" and ctx.final):
-            cascades = self.randomize(model, methods, x, y, black, bright)
+        if cascade:
+            cascades = self.randomize(ctx, model, methods, x, y, black, bright)
         shuffled: dict[str, np.ndarray] = {}
-        notes: list[str] = []
+        notes = [f"{name}: not scored ({reason})" for name, reason in skipped.items()]
         if options.data_randomization and ctx.final:
             if len(data.train_x):
                 shuffled = self.shuffle_labels(ctx, model, x, y, black, bright, methods)
@@ -187,19 +192,70 @@ class TrustStage(Stage):
         self.draw(ctx, methods, results, curves, cascades, len(x))
         return self.summarize(ctx, methods, results, cascades, shuffled, mass, len(x), road, notes)
 
-    def check_cost(self, ctx: StageContext, seconds: float, count: int, maps: int) -> None:
-        """Say once per run when scoring takes long, and how to make it faster."""
-        if seconds < SLOW_SECONDS or self.slow_noticed or count <= 20:
+    def score(self, ctx: StageContext, methods: list[str], index: Tensor, road: bool,
+              rankings: torch.Generator) -> dict[str, Any]:
+        """Maps, degenerate maps, per-image scores and curves of the images at ``index`` (one chunk)."""
+        from ..attribution import blurred, white
+        from ..trust import degenerate, sobel_map
+
+        data, options = ctx.data, self.options
+        x = data.normalize(data.eval_x[index])
+        y = data.eval_y[index]
+        black = data.black(x)
+        start = time.perf_counter()
+        maps = {m: self.compute(m, ctx.model, x, y, black, white(black, data)) for m in methods}
+        map_seconds = (time.perf_counter() - start) / len(x)
+        maps["edges"] = sobel_map(data.denormalize(x))
+        broken = {m: degenerate(values) for m, values in maps.items()}
+        baselines = {b: black if b == "black" else blurred(x, options.blur_sigma) for b in options.baselines}
+        scores, curves = self.perturb(ctx.model, x, y, maps, baselines, road, rankings)
+        for name, broke in broken.items():  # a degenerate map ranks pixels by a coin toss: left out
+            for values in [*scores[name].values(), *curves[name].values()]:
+                values[broke.numpy()] = math.nan
+        return {"x": x, "y": y, "maps": maps, "broken": broken, "scores": scores, "curves": curves,
+                "map_seconds": map_seconds}
+
+    def decided(self, methods: list[str], scores: dict[str, dict[str, np.ndarray]]) -> bool:
+        """Whether every method's verdict is settled by the images scored so far: a check fails (doubt), or
+        every check lies clear of its limit or within ±PRECISION of it (more images would not move it)."""
+        for method in methods:
+            outcomes = []
+            for check in self.checks(method, scores):
+                if check.outcome == "uncertain":
+                    low, high = check.low, check.high
+                    outcomes.append("settled" if high - low <= 2 * PRECISION else "open")
+                else:
+                    outcomes.append(check.outcome)
+            if "fail" not in outcomes and "open" in outcomes:
+                return False
+        return True
+
+    def announce(self, ctx: StageContext, seconds: float, count: int, most: int, map_seconds: float, cascade: bool,
+                 methods: int) -> None:
+        """Before a long final check: how long it should take at most, and which option makes it cheaper."""
+        from ..trust import cascade_layers
+
+        steps = len(cascade_layers(ctx.model)) if cascade else 0
+        n = min(self.options.randomization_images, count)
+        expected = seconds / count * (most - count) + steps * n * map_seconds
+        if expected < SLOW_SECONDS:
             return
-        self.slow_noticed = True
-        ctx.notice(f"trust: scoring {count} images under every baseline took {seconds:.0f} s at epoch {ctx.epoch} "
-                   f"({maps} maps); --set analysis.stages.trust.images=20 (trust: {{images: 20}} in a config) makes it "
-                   f"about {count / 20:.0f}× faster, with wider intervals")
+        parts = [f"scoring up to {most - count} more images ({seconds / count:.1f} s each)"] if most > count else []
+        if steps:
+            parts.append(f"the randomization cascade over {steps} block{'s' * (steps != 1)} × {n} images "
+                         f"({steps * n * map_seconds:.0f} s)")
+        ctx.notice(f"trust: the check at epoch {ctx.epoch} should take about {expected:.0f} s more at most: "
+                   f"{' and '.join(parts)}; it stops scoring once every verdict is decided. Cheaper: "
+                   f"--set analysis.stages.trust.images={max(FIRST_IMAGES, count)} (fewer images, wider intervals), "
+                   "--set analysis.stages.trust.randomization_images=5, or analysis.methods without the "
+                   f"integrated-gradients variants ({methods} methods now)")
 
     # -- computing --------------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, maps: dict[str, Tensor], baselines: dict[str, Tensor],
-                road: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
-        """Per map name, per metric: the per-image scores (B,) and the per-image curves (B, points)."""
+                road: bool, generator: torch.Generator | None = None,
+                ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
+        """Per map name, per metric: the per-image scores (B,) and the per-image curves (B, points);
+        ``generator`` draws the random orders (default: a fresh one from the seed)."""
         import torch
 
         from ..trust import auc, perturbation_curves, random_rankings, rank_pixels, road_curves
@@ -207,7 +263,7 @@ class TrustStage(Stage):
         options = self.options
         pixels = x.shape[-2] * x.shape[-1]
         spread = float(x.max() - x.min()) or 1.0
-        generator = torch.Generator().manual_seed(options.seed)
+        generator = generator or torch.Generator().manual_seed(options.seed)
         rankings = {"random": [random_rankings(len(x), pixels, generator) for _ in range(options.random_rankings)]}
         for name, values in maps.items():  # the same tie-break stream for every map: equal maps, equal scores
             rankings[name] = [rank_pixels(values, torch.Generator().manual_seed(options.seed + 1))]
@@ -216,7 +272,8 @@ class TrustStage(Stage):
             out = {}
             for baseline, reference in baselines.items():
                 for mode in ("deletion", "insertion"):
-                    out[f"{mode}/{baseline}"] = perturbation_curves(model, x, y, reference, ranking, options.steps, mode)
+                    out[f"{mode}/{baseline}"] = perturbation_curves(model, x, y, reference, ranking, options.steps, mode,
+                                                                    tolerance=options.curve_tolerance)
             if road:
                 for order in ("morf", "lerf"):
                     out[f"road_{order}"] = road_curves(model, x, y, ranking, options.road_percentages, order,  # type: ignore[arg-type]
@@ -235,7 +292,7 @@ class TrustStage(Stage):
             curves[name]["start"] = start.copy()  # p(true class) on the untouched image
         return scores, curves
 
-    def randomize(self, model: nn.Module, methods: list[str], x: Tensor, y: Tensor, black: Tensor,
+    def randomize(self, ctx: StageContext, model: nn.Module, methods: list[str], x: Tensor, y: Tensor, black: Tensor,
                   bright: Tensor) -> dict[str, Cascade]:
         """The cascade of every method and of the two references (on the first ``randomization_images``)."""
         import torch
@@ -243,18 +300,37 @@ class TrustStage(Stage):
         from ..trust import foreground, randomization_cascade, sobel_map
 
         n = min(self.options.randomization_images, len(x))
+        first = min(CASCADE_FIRST, n)
         xs, ys, blacks, brights = x[:n], y[:n], black[:n], bright[:n]
         mask = foreground(xs, blacks)
         cascades = {}
-        for method in methods:
-            cascades[method] = randomization_cascade(model, self._recompute(method, xs, ys, blacks, brights),
-                                                     seed=self.options.seed, mask=mask)
+        for k, method in enumerate(methods, start=1):
+            ctx.status(f"randomization cascade of {method} ({k} of {len(methods)}) on {first} images")
+            cascade = randomization_cascade(model, self._recompute(method, xs[:first], ys[:first], blacks[:first],
+                                                                   brights[:first]), seed=self.options.seed,
+                                            mask=mask[:first])
+            if first < n and not self._settled(cascade):
+                ctx.status(f"randomization cascade of {method} ({k} of {len(methods)}) on {n - first} more images")
+                cascade = cascade.joined(randomization_cascade(
+                    model, self._recompute(method, xs[first:], ys[first:], blacks[first:], brights[first:]),
+                    seed=self.options.seed, mask=mask[first:]))
+            cascades[method] = cascade
         edges = sobel_map(xs)  # knows nothing of the weights: ρ stays 1
         cascades["edges"] = randomization_cascade(model, lambda net: edges, seed=self.options.seed, mask=mask)
         noise = torch.Generator().manual_seed(self.options.seed)  # a fresh random map at every step: ρ ≈ 0
         cascades["random"] = randomization_cascade(model, lambda net: torch.rand(edges.shape, generator=noise),
                                                    seed=self.options.seed, mask=mask)
         return cascades
+
+    def _settled(self, cascade: Cascade) -> bool:
+        """Whether both randomization checks are decided by the images so far (intervals clear of the limit)."""
+        from ..trust import bootstrap_interval
+
+        for values in (cascade.top_values(), cascade.final_values()):
+            low, high = bootstrap_interval(values, self.options.resamples, self.options.seed)
+            if not (high < CORRELATION_LIMIT or low > CORRELATION_LIMIT):
+                return False
+        return True
 
     def _recompute(self, method: str, x: Tensor, y: Tensor, black: Tensor,
                    bright: Tensor) -> Callable[[nn.Module], Tensor]:
@@ -298,7 +374,6 @@ class TrustStage(Stage):
             finite = values[np.isfinite(values)]
             return {"mean": float(finite.mean()) if len(finite) else math.nan, "interval": list(interval(values))}
 
-        random = scores["random"]
         results: dict[str, dict[str, Any]] = {}
         for name in [*methods, *REFERENCES]:
             result: dict[str, Any] = {"metrics": {k: summary(v) for k, v in scores[name].items()}}
@@ -309,6 +384,8 @@ class TrustStage(Stage):
                 result["randomization"] = {m: summary(cascade.final_values(m)) for m in cascade.scores[-1]}
                 result["randomization"]["measure"] = cascade.measure
                 result["cascade"] = dict(zip(cascade.layers, cascade.correlations, strict=True))
+                result["randomization_top"] = summary(cascade.top_values())
+                result["randomization_top"]["layers"] = cascade.layers[: cascade.top]
             if name in shuffled:
                 result["data_randomization"] = summary(shuffled[name])
             if name in mass:
@@ -317,25 +394,18 @@ class TrustStage(Stage):
 
         for method in methods:
             result = results[method]
-            checks: list[Check] = []
-            for metric, values in scores[method].items():
-                difference = values - random[metric]  # paired: the same images (NaN: a degenerate map)
-                low, high = interval(difference)
-                mean = _nanmean(difference)
-                where = _where(metric)
-                better_low = metric.startswith(("deletion", "road_morf"))
-                short = "del." if metric.startswith("deletion") else "ins." if metric.startswith("insertion") \
-                    else "MoRF" if metric == "road_morf" else "LeRF"
-                checks.append(Check(f"{short} vs random ({where})", f"{short} {'≥' if better_low else '≤'} random ({where})",
-                                    f"{short} ≈ random ({where})", mean, low, high, 0.0, above=not better_low))
-            mine, edges = _faithfulness(scores[method]), _faithfulness(scores["edges"])
-            if mine is not None and edges is not None:
-                difference = mine - edges
-                low, high = interval(difference)
-                checks.append(Check("faithfulness vs edges", "no better than edges", "≈ edges",
-                                    _nanmean(difference), low, high, 0.0, above=True))
+            checks = self.checks(method, scores)
             if method in cascades and cascades[method].scores:
-                values = cascades[method].final_values()
+                cascade = cascades[method]
+                if len(cascade.layers) > 1:  # the top alone (one layer of an MLP is all but the input's)
+                    values = cascade.top_values()
+                    low, high = interval(values)
+                    rho = _nanmean(values)
+                    top = ", ".join(_short(layer) for layer in cascade.layers[: cascade.top])
+                    checks.append(Check("ρ after the top layers", f"survives re-initializing {top} (ρ {rho:.2f})",
+                                        f"ρ top {rho:.2f} [{low:.2f}, {high:.2f}] vs {CORRELATION_LIMIT}", rho, low,
+                                        high, CORRELATION_LIMIT))
+                values = cascade.final_values()
                 low, high = interval(values)
                 rho = _nanmean(values)
                 checks.append(Check("ρ after randomization", f"ignores weights (ρ {rho:.2f})",
@@ -359,6 +429,32 @@ class TrustStage(Stage):
             result["verdict"] = verdict(checks, failed)
         return results
 
+    def checks(self, method: str, scores: dict[str, dict[str, np.ndarray]]) -> list[Check]:
+        """The perturbation checks of ``method``: each metric against random orders, image by image, and its
+        faithfulness against the edge map."""
+        from ..trust import Check, bootstrap_interval
+
+        def interval(values: np.ndarray) -> tuple[float, float]:
+            return bootstrap_interval(values, self.options.resamples, self.options.seed)
+
+        checks = []
+        for metric, values in scores[method].items():
+            difference = values - scores["random"][metric]  # paired: the same images (NaN: a degenerate map)
+            low, high = interval(difference)
+            where = _where(metric)
+            better_low = metric.startswith(("deletion", "road_morf"))
+            short = "del." if metric.startswith("deletion") else "ins." if metric.startswith("insertion") \
+                else "MoRF" if metric == "road_morf" else "LeRF"
+            checks.append(Check(f"{short} vs random ({where})", f"{short} {'≥' if better_low else '≤'} random ({where})",
+                                f"{short} ≈ random ({where})", _nanmean(difference), low, high, 0.0,
+                                above=not better_low))
+        mine, edges = _faithfulness(scores[method]), _faithfulness(scores["edges"])
+        if mine is not None and edges is not None:
+            low, high = interval(mine - edges)
+            checks.append(Check("faithfulness vs edges", "no better than edges", "≈ edges",
+                                _nanmean(mine - edges), low, high, 0.0, above=True))
+        return checks
+
     @staticmethod
     def completeness(ctx: StageContext, method: str) -> float | None:
         """The integrated-gradients stage's median completeness error for ``method`` (None: not measured)."""
@@ -375,6 +471,7 @@ class TrustStage(Stage):
                 ctx.record(f"{name}/randomization_correlation/all_pixels", found["spearman_abs"]["mean"])
                 ctx.record(f"{name}/randomization_correlation/signed", found["spearman_signed_foreground"]["mean"])
                 ctx.record(f"{name}/randomization_ssim", found["ssim"]["mean"])
+                ctx.record(f"{name}/randomization_correlation/top", result["randomization_top"]["mean"])
             if "data_randomization" in result:
                 ctx.record(f"{name}/data_randomization_correlation", result["data_randomization"]["mean"])
             if "mass_in_region" in result:
@@ -391,7 +488,7 @@ class TrustStage(Stage):
             columns += [f"{baseline}\ndel. ↓", f"{baseline}\nins. ↑"]
         if options.road != "never":
             columns += ["ROAD\nMoRF ↓", "ROAD\nLeRF ↑"]
-        columns.append("ρ random\nweights ↓")
+        columns += ["ρ top\nlayers ↓", "ρ random\nweights ↓"]
         if options.data_randomization:
             columns.append("ρ shuffled\nlabels ↓")
         if mass:
@@ -408,6 +505,7 @@ class TrustStage(Stage):
             if options.road != "never":
                 row += [metrics[k]["mean"] if k in metrics else None for k in ("road_morf", "road_lerf")]
             found = result.get("randomization")
+            row.append(result["randomization_top"]["mean"] if found else None)
             row.append(found[found["measure"]]["mean"] if found else None)
             if options.data_randomization:
                 row.append(result["data_randomization"]["mean"] if "data_randomization" in result else None)
@@ -428,8 +526,9 @@ class TrustStage(Stage):
             f"{count} images: the {probe} probe images and {count - probe} more, class-balanced"
         lines = [f"trust (epoch {ctx.epoch}, {which}): deletion and MoRF should fall below random, insertion and "
                  "LeRF rise above it under every baseline, and the map should beat the edge map; ρ is the rank "
-                 "correlation of |map| on the image's foreground with every layer re-initialized (limit "
-                 f"{CORRELATION_LIMIT}); a check whose 95 % interval straddles its limit makes the verdict "
+                 "correlation of |map| on the image's foreground with the trained map's, after re-initializing the "
+                 "top third of the layers (ρ top: those that decide the class) and every layer (limit "
+                 f"{CORRELATION_LIMIT} for both); a check whose 95 % interval straddles its limit makes the verdict "
                  "'uncertain'",
                  "edges: the Sobel edge map of the image; random: random pixel orders — neither knows the model"]
         lines += said + notes
@@ -474,7 +573,7 @@ class TrustStage(Stage):
                     if baseline == "road":  # the curve starts at the unperturbed image
                         values = np.concatenate([curves[name]["start"][:, None], values], axis=1)
                     pair.append(_mean_curve(values))
-                lines.append({"name": name, "colour": COLOURS[name], "style": STYLES.get(name, "-"), "down": pair[0],
+                lines.append({"name": name, "colour": colour(name), "style": STYLES.get(name, "-"), "down": pair[0],
                               "up": pair[1], "scores": [results[name]["metrics"][down]["mean"],
                                                         results[name]["metrics"][up]["mean"]]})
             rows.append({"x": x, "titles": list(titles), "xlabels": labels, "lines": lines,
@@ -486,9 +585,11 @@ class TrustStage(Stage):
     def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
         layers = next(iter(cascades.values())).layers
         panels = {name: {m: [1.0, *c.mean(m)] for m in c.scores[-1]} for name, c in cascades.items()}  # 1: itself
-        images = len(next(iter(cascades.values())).trained)
+        counts = sorted({len(c.trained) for c in cascades.values()})
+        images = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        top = next(iter(cascades.values())).top
         ctx.draw("randomization", draw_randomization, [_short(layer) for layer in layers], panels,
-                 {name: COLOURS[name] for name in cascades}, ctx.epoch, images)
+                 {name: colour(name) for name in cascades}, ctx.epoch, images, top)
 
         methods = [m for m in cascades if m not in REFERENCES]
         if methods:
@@ -496,6 +597,20 @@ class TrustStage(Stage):
                      {m: (cascades[m].trained[0].abs().numpy(), [v[0].abs().numpy() for v in cascades[m].maps],
                           list(cascades[m].correlations)) for m in methods},
                      [_short(layer) for layer in layers], ctx.epoch, images)
+
+
+def colour(name: str) -> str:
+    """A method's colour in every plot (its own, from the registry), or a reference's grey."""
+    from ..attribution import method_class
+
+    return REFERENCE_COLOURS.get(name) or method_class(name).colour
+
+
+def _joined(parts: list[dict[str, Any]], key: str) -> dict[str, dict[str, np.ndarray]]:
+    """The chunks' per-image ``scores`` or ``curves`` (name → metric → array), joined image after image."""
+    first = parts[0][key]
+    return {name: {metric: np.concatenate([p[key][name][metric] for p in parts]) for metric in first[name]}
+            for name in first}
 
 
 def _where(metric: str) -> str:
@@ -590,9 +705,10 @@ MEASURE_TITLES = {"spearman_abs_foreground": "ρ of |map|, foreground pixels (th
 
 @register_view
 def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float]]], colours: dict[str, str],
-                       epoch: int, images: int) -> Any:
+                       epoch: int, images: int | str, top: int | None = None) -> Any:
     """Four similarity measures between the trained map and the map after each cumulative re-initialization;
-    the references (edges: ρ 1, random: ρ ≈ 0) dashed and grey, the legend below the panels."""
+    the references (edges: ρ 1, random: ρ ≈ 0) dashed and grey, the legend below the panels; the ``top``
+    steps (the verdict's "ρ top") shaded."""
     from ..plotting import figure
 
     fig, axes = figure(2, 2, panel=1.0)
@@ -606,8 +722,12 @@ def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float
                     label=name)
         if measure.startswith("spearman_abs_fore"):
             ax.axhline(CORRELATION_LIMIT, color="0.5", linestyle=":", linewidth=1)
+            if top:
+                ax.axvspan(0.5, top + 0.5, color="0.92", zorder=0)
+                ax.text(top / 2 + 0.5, 1.02, "ρ top", ha="center", va="bottom", fontsize=7.5, color="0.35")
         ax.set_xticks(steps, ["trained", *[f"−{layer}" for layer in layers]], rotation=45, ha="right", fontsize=8)
-        ax.set_ylim(-0.3, 1.05)
+        lowest = min((v for values in panels.values() for v in values[measure] if np.isfinite(v)), default=0.0)
+        ax.set_ylim(max(-1.05, min(-0.3, lowest - 0.05)), 1.1)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
@@ -623,7 +743,7 @@ def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float
 @register_view
 def draw_cascade_maps(pixels: np.ndarray, methods: list[str],
                       maps: dict[str, tuple[np.ndarray, list[np.ndarray], list[float]]], layers: list[str], epoch: int,
-                      images: int) -> bytes:
+                      images: int | str) -> bytes:
     """Per method: probe image 0, its trained |map| and the |map| after each cumulative re-initialization
     (``maps[method]``: trained, one per layer, the ρ of each), as one sheet (run by the drawing worker)."""
     from ..plotting import TileSheet, grey_rgb, unsigned_rgb

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis.api import Analysis
+from ..attribution import check_methods
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, load_config, run_name, save_config
 from ..data import Data, load_data, select_probe
@@ -111,8 +112,11 @@ def fit(cfg: Config, *, save_dir: Path | str = "save", name: str | None = None, 
     reporter = reporter or SilentReporter()
     check_sources(cfg.data)
     stages = check_stages(cfg.analysis.stages)
-    if cfg.analysis.stages is None:  # the saved config names the stages that ran
-        cfg = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"stages": default_stage_specs()})})
+    methods = check_methods(cfg.analysis.methods)
+    if cfg.analysis.stages is None or cfg.analysis.methods is None:  # the saved config names what ran
+        cfg = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={
+            "stages": cfg.analysis.stages if cfg.analysis.stages is not None else default_stage_specs(),
+            "methods": list(methods)})})
     device = resolve_device(cfg.train.device)
     dist = setup(device)
     if dist.enabled and device.type == "cuda":
@@ -241,7 +245,7 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
     initial_state = load_checkpoint(init_path, map_location=device)["model"] \
         if dist.main and init_path.exists() else None
     analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state,
-                        strict=cfg.analysis.strict)
+                        strict=cfg.analysis.strict, methods=cfg.analysis.methods, progress=reporter.progress)
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
     callbacks: list[Callback] = [AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints] \
         if dist.main else []  # rank 0 writes the run; the others only train

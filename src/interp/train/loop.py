@@ -27,9 +27,12 @@ __all__ = ["NAN_CHECK_EVERY", "Callback", "Reporter", "SilentReporter", "Trainer
 
 
 class Reporter(Protocol):
-    """Where training reports progress. The CLI passes a rich one; the default says nothing."""
+    """Where training reports progress. The CLI passes a rich one; the default says nothing.
 
-    def progress(self, description: str, total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    ``progress`` yields ``advance(n, what=None)``: n more of ``total`` done, and (when given) a new
+    description saying what is being done."""
+
+    def progress(self, description: str, total: int) -> contextlib.AbstractContextManager[Callable[..., None]]:
         ...
 
     def epoch(self, row: dict[str, Any], epochs: int) -> None:
@@ -41,8 +44,8 @@ class Reporter(Protocol):
 
 class SilentReporter:
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        yield lambda n: None
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        yield lambda n, what=None: None
 
     def epoch(self, row: dict[str, Any], epochs: int) -> None:
         pass
