@@ -41,8 +41,12 @@ def test_every_named_method_is_registered_with_a_colour_and_the_defaults_are_amo
                              "integrated_gradients_blur", "expected_gradients", "deeplift", "occlusion",
                              "guided_backprop", "gradcam", "guided_gradcam", "gradcam_plus_plus", "lrp"]
     assert set(DEFAULT_METHODS) <= set(METHODS)
-    colours = [cls.colour for cls in METHODS.values()]
-    assert len(set(colours)) == len(colours)  # told apart in every plot
+    from matplotlib.colors import to_hex
+
+    from interp.stages.trust import REFERENCE_COLOURS
+
+    colours = [to_hex(c) for c in [cls.colour for cls in METHODS.values()] + list(REFERENCE_COLOURS.values())]
+    assert len(set(colours)) == len(colours)  # told apart in every plot, from each other and the references
 
 
 def _captum(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -169,7 +169,7 @@ class Method:
     name: ClassVar[str] = ""
     signed: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()
-    colour: ClassVar[str] = "C7"
+    colour: ClassVar[str] = "#8c6d31"
     description: ClassVar[str] = ""
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor, **options: Any) -> Tensor:
@@ -190,9 +190,7 @@ class Method:
 
         with quiet():
             values = self.attribute(model, inputs, target, **accepted_keywords(self.attribute, offered)).detach()
-        if values.shape[1] == 1 and values.dim() == 4 and inputs.shape[1] != 1:  # a class-activation map
-            return values[:, 0]
-        return to_map(values, self.signed)
+        return to_map(values, self.signed)  # a class-activation map (B, 1, H, W) is its one channel
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -282,7 +280,7 @@ def _zeros(x: Tensor, baseline: Tensor | None) -> Tensor:
 
 @register_method
 class SaliencyMethod(Method):
-    name, colour = "saliency", "C0"
+    name, colour = "saliency", "#1f77b4"
     description = "|∂ logit / ∂x| (Simonyan et al. 2013)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
@@ -291,7 +289,7 @@ class SaliencyMethod(Method):
 
 @register_method
 class SmoothGradMethod(Method):
-    name, colour = "smoothgrad", "C1"
+    name, colour = "smoothgrad", "#ff7f0e"
     description = "saliency averaged over noisy copies (Smilkov et al. 2017)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor, samples: int = 16,  # type: ignore[override]
@@ -301,7 +299,7 @@ class SmoothGradMethod(Method):
 
 @register_method
 class InputXGradientMethod(Method):
-    name, colour, signed = "input_x_gradient", "C9", True
+    name, colour, signed = "input_x_gradient", "#17becf", True
     description = "x · ∂ logit / ∂x"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
@@ -312,7 +310,7 @@ class InputXGradientMethod(Method):
 
 @register_method
 class IntegratedGradientsMethod(Method):
-    name, colour, signed = "integrated_gradients", "C3", True
+    name, colour, signed = "integrated_gradients", "#d62728", True
     description = "integrated gradients from the black image (Sundararajan et al. 2017)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -322,7 +320,7 @@ class IntegratedGradientsMethod(Method):
 
 @register_method
 class BlurIntegratedGradientsMethod(Method):
-    name, colour, signed = "integrated_gradients_blur", "C4", True
+    name, colour, signed = "integrated_gradients_blur", "#9467bd", True
     description = "integrated gradients from a blurred copy of the image"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -332,7 +330,7 @@ class BlurIntegratedGradientsMethod(Method):
 
 @register_method
 class ExpectedGradientsMethod(Method):
-    name, colour, signed = "expected_gradients", "C5", True
+    name, colour, signed = "expected_gradients", "#8c564b", True
     description = "expected gradients from uniform-noise references (Erion et al. 2021)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -362,7 +360,7 @@ def reused_layer(model: nn.Module, example: Tensor | None) -> str | None:
 
 @register_method
 class DeepLiftMethod(Method):
-    name, colour, signed = "deeplift", "#bcbd22", True
+    name, colour, signed = "deeplift", "#393b79", True
     description = "DeepLIFT, Rescale rule, from the black image (Shrikumar et al. 2017)"
 
     def skip_reason(self, model: nn.Module, example: Tensor | None = None) -> str | None:
@@ -379,7 +377,7 @@ class DeepLiftMethod(Method):
 
 @register_method
 class OcclusionMethod(Method):
-    name, colour, signed = "occlusion", "C8", True
+    name, colour, signed = "occlusion", "#bcbd22", True
     description = "the drop in the logit when a square patch becomes the black image (Zeiler & Fergus 2014)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -398,7 +396,7 @@ class OcclusionMethod(Method):
 
 @register_method
 class GuidedBackpropMethod(Method):
-    name, colour = "guided_backprop", "C6"
+    name, colour = "guided_backprop", "#e377c2"
     description = "gradients with negative ones stopped at every ReLU (Springenberg et al. 2015)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
@@ -409,7 +407,7 @@ class GuidedBackpropMethod(Method):
 
 @register_method
 class GradCamMethod(Method):
-    name, colour, needs = "gradcam", "C2", frozenset({"conv"})
+    name, colour, needs = "gradcam", "#2ca02c", frozenset({"conv"})
     description = "Grad-CAM at the last convolutional block (Selvaraju et al. 2017)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -419,7 +417,7 @@ class GradCamMethod(Method):
 
 @register_method
 class GuidedGradCamMethod(Method):
-    name, colour, needs = "guided_gradcam", "#8c564b", frozenset({"conv"})
+    name, colour, needs = "guided_gradcam", "#843c39", frozenset({"conv"})
     description = "guided backprop × Grad-CAM (Selvaraju et al. 2017)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -433,7 +431,7 @@ class GuidedGradCamMethod(Method):
 
 @register_method
 class GradCamPlusPlusMethod(Method):
-    name, colour, needs = "gradcam_plus_plus", "#17becf", frozenset({"conv"})
+    name, colour, needs = "gradcam_plus_plus", "#98df8a", frozenset({"conv"})
     description = "Grad-CAM++: positive gradients weighted per position (Chattopadhay et al. 2018)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
@@ -452,7 +450,7 @@ class GradCamPlusPlusMethod(Method):
 
 @register_method
 class LRPMethod(Method):
-    name, colour, signed = "lrp", "#393b79", True
+    name, colour, signed = "lrp", "#637939", True
     description = "layer-wise relevance propagation, ε rule (Bach et al. 2015), by Captum"
 
     def skip_reason(self, model: nn.Module, example: Tensor | None = None) -> str | None:

@@ -87,8 +87,7 @@ class TrustStage(Stage):
                    "random orders and a Sobel edge map, with bootstrap intervals; model randomization at the final "
                    "epoch; a verdict table")
     Options = TrustOptions
-    runs_after = ("saliency", "integrated_gradients", "gradcam")  # scores the maps they drew
-    slow_noticed = False
+    runs_after = ("saliency", "integrated_gradients", "gradcam", "attributions")  # after the maps are drawn
 
     def methods(self, ctx: StageContext) -> tuple[list[str], dict[str, str]]:
         """The methods of ``analysis.methods`` that can run on this model, and why each other one cannot."""
