@@ -173,6 +173,10 @@ def test_method_names_are_checked_in_one_line() -> None:
                         ([], "non-empty list"), (["nowhere:Thing"], "cannot import module 'nowhere'")):
         with pytest.raises(UserError, match=re.escape(said)):
             check_methods(wrong, "analysis.methods")
+    moved = runner.invoke(app, ["train", "--set", "analysis.stages=[{trust: {methods: [saliency]}}]"])
+    assert moved.exit_code == 2 and moved.output.strip() == (
+        "error: default config with --set: analysis.stages: entry 0 (trust): methods: the methods are "
+        "analysis.methods now (one list for the drawing and the scoring); move the list there")
     result = runner.invoke(app, ["train", "--set", "analysis.methods=[saliency, guided_backprp]"])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: ")

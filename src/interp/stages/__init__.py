@@ -98,7 +98,7 @@ def build_stages(specs: list[Any] | None) -> list[Stage]:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
             what = "unknown option" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            raise ValueError(f"entry {i} ({name}): {key}: {what}") from None
+            raise ValueError(f"entry {i} ({name}): {f'{key}: ' if key else ''}{what}") from None
     return stages
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..analysis.records import register_view
 from .base import Stage, Summary, register_stage
@@ -71,6 +71,14 @@ class TrustOptions(BaseModel):
     smoothgrad_samples: int = Field(8, ge=1, le=1000)
     resamples: int = Field(1000, ge=100, le=100_000)  # bootstrap resamples for the 95 % intervals
     seed: int = 0  # image choice, random orders, tie-breaks, ROAD's noise, re-initialized weights, bootstrap
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "methods" in value:
+            raise ValueError("methods: the methods are analysis.methods now (one list for the drawing and the "
+                             "scoring); move the list there")
+        return value
 
     @field_validator("road_percentages")
     @classmethod
