@@ -211,15 +211,9 @@ def method_class(name: str) -> type[Method]:
         return found
     if ":" not in name:
         raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)}, or package.module:Class)")
-    from .errors import UserError
-    from .imports import import_path
+    from .imports import import_class
 
-    try:
-        found = import_path(name, "method", "Class")
-    except UserError as exc:
-        raise ValueError(f"{exc} (cannot import it)") from None
-    if not (isinstance(found, type) and issubclass(found, Method)) or not found.name:
-        raise ValueError(f"method {name!r} is not a subclass of interp.attribution.Method with a name")
+    found = import_class(name, "method", Method, "interp.attribution.Method")
     return register_method(found) if found.name not in METHODS else found
 
 

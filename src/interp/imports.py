@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["accepted_keywords", "call", "import_path", "one_line"]
+__all__ = ["accepted_keywords", "call", "import_class", "import_path", "one_line"]
 
 
 def one_line(exc: BaseException) -> str:
@@ -37,6 +37,21 @@ def import_path(path: str, where: str, what: str = "factory") -> Any:
         if not hasattr(found, part):
             raise UserError(f"{where} {path!r}: module {module_name!r} has no attribute {attr!r}")
         found = getattr(found, part)
+    return found
+
+
+def import_class(path: str, kind: str, base: type, base_name: str) -> Any:
+    """The subclass of ``base`` (``base_name``, as users import it) with a ``name`` that
+    ``package.module:Class`` names (a stage, a method); a mistake is a ValueError naming it. Registering it
+    is the caller's."""
+    try:
+        found = import_path(path, kind, "Class")
+    except UserError as exc:
+        raise ValueError(f"{exc} (cannot import it)") from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(f"{kind} {path!r} is not a subclass of {base_name}")
+    if not getattr(found, "name", None):
+        raise ValueError(f"{kind} {path!r} has no name")
     return found
 
 

@@ -64,16 +64,9 @@ def stage_class(name: str) -> type[Stage]:
         return cls
     if ":" not in name:
         raise ValueError(f"unknown stage {name!r} (known: {', '.join(STAGES)}, or package.module:Class)")
-    from ..imports import import_path
+    from ..imports import import_class
 
-    try:
-        found = import_path(name, "stage", "Class")
-    except UserError as exc:
-        raise ValueError(f"{exc} (cannot import it)") from None
-    if not (isinstance(found, type) and issubclass(found, Stage)):
-        raise ValueError(f"stage {name!r} is not a subclass of interp.stages.Stage")
-    if getattr(found, "name", None) in (None, ""):
-        raise ValueError(f"stage {name!r} has no name")
+    found = import_class(name, "stage", Stage, "interp.stages.Stage")
     if found.name not in STAGES:
         register_stage(found)
     return found

@@ -209,8 +209,9 @@ class TrustStage(Stage):
         x = data.normalize(data.eval_x[index])
         y = data.eval_y[index]
         black = data.black(x)
+        bright = white(black, data)
         start = time.perf_counter()
-        maps = {m: self.compute(m, ctx.model, x, y, black, white(black, data)) for m in methods}
+        maps = {m: self.compute(m, ctx.model, x, y, black, bright) for m in methods}
         map_seconds = (time.perf_counter() - start) / len(x)
         maps["edges"] = sobel_map(data.denormalize(x))
         broken = {m: degenerate(values) for m, values in maps.items()}
