@@ -28,6 +28,7 @@ __all__ = [
     "METHODS",
     "Method",
     "attribute",
+    "batch_size",
     "check_methods",
     "blurred",
     "expected_gradients",
@@ -42,6 +43,13 @@ __all__ = [
 ]
 
 BLUR_SIGMA = 0.1  # the blurred baseline's Gaussian standard deviation, as a fraction of the image's shorter side
+
+
+def batch_size(x: Tensor, elsewhere: int = 256) -> int:
+    """Images per forward (and backward) pass when a method or a check expands its inputs: 64 on a CPU,
+    where a conv net runs fastest in small batches (a ResNet-18 at 64 pixels on one core: 14 % faster than
+    256, forward and backward), ``elsewhere`` on an accelerator."""
+    return 64 if x.device.type == "cpu" else elsewhere
 
 
 def saliency(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
@@ -59,24 +67,24 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, samples: int = 16, n
 
     spread = float(x.max() - x.min()) or 1.0
     tunnel = NoiseTunnel(Saliency(model))
-    return tunnel.attribute(x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=max(1, 256 // len(x)),
+    return tunnel.attribute(x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=max(1, batch_size(x) // len(x)),
                             stdevs=noise * spread, target=target, abs=True).detach()
 
 
 def integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, baseline: Tensor, steps: int = 50,
-                         internal_batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                         internal_batch_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Integrated gradients from ``baseline`` to ``x`` (Sundararajan et al. 2017) and Captum's convergence
     delta per image: Σ attributions − (F(x) − F(baseline)), which is 0 for an exact integral."""
     from captum.attr import IntegratedGradients
 
     attributions, delta = IntegratedGradients(model).attribute(
-        x, baselines=baseline, target=target, n_steps=steps, internal_batch_size=internal_batch_size,
+        x, baselines=baseline, target=target, n_steps=steps, internal_batch_size=internal_batch_size or batch_size(x),
         return_convergence_delta=True)
     return attributions.detach(), delta.detach()
 
 
 def expected_gradients(model: nn.Module, x: Tensor, target: Tensor, low: Tensor, high: Tensor, references: int = 4,
-                       samples: int = 50, internal_batch_size: int = 256) -> Tensor:
+                       samples: int = 50, internal_batch_size: int | None = None) -> Tensor:
     """Expected gradients (Erion et al. 2021) with uniform-noise references, same shape as ``x``.
 
     ``references`` images of uniform noise between ``low`` (black) and ``high`` (white) are drawn from
@@ -88,7 +96,7 @@ def expected_gradients(model: nn.Module, x: Tensor, target: Tensor, low: Tensor,
 
     noise = torch.rand((references, *x.shape[1:]), device=x.device)
     refs = low[:1] + (high[:1] - low[:1]) * noise  # (references, C, H, W)
-    chunk = max(1, internal_batch_size // samples)  # Captum expands every image ``samples`` times at once
+    chunk = max(1, (internal_batch_size or batch_size(x)) // samples)  # Captum expands every image ``samples`` times at once
     # Captum draws the references and the α from numpy's global generator: seed it from torch's (so that
     # torch.manual_seed makes the map reproducible) and give it back as it was
     state = np.random.get_state()
@@ -308,7 +316,7 @@ class IntegratedGradientsMethod(Method):
     description = "integrated gradients from the black image (Sundararajan et al. 2017)"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
-                  baseline: Tensor | None = None, steps: int = 50, internal_batch_size: int = 256) -> Tensor:
+                  baseline: Tensor | None = None, steps: int = 50, internal_batch_size: int | None = None) -> Tensor:
         return integrated_gradients(model, inputs, target, _zeros(inputs, baseline), steps, internal_batch_size)[0]
 
 
@@ -318,7 +326,7 @@ class BlurIntegratedGradientsMethod(Method):
     description = "integrated gradients from a blurred copy of the image"
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
-                  blur_sigma: float = BLUR_SIGMA, steps: int = 50, internal_batch_size: int = 256) -> Tensor:
+                  blur_sigma: float = BLUR_SIGMA, steps: int = 50, internal_batch_size: int | None = None) -> Tensor:
         return integrated_gradients(model, inputs, target, blurred(inputs, blur_sigma), steps, internal_batch_size)[0]
 
 
@@ -329,7 +337,7 @@ class ExpectedGradientsMethod(Method):
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
                   baseline: Tensor | None = None, white: Tensor | None = None, references: int = 4,
-                  steps: int = 50, internal_batch_size: int = 256) -> Tensor:
+                  steps: int = 50, internal_batch_size: int | None = None) -> Tensor:
         low = _zeros(inputs, baseline)
         high = white if white is not None else low + 1.0
         return expected_gradients(model, inputs, target, low, high, references, steps, internal_batch_size)
@@ -376,7 +384,7 @@ class OcclusionMethod(Method):
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor,  # type: ignore[override]
                   baseline: Tensor | None = None, window: int | None = None, stride: int | None = None,
-                  internal_batch_size: int = 256) -> Tensor:
+                  internal_batch_size: int | None = None) -> Tensor:
         from captum.attr import Occlusion
 
         side = min(int(inputs.shape[-2]), int(inputs.shape[-1]))
@@ -385,7 +393,7 @@ class OcclusionMethod(Method):
         return Occlusion(model).attribute(inputs, sliding_window_shapes=(int(inputs.shape[1]), window, window),
                                           strides=(int(inputs.shape[1]), stride, stride),
                                           baselines=_zeros(inputs, baseline), target=target,
-                                          perturbations_per_eval=max(1, internal_batch_size // len(inputs)))
+                                          perturbations_per_eval=max(1, (internal_batch_size or batch_size(inputs)) // len(inputs)))
 
 
 @register_method

@@ -27,10 +27,13 @@ COMPLETENESS_LIMIT = 0.05
 REFERENCE_COLOURS = {"edges": "0.35", "random": "0.6"}  # the methods' colours are theirs (interp.attribution)
 STYLES = {"edges": "--", "random": ":"}
 SLOW_SECONDS = 10.0  # a final check expected to take longer than this is announced, with how to make it cheaper
-# Images are scored in chunks; after each (from FIRST_IMAGES on) the stage stops once every verdict is decided:
-# a check is decided when its 95 % interval lies on one side of its limit or is narrower than ±PRECISION.
-FIRST_IMAGES, CHUNK, PRECISION = 20, 10, 0.01
-CASCADE_FIRST = 10  # the randomization cascade runs on 10 images, then on the rest when a check is still open
+# Images are scored in chunks: the probe batch, then CHUNK at a time; after each a method stops once its verdict
+# is decided: a check fails, or every check's 95 % interval lies on one side of its limit or is futile — the
+# chance that scoring up to the cap would clear it, if its mean stayed, is below FUTILITY.
+CHUNK, FUTILITY = 10, 0.1
+# The randomization cascade runs on 10 images, then on the rest when a check is still open; the steps between
+# the top ones and the last (which the verdict does not read) are computed on the first 5 only, for the figure.
+CASCADE_FIRST, CASCADE_MIDDLE = 10, 5
 # (deletion-like, insertion-like) metrics of each perturbation: deletion falls, insertion rises for a good map
 PERTURBATIONS = {"black": ("deletion/black", "insertion/black"), "blur": ("deletion/blur", "insertion/blur"),
                  "road": ("road_morf", "road_lerf")}
@@ -40,15 +43,16 @@ class TrustOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # The methods scored are analysis.methods (one list for the drawing and the scoring).
     # Images scored at the final epoch (and by `interp analyze`), at most: the probe batch first, then more
-    # evaluation images, class-balanced and seeded (None: the probe batch alone). Scoring stops earlier, from
-    # 20 images on, once every verdict is decided. `epoch_images`: the same at every other
+    # evaluation images, class-balanced and seeded (None: the probe batch alone). A method is scored on no more
+    # images once its verdict is decided (looked at after the probe batch and every 10 more). `epoch_images`:
+    # the same at every other
     # epoch, fewer because the stage runs every epoch (the all-conv net of width 16 on 2 CPU cores: about
     # 0.3 s per image).
     images: int | None = Field(100, ge=1, le=10_000)
     epoch_images: int | None = Field(10, ge=1, le=10_000)
     steps: int = Field(20, ge=2, le=1000)  # deletion/insertion steps from 0 to 100 % of the pixels
-    # Every other step is computed first; a step between two whose probabilities differ by at most this is
-    # their mean (the AUC moves by at most a quarter of it per image where the curve is monotone). None: all.
+    # Coarse to fine: every fourth step is computed first; the step halfway between two computed ones whose
+    # probabilities differ by at most this is their mean, else computed, down to every step. None: all.
     curve_tolerance: float | None = Field(0.02, ge=0, le=1)
     # What deleted pixels become (and what insertion starts from): black, a blurred copy of the image.
     baselines: list[Literal["black", "blur"]] = Field(default=["black", "blur"], min_length=1)
@@ -67,6 +71,10 @@ class TrustOptions(BaseModel):
     # integrated-gradients steps (expected gradients: samples); Captum integrates by Gauss–Legendre, whose 20
     # points give the same scores as 50 to 0.001 on the default run (the IG stage measures completeness with 50)
     ig_steps: int = Field(20, ge=2, le=2000)
+    # the same in the randomization cascade (and the data randomization test): they compare two maps made the
+    # same way, so they need the maps' ranks, not an accurate integral — 10 points moved ρ by at most 0.02
+    # against 20 on the MLP, the all-conv net and a ResNet-18 (README, "Cost")
+    randomization_ig_steps: int = Field(10, ge=2, le=2000)
     noise_baselines: int = Field(4, ge=1, le=1000)  # expected gradients: uniform-noise references
     smoothgrad_samples: int = Field(8, ge=1, le=1000)
     resamples: int = Field(1000, ge=100, le=100_000)  # bootstrap resamples for the 95 % intervals
@@ -111,11 +119,12 @@ class TrustStage(Stage):
         return chosen, skipped
 
     def compute(self, method: str, model: nn.Module, x: Tensor, y: Tensor, black: Tensor,
-                white: Tensor | None = None) -> Tensor:
-        """``method``'s maps (B, H, W) for images ``x`` with this stage's options, on the CPU."""
+                white: Tensor | None = None, steps: int | None = None) -> Tensor:
+        """``method``'s maps (B, H, W) for images ``x`` with this stage's options (``steps``: integration
+        points, default ``ig_steps``), on the CPU."""
         from ..attribution import method_class
 
-        return method_class(method)().map(model, x, y, baseline=black, white=white, steps=self.options.ig_steps,
+        return method_class(method)().map(model, x, y, baseline=black, white=white, steps=steps or self.options.ig_steps,
                                           samples=self.options.smoothgrad_samples, blur_sigma=self.options.blur_sigma,
                                           references=self.options.noise_baselines).float().cpu()
 
@@ -154,18 +163,21 @@ class TrustStage(Stage):
         torch.manual_seed(options.seed)  # SmoothGrad's and expected gradients' noise (the runner restores the RNG)
         rankings = torch.Generator().manual_seed(options.seed)  # the random orders, image after image
         parts: list[dict[str, Any]] = []
-        done = 0
-        while done < len(index):
-            upto = min(len(index), max(FIRST_IMAGES, len(ctx.probe.indices)) if not done else done + CHUNK)
-            ctx.status(f"scoring {len(methods)} methods on images {done + 1}–{upto} of at most {len(index)}")
+        done, active = 0, list(methods)  # the methods still scored: each stops once its verdict is decided
+        while done < len(index) and active:
+            upto = min(len(index), max(CHUNK, len(ctx.probe.indices)) if not done else done + CHUNK)
+            ctx.status(f"scoring {len(active)} method{'s' * (len(active) != 1)} on images {done + 1}–{upto} of at "
+                       f"most {len(index)}")
             start = time.perf_counter()
-            parts.append(self.score(ctx, methods, index[done:upto], road, rankings))
+            parts.append(self.score(ctx, methods, active, index[done:upto], road, rankings))
             if not done:
                 self.announce(ctx, time.perf_counter() - start, upto, len(index), parts[0]["map_seconds"], cascade,
                               len(methods))
             done = upto
-            if done < len(index) and self.decided(methods, _joined(parts, "scores")):
-                break
+            if done < len(index):
+                joined = _joined(parts, "scores")
+                active = [m for m in active if not self.decided(m, joined, len(index))]
+        images = {name: sum(len(p["x"]) for p in parts if name in p["scored"]) for name in [*methods, *REFERENCES]}
         x, y = torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts])
         index = index[:len(x)]
         black = data.black(x)
@@ -194,14 +206,21 @@ class TrustStage(Stage):
             mass = {name: mass_inside(values, region).numpy() for name, values in maps.items()}
             mass["random"] = mass_inside(torch.rand(maps["edges"].shape, generator=generator), region).numpy()
 
-        results = self.judge(ctx, methods, scores, broken, cascades, shuffled, mass)
+        results = self.judge(ctx, methods, scores, broken, cascades, shuffled, mass, images)
         self.record(ctx, results)
-        self.draw(ctx, methods, results, curves, cascades, len(x))
+        self.draw(ctx, methods, results, curves, cascades, _count(images))
+        early = [m for m in methods if images[m] < len(x)]
+        if early:
+            notes.append("scored on fewer images, their verdicts decided earlier: " +
+                         ", ".join(f"{m} ({images[m]})" for m in early))
         return self.summarize(ctx, methods, results, cascades, shuffled, mass, len(x), road, notes)
 
-    def score(self, ctx: StageContext, methods: list[str], index: Tensor, road: bool,
+    def score(self, ctx: StageContext, methods: list[str], active: list[str], index: Tensor, road: bool,
               rankings: torch.Generator) -> dict[str, Any]:
-        """Maps, degenerate maps, per-image scores and curves of the images at ``index`` (one chunk)."""
+        """Maps, degenerate maps, per-image scores and curves of the images at ``index`` (one chunk), for the
+        ``active`` methods and the references; the other methods' are NaN (not scored)."""
+        import torch
+
         from ..attribution import blurred, white
         from ..trust import degenerate, sobel_map
 
@@ -211,7 +230,7 @@ class TrustStage(Stage):
         black = data.black(x)
         bright = white(black, data)
         start = time.perf_counter()
-        maps = {m: self.compute(m, ctx.model, x, y, black, bright) for m in methods}
+        maps = {m: self.compute(m, ctx.model, x, y, black, bright) for m in active}
         map_seconds = (time.perf_counter() - start) / len(x)
         maps["edges"] = sobel_map(data.denormalize(x))
         broken = {m: degenerate(values) for m, values in maps.items()}
@@ -220,23 +239,23 @@ class TrustStage(Stage):
         for name, broke in broken.items():  # a degenerate map ranks pixels by a coin toss: left out
             for values in [*scores[name].values(), *curves[name].values()]:
                 values[broke.numpy()] = math.nan
+        for name in methods:
+            if name not in active:
+                scores[name] = {k: np.full_like(v, math.nan) for k, v in scores["random"].items()}
+                curves[name] = {k: np.full_like(v, math.nan) for k, v in curves["random"].items()}
+                maps[name] = torch.full(maps["edges"].shape, math.nan)
+                broken[name] = torch.zeros(len(x), dtype=torch.bool)
         return {"x": x, "y": y, "maps": maps, "broken": broken, "scores": scores, "curves": curves,
-                "map_seconds": map_seconds}
+                "map_seconds": map_seconds, "scored": [*active, *REFERENCES]}
 
-    def decided(self, methods: list[str], scores: dict[str, dict[str, np.ndarray]]) -> bool:
-        """Whether every method's verdict is settled by the images scored so far: a check fails (doubt), or
-        every check lies clear of its limit or within ±PRECISION of it (more images would not move it)."""
-        for method in methods:
-            outcomes = []
-            for check in self.checks(method, scores):
-                if check.outcome == "uncertain":
-                    low, high = check.low, check.high
-                    outcomes.append("settled" if high - low <= 2 * PRECISION else "open")
-                else:
-                    outcomes.append(check.outcome)
-            if "fail" not in outcomes and "open" in outcomes:
-                return False
-        return True
+    def decided(self, method: str, scores: dict[str, dict[str, np.ndarray]], most: int) -> bool:
+        """Whether ``method``'s verdict is settled by the images scored so far, ``most`` being the cap: a
+        check fails (doubt), or every check is clear of its limit or :func:`futile`."""
+        count = len(next(iter(scores["random"].values())))
+        checks = self.checks(method, scores)
+        if any(c.outcome == "fail" for c in checks):
+            return True
+        return not any(c.outcome == "uncertain" and not futile(c, count, most) for c in checks)
 
     def announce(self, ctx: StageContext, seconds: float, count: int, most: int, map_seconds: float, cascade: bool,
                  methods: int) -> None:
@@ -244,17 +263,19 @@ class TrustStage(Stage):
         from ..trust import cascade_layers
 
         steps = len(cascade_layers(ctx.model)) if cascade else 0
-        n = min(self.options.randomization_images, count)
-        expected = seconds / count * (most - count) + steps * n * map_seconds
+        n = min(self.options.randomization_images, most)
+        middle, verdict = min(CASCADE_MIDDLE, n), min(steps, max(1, steps // 3) + 1)  # see randomize()
+        maps = middle * (steps + 1) + (n - middle) * (verdict + 1) if steps else 0  # each image's trained map too
+        expected = seconds / count * (most - count) + maps * map_seconds
         if expected < SLOW_SECONDS:
             return
         parts = [f"scoring up to {most - count} more images ({seconds / count:.1f} s each)"] if most > count else []
         if steps:
-            parts.append(f"the randomization cascade over {steps} block{'s' * (steps != 1)} × {n} images "
-                         f"({steps * n * map_seconds:.0f} s)")
+            parts.append(f"the randomization cascade over {steps} block{'s' * (steps != 1)} on up to {n} images "
+                         f"({maps * map_seconds:.0f} s)")
         ctx.notice(f"trust: the check at epoch {ctx.epoch} should take about {expected:.0f} s more at most: "
-                   f"{' and '.join(parts)}; it stops scoring once every verdict is decided. Cheaper: "
-                   f"--set analysis.stages.trust.images={max(FIRST_IMAGES, count)} (fewer images, wider intervals), "
+                   f"{' and '.join(parts)}; it stops scoring a method once its verdict is decided. Cheaper: "
+                   f"--set analysis.stages.trust.images={max(2 * CHUNK, count)} (fewer images, wider intervals), "
                    "--set analysis.stages.trust.randomization_images=5, or analysis.methods without the "
                    f"integrated-gradients variants ({methods} methods now)")
 
@@ -276,20 +297,24 @@ class TrustStage(Stage):
         for name, values in maps.items():  # the same tie-break stream for every map: equal maps, equal scores
             rankings[name] = [rank_pixels(values, torch.Generator().manual_seed(options.seed + 1))]
 
+        with torch.no_grad():  # p(true class) of the image and of each baseline: every curve's two ends
+            image = torch.softmax(model(x).float(), dim=1).gather(1, y[:, None])[:, 0].cpu()
+            gone = {b: torch.softmax(model(reference).float(), dim=1).gather(1, y[:, None])[:, 0].cpu()
+                    for b, reference in baselines.items()}
+
         def curves_of(ranking: Tensor) -> dict[str, Tensor]:
             out = {}
             for baseline, reference in baselines.items():
-                for mode in ("deletion", "insertion"):
+                for mode, ends in (("deletion", (image, gone[baseline])), ("insertion", (gone[baseline], image))):
                     out[f"{mode}/{baseline}"] = perturbation_curves(model, x, y, reference, ranking, options.steps, mode,
-                                                                    tolerance=options.curve_tolerance)
+                                                                    tolerance=options.curve_tolerance, ends=ends)
             if road:
                 for order in ("morf", "lerf"):
                     out[f"road_{order}"] = road_curves(model, x, y, ranking, options.road_percentages, order,  # type: ignore[arg-type]
                                                        options.road_noise * spread, options.seed)
             return out
 
-        with torch.no_grad():
-            start = torch.softmax(model(x).float(), dim=1).gather(1, y[:, None])[:, 0].cpu().double().numpy()
+        start = image.double().numpy()
         scores: dict[str, dict[str, np.ndarray]] = {}
         curves: dict[str, dict[str, np.ndarray]] = {}
         for name, orders in rankings.items():
@@ -308,20 +333,24 @@ class TrustStage(Stage):
         from ..trust import foreground, randomization_cascade, sobel_map
 
         n = min(self.options.randomization_images, len(x))
-        first = min(CASCADE_FIRST, n)
+        first, middle = min(CASCADE_FIRST, n), min(CASCADE_MIDDLE, n)
         xs, ys, blacks, brights = x[:n], y[:n], black[:n], bright[:n]
         mask = foreground(xs, blacks)
         cascades = {}
         for k, method in enumerate(methods, start=1):
+            def images(low: int, high: int, at: set[int] | None = None, method: str = method) -> Cascade:
+                return randomization_cascade(model, self._recompute(method, xs[low:high], ys[low:high],
+                                                                    blacks[low:high], brights[low:high]),
+                                             seed=self.options.seed, mask=mask[low:high], at=at)
+
             ctx.status(f"randomization cascade of {method} ({k} of {len(methods)}) on {first} images")
-            cascade = randomization_cascade(model, self._recompute(method, xs[:first], ys[:first], blacks[:first],
-                                                                   brights[:first]), seed=self.options.seed,
-                                            mask=mask[:first])
-            if first < n and not self._settled(cascade):
+            cascade = images(0, middle)  # every step, for the figure
+            verdict = {*range(cascade.top), len(cascade.layers) - 1}  # the steps the verdict reads
+            if middle < first:
+                cascade = cascade.joined(images(middle, first, verdict))
+            if first < n and not self._settled(cascade, n):
                 ctx.status(f"randomization cascade of {method} ({k} of {len(methods)}) on {n - first} more images")
-                cascade = cascade.joined(randomization_cascade(
-                    model, self._recompute(method, xs[first:], ys[first:], blacks[first:], brights[first:]),
-                    seed=self.options.seed, mask=mask[first:]))
+                cascade = cascade.joined(images(first, n, verdict))
             cascades[method] = cascade
         edges = sobel_map(xs)  # knows nothing of the weights: ρ stays 1
         cascades["edges"] = randomization_cascade(model, lambda net: edges, seed=self.options.seed, mask=mask)
@@ -330,20 +359,22 @@ class TrustStage(Stage):
                                                    seed=self.options.seed, mask=mask)
         return cascades
 
-    def _settled(self, cascade: Cascade) -> bool:
-        """Whether both randomization checks are decided by the images so far (intervals clear of the limit)."""
-        from ..trust import bootstrap_interval
+    def _settled(self, cascade: Cascade, most: int) -> bool:
+        """Whether both randomization checks are decided by the images so far (clear of the limit, or
+        :func:`futile` with ``most`` images)."""
+        from ..trust import Check, bootstrap_interval
 
         for values in (cascade.top_values(), cascade.final_values()):
             low, high = bootstrap_interval(values, self.options.resamples, self.options.seed)
-            if not (high < CORRELATION_LIMIT or low > CORRELATION_LIMIT):
+            check = Check("ρ", "", "", _nanmean(values), low, high, CORRELATION_LIMIT)
+            if check.outcome == "uncertain" and not futile(check, len(values), most):
                 return False
         return True
 
     def _recompute(self, method: str, x: Tensor, y: Tensor, black: Tensor,
                    bright: Tensor) -> Callable[[nn.Module], Tensor]:
         def compute(model: nn.Module) -> Tensor:
-            return self.compute(method, model, x, y, black, bright)
+            return self.compute(method, model, x, y, black, bright, self.options.randomization_ig_steps)
 
         return compute
 
@@ -364,14 +395,15 @@ class TrustStage(Stage):
             pair = []
             for net in (model, copy):
                 torch.manual_seed(self.options.seed + 1)  # the same noise for both maps
-                pair.append(self.compute(method, net, x[:n], y[:n], black[:n], bright[:n]))
+                pair.append(self.compute(method, net, x[:n], y[:n], black[:n], bright[:n],
+                                         self.options.randomization_ig_steps))
             out[method] = similarities(pair[0], pair[1], mask)["spearman_abs_foreground"]
         return out
 
     # -- judging ---------------------------------------------------------------------------------
     def judge(self, ctx: StageContext, methods: list[str], scores: dict[str, dict[str, np.ndarray]],
               broken: dict[str, Tensor], cascades: dict[str, Cascade], shuffled: dict[str, np.ndarray],
-              mass: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+              mass: dict[str, np.ndarray], images: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
         """Means, intervals, checks and verdicts, per method and reference."""
         from ..trust import Check, bootstrap_interval, verdict
 
@@ -385,7 +417,7 @@ class TrustStage(Stage):
         results: dict[str, dict[str, Any]] = {}
         for name in [*methods, *REFERENCES]:
             result: dict[str, Any] = {"metrics": {k: summary(v) for k, v in scores[name].items()}}
-            result["images"] = len(next(iter(scores[name].values())))
+            result["images"] = (images or {}).get(name, len(next(iter(scores[name].values()))))
             result["degenerate"] = int(broken[name].sum()) if name in broken else 0
             if name in cascades and cascades[name].scores:
                 cascade = cascades[name]
@@ -553,7 +585,7 @@ class TrustStage(Stage):
         return Summary("Can you trust the maps?", columns, rows, lines, marks=marks)
 
     def draw(self, ctx: StageContext, methods: list[str], results: dict[str, dict[str, Any]],
-             curves: dict[str, dict[str, np.ndarray]], cascades: dict[str, Cascade], count: int) -> None:
+             curves: dict[str, dict[str, np.ndarray]], cascades: dict[str, Cascade], count: int | str) -> None:
         names = [*methods, *REFERENCES]
         rows: list[dict[str, Any]] = []
         for baseline, (down, up) in PERTURBATIONS.items():
@@ -593,7 +625,7 @@ class TrustStage(Stage):
     def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
         layers = next(iter(cascades.values())).layers
         panels = {name: {m: [1.0, *c.mean(m)] for m in c.scores[-1]} for name, c in cascades.items()}  # 1: itself
-        counts = sorted({len(c.trained) for c in cascades.values()})
+        counts = sorted({int((~step.isnan().flatten(1).all(1)).sum()) for c in cascades.values() for step in c.maps})
         images = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         top = next(iter(cascades.values())).top
         ctx.draw("randomization", draw_randomization, [_short(layer) for layer in layers], panels,
@@ -612,6 +644,30 @@ def colour(name: str) -> str:
     from ..attribution import method_class
 
     return REFERENCE_COLOURS.get(name) or method_class(name).colour
+
+
+def _count(images: dict[str, int]) -> str:
+    """'20' or '20–50': how many images the means are over."""
+    low, high = min(images.values()), max(images.values())
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+def futile(check: Check, count: int, most: int) -> bool:
+    """Whether scoring more images (up to ``most``; ``count`` so far) is unlikely to take ``check``'s
+    interval clear of its limit: if its mean stayed where it is, the chance that the interval at ``most``
+    images would clear it is below :data:`FUTILITY` (the conditional power of group-sequential trials; the
+    per-image spread is read from the interval's width)."""
+    from statistics import NormalDist
+
+    if count >= most:
+        return True
+    sigma = (check.high - check.low) / (2 * 1.96) * math.sqrt(count)  # per-image standard deviation
+    reach = 1.96 * sigma / math.sqrt(most)  # the interval's half-width at the cap
+    spread = sigma * math.sqrt(most - count) / most  # how far the mean can still move by then
+    distance = abs(check.value - check.limit)
+    if spread <= 0:
+        return distance <= reach
+    return NormalDist().cdf((distance - reach) / spread) < FUTILITY
 
 
 def _joined(parts: list[dict[str, Any]], key: str) -> dict[str, dict[str, np.ndarray]]:
@@ -659,7 +715,7 @@ def _short(layer: str) -> str:
 
 # -- views: plain values in, a matplotlib figure or PNG bytes out --------------------------------------
 @register_view
-def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int) -> Any:
+def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int | str) -> Any:
     """One row per perturbation (black, blur, ROAD): the deletion-like curve left, the insertion-like one
     right, the references dashed and grey; each row's legend, with both scores, sits right of the row. A
     row with a ``note`` instead of curves (ROAD before the last epoch) is drawn empty, saying why."""

@@ -57,8 +57,9 @@ class WeightsStage(Stage):
             values = now if before is None else np.concatenate([now, before])
             low, high = np.percentile(values, [0.05, 99.95])
             bins = np.linspace(min(low, -high), max(high, -low), self.options.bins)
-            counts_now = np.histogram(np.clip(now, bins[0], bins[-1]), bins=bins)[0]
-            counts_before = None if before is None else np.histogram(np.clip(before, bins[0], bins[-1]), bins=bins)[0]
+            edges = (len(bins) - 1, (bins[0], bins[-1]))  # even bins as a count and range: no sort of the weights
+            counts_now = np.histogram(np.clip(now, bins[0], bins[-1]), *edges)[0]
+            counts_before = None if before is None else np.histogram(np.clip(before, bins[0], bins[-1]), *edges)[0]
             panels.append({"name": name, "shape": list(p.shape), "bins": bins, "now": counts_now,
                            "before": counts_before, "std_now": float(now.std()),
                            "std_before": None if before is None else float(before.std())})
