@@ -615,7 +615,8 @@ class TrustStage(Stage):
                     pair.append(_mean_curve(values))
                 lines.append({"name": name, "colour": colour(name), "style": STYLES.get(name, "-"), "down": pair[0],
                               "up": pair[1], "scores": [results[name]["metrics"][down]["mean"],
-                                                        results[name]["metrics"][up]["mean"]]})
+                                                        results[name]["metrics"][up]["mean"]],
+                              "images": results[name]["images"]})
             rows.append({"x": x, "titles": list(titles), "xlabels": labels, "lines": lines,
                          "score": "mean over percentages" if baseline == "road" else "AUC"})
         ctx.draw("deletion_insertion", draw_curves, rows, ctx.epoch, count)
@@ -625,11 +626,18 @@ class TrustStage(Stage):
     def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
         layers = next(iter(cascades.values())).layers
         panels = {name: {m: [1.0, *c.mean(m)] for m in c.scores[-1]} for name, c in cascades.items()}  # 1: itself
-        counts = sorted({int((~step.isnan().flatten(1).all(1)).sum()) for c in cascades.values() for step in c.maps})
-        images = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         top = next(iter(cascades.values())).top
+
+        def counted(steps: list[int]) -> str:  # the methods' images (the references go over all of them)
+            found = sorted({int((~c.maps[k].isnan().flatten(1).all(1)).sum()) for name, c in cascades.items()
+                            for k in steps if name not in REFERENCES or len(cascades) == len(REFERENCES)})
+            return f"{found[0]}" if len(found) == 1 else f"{found[0]}–{found[-1]}"
+
+        middle = list(range(top, len(layers) - 1))  # the steps the verdict does not read
+        images = counted([k for k in range(len(layers)) if k not in middle])
+        fewer = counted(middle) if middle and counted(middle) != images else None
         ctx.draw("randomization", draw_randomization, [_short(layer) for layer in layers], panels,
-                 {name: colour(name) for name in cascades}, ctx.epoch, images, top)
+                 {name: colour(name) for name in cascades}, ctx.epoch, images, top, fewer)
 
         methods = [m for m in cascades if m not in REFERENCES]
         if methods:
@@ -717,8 +725,9 @@ def _short(layer: str) -> str:
 @register_view
 def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int | str) -> Any:
     """One row per perturbation (black, blur, ROAD): the deletion-like curve left, the insertion-like one
-    right, the references dashed and grey; each row's legend, with both scores, sits right of the row. A
-    row with a ``note`` instead of curves (ROAD before the last epoch) is drawn empty, saying why."""
+    right, the references dashed and grey; each row's legend, with both scores (and each line's images when
+    they differ), sits right of the row. A row with a ``note`` instead of curves (ROAD before the last
+    epoch) is drawn empty, saying why."""
     from ..plotting import figure
 
     fig, grid = figure(len(rows), 2, panel=3.0)
@@ -734,12 +743,13 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int | str) -> An
                 ax.text(0.5, 0.5, row["note"], transform=ax.transAxes, ha="center", va="center", color="0.4",
                         fontsize=8.5)
             continue
+        varied = len({line.get("images") for line in row["lines"]}) > 1  # methods stopped on fewer images
         for ax, key, title, label in zip(ax_row, ("down", "up"), row["titles"], row["xlabels"], strict=True):
             for line in row["lines"]:
                 reference = line["style"] != "-"
                 ax.plot(row["x"], line[key], color=line["colour"], linestyle=line["style"],
                         linewidth=1.3 if reference else 1.6, marker="o" if len(row["x"]) < 10 else None, markersize=3,
-                        label=_curve_label(line))
+                        label=_curve_label(line, images=varied))
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.set_xlabel(label, fontsize=8)
@@ -755,8 +765,10 @@ def draw_curves(rows: list[dict[str, Any]], epoch: int, images: int | str) -> An
     return fig
 
 
-def _curve_label(line: dict[str, Any]) -> str:
-    return f"{line['name']} ({' / '.join(f'{s:.3f}' for s in line['scores'])})"
+def _curve_label(line: dict[str, Any], images: bool = False) -> str:
+    """'saliency (0.267 / 0.483)'; with ``images``, 'saliency, 20 images (0.267 / 0.483)'."""
+    count = f", {line['images']} images" if images and "images" in line else ""
+    return f"{line['name']}{count} ({' / '.join(f'{s:.3f}' for s in line['scores'])})"
 
 
 
@@ -769,10 +781,10 @@ MEASURE_TITLES = {"spearman_abs_foreground": "ρ of |map|, foreground pixels (th
 
 @register_view
 def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float]]], colours: dict[str, str],
-                       epoch: int, images: int | str, top: int | None = None) -> Any:
+                       epoch: int, images: int | str, top: int | None = None, fewer: str | None = None) -> Any:
     """Four similarity measures between the trained map and the map after each cumulative re-initialization;
     the references (edges: ρ 1, random: ρ ≈ 0) dashed and grey, the legend below the panels; the ``top``
-    steps (the verdict's "ρ top") shaded."""
+    steps (the verdict's "ρ top") shaded; ``fewer``: the images of the steps between those and the last."""
     from ..plotting import figure
 
     fig, axes = figure(2, 2, panel=1.0)
@@ -799,7 +811,8 @@ def draw_randomization(layers: list[str], panels: dict[str, dict[str, list[float
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(f"model randomization, epoch {epoch}: layers re-initialized from the top, cumulatively\n"
-                 f"(mean over {images} images; a map still above {CORRELATION_LIMIT} on the foreground ignores the "
+                 f"(mean over {images} images{f', {fewer} between the shaded steps and the last' if fewer else ''}; "
+                 f"a map still above {CORRELATION_LIMIT} on the foreground ignores the "
                  "weights)", fontsize=9.5)
     return fig
 
