@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import interp
-from conftest import quick_config
+from conftest import default_sigint, quick_config
 from interp.analysis.records import RecordError, draw, encode_record, read_record
 from interp.analysis.views import run_scales
 from interp.train import fit
@@ -160,7 +160,8 @@ def test_interrupted_runs_resume_or_draw_to_every_figure_of_an_uninterrupted_run
     def train(name: str, *extra: str, stop: tuple[int, str] | None = None) -> subprocess.CompletedProcess[str]:
         here = {**env, **({"STOP_AT": str(stop[0]), "STOP_WITH": stop[1]} if stop else {})}
         return subprocess.run([sys.executable, "-m", "interp", "train", *args, "--name", name, *extra],
-                              cwd=tmp_path, env=here, capture_output=True, text=True, timeout=600)
+                              cwd=tmp_path, env=here, capture_output=True, text=True, timeout=600,
+                              preexec_fn=default_sigint)  # the Stop stage's SIGINT acts even in a background job
 
     whole = train("whole")
     assert whole.returncode == 0, whole.stderr

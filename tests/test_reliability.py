@@ -75,8 +75,12 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path: Path, mon
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_and_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"model": {"w": torch.arange(5.0)}, "epoch": 4}, path)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even in a background job
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint({"model": {"w": torch.arange(5.0)}, "epoch": 4}, path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 4  # whole, not cut
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
