@@ -214,15 +214,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def method_class(name: str) -> type[Method]:
     """A registered method by name, or ``package.module:Class`` imported (and registered) on demand."""
-    found = METHODS.get(name)
-    if found is not None:
-        return found
-    if ":" not in name:
-        raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)}, or package.module:Class)")
-    from .imports import import_class
+    from .imports import registered
 
-    found = import_class(name, "method", Method, "interp.attribution.Method")
-    return register_method(found) if found.name not in METHODS else found
+    return registered(name, METHODS, "method", Method, "interp.attribution.Method", register_method)
 
 
 def attribute(method: str | Method, model: nn.Module, inputs: Tensor, target: Tensor | int,

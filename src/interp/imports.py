@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["accepted_keywords", "call", "import_class", "import_path", "one_line"]
+__all__ = ["accepted_keywords", "call", "import_class", "import_path", "one_line", "registered"]
 
 
 def one_line(exc: BaseException) -> str:
@@ -52,6 +52,21 @@ def import_class(path: str, kind: str, base: type, base_name: str) -> Any:
         raise ValueError(f"{kind} {path!r} is not a subclass of {base_name}")
     if not getattr(found, "name", None):
         raise ValueError(f"{kind} {path!r} has no name")
+    return found
+
+
+def registered(name: str, registry: dict[str, Any], kind: str, base: type, base_name: str,
+               register: Callable[[Any], Any]) -> Any:
+    """``registry[name]``, or the class ``package.module:Class`` names, imported (:func:`import_class`) and
+    passed to ``register`` unless its name is registered already; else a ValueError naming the known ones."""
+    found = registry.get(name)
+    if found is not None:
+        return found
+    if ":" not in name:
+        raise ValueError(f"unknown {kind} {name!r} (known: {', '.join(registry)}, or package.module:Class)")
+    found = import_class(name, kind, base, base_name)
+    if found.name not in registry:
+        register(found)
     return found
 
 

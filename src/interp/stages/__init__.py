@@ -59,17 +59,9 @@ def parse_stage_specs(specs: list[Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def stage_class(name: str) -> type[Stage]:
     """A registered stage by name, or ``package.module:Class`` imported (and registered) on demand."""
-    cls = STAGES.get(name)
-    if cls is not None:
-        return cls
-    if ":" not in name:
-        raise ValueError(f"unknown stage {name!r} (known: {', '.join(STAGES)}, or package.module:Class)")
-    from ..imports import import_class
+    from ..imports import registered
 
-    found = import_class(name, "stage", Stage, "interp.stages.Stage")
-    if found.name not in STAGES:
-        register_stage(found)
-    return found
+    return registered(name, STAGES, "stage", Stage, "interp.stages.Stage", register_stage)
 
 
 def build_stages(specs: list[Any] | None) -> list[Stage]:
