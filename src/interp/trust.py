@@ -42,6 +42,7 @@ __all__ = [
     "auc",
     "bootstrap_interval",
     "cascade_layers",
+    "class_probabilities",
     "degenerate",
     "deletion",
     "insertion",
@@ -49,6 +50,7 @@ __all__ = [
     "road",
     "foreground",
     "mass_inside",
+    "middle_steps",
     "perturbation_curves",
     "random_rankings",
     "randomization_cascade",
@@ -93,7 +95,12 @@ def _positions(ranking: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+def class_probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int | None = None) -> Tensor:
+    """Softmax probability of ``targets`` for ``images`` (B,), on the CPU, in batches of ``batch_size``
+    (None: 64 on a CPU, 1,024 elsewhere)."""
+    from . import attribution
+
+    batch_size = batch_size or attribution.batch_size(images, 1024)
     probs = []
     for i in range(0, len(images), batch_size):
         batch = images[i:i + batch_size]
@@ -135,7 +142,7 @@ def perturbation_curves(model: nn.Module, x: Tensor, target: Tensor, baseline: T
         for i in range(0, len(images), batch_size):
             which, k = images[i:i + batch_size], steps_of[i:i + batch_size]
             masks = (position[which] < counts[k][:, None]).view(-1, 1, h, w)
-            out.append(_probabilities(model, torch.where(masks, end[which], start[which]), target[which], batch_size))
+            out.append(class_probabilities(model, torch.where(masks, end[which], start[which]), target[which], batch_size))
         return torch.cat(out) if out else torch.zeros(0)
 
     def fill(rows: Tensor, columns: Tensor) -> None:
@@ -353,7 +360,7 @@ def road_curves(model: nn.Module, x: Tensor, target: Tensor, ranking: Tensor, pe
     counts = [round(p / 100 * pixels) for p in percentages]
     masks = torch.stack([position < k if order == "morf" else position >= pixels - k for k in counts], dim=1)
     filled = road_impute(x.repeat_interleave(len(counts), dim=0), masks.view(-1, h, w), noise, seed)
-    return _probabilities(model, filled, target.repeat_interleave(len(counts)), batch_size).view(b, len(counts))
+    return class_probabilities(model, filled, target.repeat_interleave(len(counts)), batch_size).view(b, len(counts))
 
 
 # -- reference maps, degenerate maps, ground truth -----------------------------------------------------
@@ -491,6 +498,12 @@ def cascade_layers(model: nn.Module) -> list[str]:
     return blocks[::-1]
 
 
+def middle_steps(count: int) -> range:
+    """Of a cascade of ``count`` steps, those the verdict does not read: after the top third (at least one
+    step, :attr:`Cascade.top`) and before the last."""
+    return range(max(1, count // 3), count - 1)
+
+
 @dataclass
 class Cascade:
     """The randomization check of one method: after each step, the layers randomized so far and, per
@@ -529,7 +542,12 @@ class Cascade:
     def top(self) -> int:
         """How many steps re-initialize the top of the network, the layers that decide the class: the first
         third of the cascade (at least one step)."""
-        return max(1, len(self.layers) // 3)
+        return middle_steps(len(self.layers)).start
+
+    @property
+    def middle(self) -> range:
+        """The steps the verdict does not read: between the :attr:`top` ones and the last."""
+        return middle_steps(len(self.layers))
 
     def top_values(self, measure: str | None = None) -> np.ndarray:
         """Per image, the mean of ``measure`` over the :attr:`top` steps (Adebayo et al. 2018: Guided Backprop's

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -208,7 +208,7 @@ class TrustStage(Stage):
 
         results = self.judge(ctx, methods, scores, broken, cascades, shuffled, mass, images)
         self.record(ctx, results)
-        self.draw(ctx, methods, results, curves, cascades, _count(images))
+        self.draw(ctx, methods, results, curves, cascades, _span(images.values()))
         early = [m for m in methods if images[m] < len(x)]
         if early:
             notes.append("scored on fewer images, their verdicts decided earlier: " +
@@ -260,11 +260,11 @@ class TrustStage(Stage):
     def announce(self, ctx: StageContext, seconds: float, count: int, most: int, map_seconds: float, cascade: bool,
                  methods: int) -> None:
         """Before a long final check: how long it should take at most, and which option makes it cheaper."""
-        from ..trust import cascade_layers
+        from ..trust import cascade_layers, middle_steps
 
         steps = len(cascade_layers(ctx.model)) if cascade else 0
         n = min(self.options.randomization_images, most)
-        middle, verdict = min(CASCADE_MIDDLE, n), min(steps, max(1, steps // 3) + 1)  # see randomize()
+        middle, verdict = min(CASCADE_MIDDLE, n), steps - len(middle_steps(steps))  # see randomize()
         maps = middle * (steps + 1) + (n - middle) * (verdict + 1) if steps else 0  # each image's trained map too
         expected = seconds / count * (most - count) + maps * map_seconds
         if expected < SLOW_SECONDS:
@@ -287,7 +287,7 @@ class TrustStage(Stage):
         ``generator`` draws the random orders (default: a fresh one from the seed)."""
         import torch
 
-        from ..trust import auc, perturbation_curves, random_rankings, rank_pixels, road_curves
+        from ..trust import auc, class_probabilities, perturbation_curves, random_rankings, rank_pixels, road_curves
 
         options = self.options
         pixels = x.shape[-2] * x.shape[-1]
@@ -297,10 +297,8 @@ class TrustStage(Stage):
         for name, values in maps.items():  # the same tie-break stream for every map: equal maps, equal scores
             rankings[name] = [rank_pixels(values, torch.Generator().manual_seed(options.seed + 1))]
 
-        with torch.no_grad():  # p(true class) of the image and of each baseline: every curve's two ends
-            image = torch.softmax(model(x).float(), dim=1).gather(1, y[:, None])[:, 0].cpu()
-            gone = {b: torch.softmax(model(reference).float(), dim=1).gather(1, y[:, None])[:, 0].cpu()
-                    for b, reference in baselines.items()}
+        image = class_probabilities(model, x, y)  # p(true class) of the image and of each baseline: the ends
+        gone = {b: class_probabilities(model, reference, y) for b, reference in baselines.items()}  # of every curve
 
         def curves_of(ranking: Tensor) -> dict[str, Tensor]:
             out = {}
@@ -338,14 +336,16 @@ class TrustStage(Stage):
         mask = foreground(xs, blacks)
         cascades = {}
         for k, method in enumerate(methods, start=1):
-            def images(low: int, high: int, at: set[int] | None = None, method: str = method) -> Cascade:
-                return randomization_cascade(model, self._recompute(method, xs[low:high], ys[low:high],
-                                                                    blacks[low:high], brights[low:high]),
-                                             seed=self.options.seed, mask=mask[low:high], at=at)
+            def images(low: int, high: int, at: Collection[int] | None = None, method: str = method) -> Cascade:
+                def compute(net: nn.Module) -> Tensor:
+                    return self.compute(method, net, xs[low:high], ys[low:high], blacks[low:high],
+                                        brights[low:high], self.options.randomization_ig_steps)
+
+                return randomization_cascade(model, compute, seed=self.options.seed, mask=mask[low:high], at=at)
 
             ctx.status(f"randomization cascade of {method} ({k} of {len(methods)}) on {first} images")
             cascade = images(0, middle)  # every step, for the figure
-            verdict = {*range(cascade.top), len(cascade.layers) - 1}  # the steps the verdict reads
+            verdict = [k for k in range(len(cascade.layers)) if k not in cascade.middle]  # those it reads
             if middle < first:
                 cascade = cascade.joined(images(middle, first, verdict))
             if first < n and not self._settled(cascade, n):
@@ -370,13 +370,6 @@ class TrustStage(Stage):
             if check.outcome == "uncertain" and not futile(check, len(values), most):
                 return False
         return True
-
-    def _recompute(self, method: str, x: Tensor, y: Tensor, black: Tensor,
-                   bright: Tensor) -> Callable[[nn.Module], Tensor]:
-        def compute(model: nn.Module) -> Tensor:
-            return self.compute(method, model, x, y, black, bright, self.options.randomization_ig_steps)
-
-        return compute
 
     def shuffle_labels(self, ctx: StageContext, model: nn.Module, x: Tensor, y: Tensor, black: Tensor,
                        bright: Tensor, methods: list[str]) -> dict[str, np.ndarray]:
@@ -626,14 +619,13 @@ class TrustStage(Stage):
     def draw_cascades(self, ctx: StageContext, cascades: dict[str, Cascade]) -> None:
         layers = next(iter(cascades.values())).layers
         panels = {name: {m: [1.0, *c.mean(m)] for m in c.scores[-1]} for name, c in cascades.items()}  # 1: itself
-        top = next(iter(cascades.values())).top
+        first = next(iter(cascades.values()))
+        top, middle = first.top, first.middle
 
-        def counted(steps: list[int]) -> str:  # the methods' images (the references go over all of them)
-            found = sorted({int((~c.maps[k].isnan().flatten(1).all(1)).sum()) for name, c in cascades.items()
-                            for k in steps if name not in REFERENCES or len(cascades) == len(REFERENCES)})
-            return f"{found[0]}" if len(found) == 1 else f"{found[0]}–{found[-1]}"
+        def counted(steps: Collection[int]) -> str:  # the methods' images (the references go over all of them)
+            return _span([int((~c.maps[k].isnan().flatten(1).all(1)).sum()) for name, c in cascades.items()
+                          for k in steps if name not in REFERENCES or len(cascades) == len(REFERENCES)])
 
-        middle = list(range(top, len(layers) - 1))  # the steps the verdict does not read
         images = counted([k for k in range(len(layers)) if k not in middle])
         fewer = counted(middle) if middle and counted(middle) != images else None
         ctx.draw("randomization", draw_randomization, [_short(layer) for layer in layers], panels,
@@ -654,9 +646,9 @@ def colour(name: str) -> str:
     return REFERENCE_COLOURS.get(name) or method_class(name).colour
 
 
-def _count(images: dict[str, int]) -> str:
-    """'20' or '20–50': how many images the means are over."""
-    low, high = min(images.values()), max(images.values())
+def _span(counts: Collection[int]) -> str:
+    """'20' or '20–50': how many images means are over."""
+    low, high = min(counts), max(counts)
     return f"{low}" if low == high else f"{low}–{high}"
 
 
