@@ -81,6 +81,9 @@ class DataConfig(_Section):
     eval_batch_size: int = Field(default=1000, ge=1, le=1_000_000)
     # Train on the first N training items only (quick experiments); None = all.
     train_limit: PositiveInt | None = None
+    # Shift this fraction of the training labels to another class (drawn with the seed), to see whether the
+    # dataset map finds them: interp.data.flip_labels(labels, fraction, classes, seed) names the ones shifted.
+    label_noise: float = Field(default=0.0, ge=0, lt=1)
     # Toy datasets: points per ring (rings, default 20,000) or training points (polynomial, 4,000).
     points: int | None = Field(default=None, ge=1, le=5_000_000)
     # rings: standard deviation of the Gaussian noise around each circle.

@@ -52,6 +52,7 @@ class Analysis:
         self.initial_state = initial_state
         self.during_training = during_training
         self.summaries: dict[str, Summary] = {}
+        self.dynamics: Any = None  # the training's per-example dynamics (interp.analysis.dynamics), when recorded
 
     @property
     def wants_features(self) -> bool:
@@ -68,7 +69,8 @@ class Analysis:
     def run(self, evaluation: Evaluation, folder: str, tag: str = "") -> StageResults:
         ctx = StageContext(evaluation=evaluation, sink=self.sink, folder=folder, tag=tag,
                            initial_state=self.initial_state, notice=self.notice,
-                           during_training=self.during_training, methods=self.methods, progress=self.progress)
+                           during_training=self.during_training, methods=self.methods, progress=self.progress,
+                           dynamics=self.dynamics)
         results = run_stages(self.stages, ctx, self.strict)
         self.summaries.update(results.summaries)
         self.failed.update(results.failed)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..data import Data, Probe
 from ..models import features_layer, logits_of
 
-__all__ = ["Evaluation", "evaluate", "item_losses"]
+__all__ = ["Evaluation", "evaluate", "features_of", "item_losses"]
 
 
 @contextlib.contextmanager
@@ -126,6 +126,22 @@ class Evaluation:
         if with_features:
             features = torch.cat(caught) if caught else torch.zeros(0, 0, device=positions.device)
             self._features = dist.gather(features) if dist is not None else features
+
+
+@torch.no_grad()
+def features_of(model: nn.Module, data: Data, x: Tensor, index: Tensor, layer: str | None = None,
+                batch_size: int = 1000) -> Tensor:
+    """The penultimate features (N, D) of ``x[index]`` (uint8 pixels or features, normalized here), caught
+    as the input of the classifier layer (``layer``: another one by name), in batches; the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _capture_input(features_layer(model, layer)[1]) as caught:
+            for start in range(0, len(index), batch_size):
+                model(data.normalize(x.index_select(0, index[start:start + batch_size])))
+    finally:
+        model.train(was_training)
+    return torch.cat(caught) if caught else torch.zeros(0, 0)
 
 
 def item_losses(logits: Tensor, targets: Tensor, task: str) -> Tensor:

@@ -67,6 +67,14 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                 reason = stage.skip_reason(model, ctx.data)
                 if reason is None and "training" in stage.needs and not ctx.during_training:
                     reason = "records during `interp train` only"
+                if reason is None and "dynamics" in stage.needs:
+                    if ctx.dynamics is None:
+                        from ..stages.base import NEEDS
+
+                        reason = NEEDS["dynamics"]
+                    elif not ctx.dynamics.history.until(ctx.epoch):  # epoch 0: no training pass yet
+                        advance(1)
+                        continue
                 if reason:
                     if not stage.skip_noticed:  # once per run, not every epoch
                         ctx.notice(f"{stage.name}: skipped ({reason})")

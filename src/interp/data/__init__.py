@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CIFAR10_FILES", "MNIST_FILES", "Data", "Probe", "check_sources", "load_data", "select_probe"]
+__all__ = ["CIFAR10_FILES", "MNIST_FILES", "Data", "Probe", "check_sources", "flip_labels", "load_data",
+           "select_probe"]
 
 _LAZY = {
     "Data": "tensors", "Probe": "tensors", "select_probe": "tensors",
-    "load_data": "files",
+    "load_data": "files", "flip_labels": "files",
     "CIFAR10_FILES": "sources", "MNIST_FILES": "sources", "check_sources": "sources",
 }
 

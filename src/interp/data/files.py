@@ -23,7 +23,7 @@ from ..errors import UserError
 from .sources import DOWNLOADS, MNIST_FILES, folder_of, missing_message
 from .tensors import Data
 
-__all__ = ["Progress", "load_data"]
+__all__ = ["Progress", "flip_labels", "load_data"]
 
 # Per-channel mean and std of the training images (the usual published values).
 _STATS = {
@@ -72,7 +72,23 @@ def load_data(cfg: DataConfig, seed: int = 0, progress: Progress | None = None,
                         f"evaluation inputs {_shape(data.eval_x)}; both splits must have one shape")
     if cfg.train_limit is not None:
         data = replace(data, train_x=data.train_x[: cfg.train_limit], train_y=data.train_y[: cfg.train_limit])
+    if cfg.label_noise:
+        if data.task != "classification":
+            raise UserError(f"data.label_noise: {cfg.dataset} is not a classification task")
+        data = replace(data, train_y=flip_labels(data.train_y, cfg.label_noise, len(data.classes), seed)[0])
     return data
+
+
+def flip_labels(labels: Tensor, fraction: float, classes: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``labels`` with ``round(fraction × N)`` of them, drawn with ``seed``, shifted to another class (by 1 to
+    ``classes − 1``, drawn too); returns the new labels and the sorted positions that were changed."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    count = round(fraction * len(labels))
+    chosen = torch.randperm(len(labels), generator=generator)[:count].sort().values
+    shift = torch.randint(1, max(classes, 2), (count,), generator=generator)
+    flipped = labels.clone()
+    flipped[chosen] = (labels[chosen].cpu() + shift).remainder(classes).to(labels.dtype).to(labels.device)
+    return flipped, chosen
 
 
 def _shape(x: Tensor) -> str:

@@ -37,6 +37,8 @@ NEEDS = {
     "conv": "the model has no convolutional layers",
     "training": "records during training only",
     "features": "",  # penultimate features: the evaluation pass keeps them (never a reason to skip)
+    "dynamics": "no per-example training dynamics: they are recorded by `interp train`, and by the Analyzer "
+                "and the Lightning callback when given each batch's indices and logits",
 }
 
 
@@ -92,6 +94,8 @@ class StageContext:
     during_training: bool = True
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # this stage's, until its record is written
     kept: dict[str, Any] = field(default_factory=dict)
+    # every training example's numbers per epoch (interp.analysis.dynamics.Dynamics), when the training recorded them
+    dynamics: Any = None
 
     # -- the evaluation, for short -----------------------------------------------------------------
     @property

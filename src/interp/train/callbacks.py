@@ -12,7 +12,7 @@ from ..checkpoint import save_checkpoint
 from ..run import Run
 from .loop import Callback, Trainer
 
-__all__ = ["AnalysisCallback", "CheckpointCallback", "RunLogger"]
+__all__ = ["AnalysisCallback", "CheckpointCallback", "DynamicsLogger", "RunLogger"]
 
 
 class AnalysisCallback(Callback):
@@ -40,6 +40,26 @@ class AnalysisCallback(Callback):
 
     def on_end(self, trainer: Trainer) -> None:
         self.analysis.end(trainer.model)
+
+
+class DynamicsLogger(Callback):
+    """Every training epoch's per-example numbers to ``examples/epoch_NNN.npz`` (atomic), before the stages
+    read them; a resumed run first takes back the epochs it had recorded."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def on_start(self, trainer: Trainer) -> None:
+        if trainer.dynamics is not None and trainer.epoch > 0:
+            trainer.dynamics.load(self.run.path, trainer.epoch)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
+        from ..analysis.dynamics import record_name
+
+        dynamics = trainer.dynamics
+        if dynamics is None or not dynamics.history.epochs or dynamics.history.epochs[-1].epoch != row["epoch"]:
+            return
+        self.run.sink.file(record_name(row["epoch"]), dynamics.record(dynamics.history.epochs[-1]))
 
 
 class RunLogger(Callback):

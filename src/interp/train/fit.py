@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..models import build_model, check_model, logits_model
 from ..run import Run
 from ..stages import Summary, check_stages, default_stage_specs
-from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, set_rng_state
+from .callbacks import AnalysisCallback, CheckpointCallback, DynamicsLogger, RunLogger, set_rng_state
 from .distributed import Dist, setup
 from .loop import Callback, Reporter, SilentReporter, Trainer
 from .schedule import lr_schedule
@@ -246,9 +246,10 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
         if dist.main and init_path.exists() else None
     analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state,
                         strict=cfg.analysis.strict, methods=cfg.analysis.methods, progress=reporter.progress)
+    analysis.dynamics = dynamics = _dynamics(stages, data, cfg.seed)
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
-    callbacks: list[Callback] = [AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run), checkpoints] \
-        if dist.main else []  # rank 0 writes the run; the others only train
+    callbacks: list[Callback] = [DynamicsLogger(run), AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run),
+                                 checkpoints] if dist.main else []  # rank 0 writes the run; the others only train
     if speed.scaler is not None and resume_state is not None and isinstance(resume_state.get("scaler"), dict):
         speed.scaler.load_state_dict(resume_state["scaler"])
     trained: nn.Module = model
@@ -265,7 +266,7 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=callbacks, reporter=reporter, analyzed=analyzed,
                       features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
-                      speed=speed, lr_at=lr_at)
+                      speed=speed, lr_at=lr_at, dynamics=dynamics)
     try:
         with _cores_beside_worker(device, drawing and not dist.enabled):
             trainer.fit(start_epoch, resuming=resume_state is not None)
@@ -300,6 +301,17 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
                         + "; ".join(f"{name}: {why}" for name, why in analysis.failed.items()))
     return TrainResult(run_dir=run.path, metrics=run.read_metrics(), best_epoch=(checkpoints.best or {}).get("epoch", 0),
                        summaries=analysis.summaries, failed=dict(analysis.failed))
+
+
+def _dynamics(stages: list[Any], data: Data, seed: int) -> Any:
+    """The per-example dynamics recorder when a stage reads them (``dataset_map``) on a classification task."""
+    wanted = [stage for stage in stages if "dynamics" in stage.needs]
+    if not wanted or data.task != "classification" or not len(data.train_y):
+        return None
+    from ..analysis.dynamics import CELLS, Dynamics
+
+    cells = min(getattr(stage.options, "cells", CELLS) for stage in wanted)
+    return Dynamics(data.train_y, len(data.classes), cells=cells, seed=seed)
 
 
 # What a resumed run may change; everything else in the config must match the checkpoint's.

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..analysis.dynamics import Dynamics
 from ..analysis.evaluation import Evaluation, evaluate
 from ..data import Data, Probe
 from ..errors import NonFiniteLoss
@@ -84,7 +85,8 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
                 batch_size: int, generator: torch.Generator, advance: Callable[[int], None] = lambda n: None,
                 on_step: Callable[[], None] | None = None, on_nan: str = "stop",
                 epoch: int = 0, dist: Dist | None = None, speed: Speed | None = None,
-                lr_at: Callable[[int], float] | None = None) -> tuple[float | None, float | None, int]:
+                lr_at: Callable[[int], float] | None = None,
+                observe: Callable[[Tensor, Tensor], None] | None = None) -> tuple[float | None, float | None, int]:
     """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
     number of batches skipped for a non-finite loss).
 
@@ -97,7 +99,9 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
 
     Under torchrun (``dist``) every rank draws the same order (the generator is seeded alike), takes its
     part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks.
-    ``lr_at(i)``: the learning rate of this epoch's ``i``-th step (from 0), set before it."""
+    ``lr_at(i)``: the learning rate of this epoch's ``i``-th step (from 0), set before it. ``observe(index,
+    logits)``: each stepped batch's positions in the training set and the logits of its forward pass
+    (:meth:`interp.analysis.dynamics.Dynamics.observe`)."""
     dist = dist or Dist()
     speed = speed or Speed(contextlib.nullcontext, False, None, None)
     model.train()
@@ -139,6 +143,8 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
             loss.backward()
             optimizer.step()
         losses.append(loss.detach())
+        if observe is not None:
+            observe(index, logits)
         if data.task == "classification":
             predicted.append(logits.detach().argmax(dim=1))
         used.append(index)
@@ -203,7 +209,7 @@ class Trainer:
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
                  analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop",
                  dist: Dist | None = None, trained: nn.Module | None = None, speed: Speed | None = None,
-                 lr_at: Callable[[int], float] | None = None):
+                 lr_at: Callable[[int], float] | None = None, dynamics: Dynamics | None = None):
         self.model = model
         self.analyzed = analyzed if analyzed is not None else model
         self.data = data
@@ -226,6 +232,8 @@ class Trainer:
         self.global_step = 0
         self.steps_per_epoch = -(-len(data.train_x) // batch_size)
         self.lr_at = lr_at  # the learning rate of each global step (from 0), or None: the optimiser's own
+        # every training example's numbers per epoch, from the training steps' own logits (on every rank)
+        self.dynamics = dynamics
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -255,11 +263,15 @@ class Trainer:
             first = (epoch - 1) * self.steps_per_epoch
             lr_at = self.lr_at
             epoch_lr = (lambda i: lr_at(first + i)) if lr_at is not None else None
+            if self.dynamics is not None:
+                self.dynamics.start_epoch()
             with self.reporter.progress("training", self.steps_per_epoch) as advance:
                 train_loss, train_accuracy, skipped = train_epoch(
                     self.trained, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
                     (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist,
-                    self.speed, epoch_lr)
+                    self.speed, epoch_lr, self.dynamics.observe if self.dynamics is not None else None)
+            if self.dynamics is not None:  # a collective under torchrun: every rank, before the evaluation
+                self.dynamics.end_epoch(epoch, self.dist.sum if self.dist.enabled else None, keep=self.dist.main)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         if self.dist.enabled:  # only rank 0 has the callbacks: every rank must gather alike
             features = bool(self.dist.broadcast(features))
