@@ -205,8 +205,8 @@ def draw(
                                           "kind drawn on one colour scale for the run).")] = False,
 ) -> None:
     """Draw a run's figures again from its records (the ones an interruption left out, a changed view);
-    run = run.expanduser()
     attribution maps, Grad-CAM, neurons and activations on one colour scale for the whole run."""
+    run = run.expanduser()
     from .analysis.views import draw_figures
 
     drawn, failed = draw_figures(run, stages=stage, epochs=epoch, missing_only=missing)
@@ -264,6 +264,57 @@ def report(run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mni
 
     path = build_report(run)
     typer.echo(f"wrote {path}")
+
+
+@app.command()
+@_user_errors
+def examples(
+    run: Annotated[Path, typer.Argument(help="A run folder, e.g. save/mnist-mlp.")],
+    label_issues: Annotated[bool, typer.Option("--label-issues", help="Training examples whose given label the "
+                                               "training disagreed with most (the default).")] = False,
+    hard: Annotated[bool, typer.Option("--hard", help="Hard-to-learn training examples, least confident first.")] = False,
+    ambiguous: Annotated[bool, typer.Option("--ambiguous", help="Ambiguous training examples, most variable first.")] = False,
+    forgotten: Annotated[bool, typer.Option("--forgotten", help="Training examples forgotten most often.")] = False,
+    top_losses: Annotated[bool, typer.Option("--top-losses", help="Evaluation images with the highest loss.")] = False,
+    top: Annotated[int, typer.Option("--top", min=0, help="How many (0: all).")] = 20,
+    epoch: Annotated[int | None, typer.Option("--epoch", help="From this analysis epoch's record (default: the "
+                                              "latest).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table.")] = False,
+) -> None:
+    """List examples from a run's dataset map: likely label issues, hard, ambiguous, forgotten, or top losses."""
+    import json
+
+    from .analysis.examples import KINDS, ranked_examples
+
+    asked = [kind for kind, on in (("label_issues", label_issues), ("hard", hard), ("ambiguous", ambiguous),
+                                   ("forgotten", forgotten), ("top_losses", top_losses)) if on]
+    if len(asked) > 1:
+        raise UserError("give one of --label-issues, --hard, --ambiguous, --forgotten, --top-losses")
+    kind = asked[0] if asked else "label_issues"
+    rows, about = ranked_examples(run.expanduser(), kind, top or None, epoch)
+    if as_json:
+        typer.echo(json.dumps(rows, allow_nan=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{kind.replace('_', ' ')}: {len(rows)} of {about['count']:,} {about['split']} examples, "
+                        f"epoch {about['epoch']}", caption=f"score = {KINDS[kind][1]}")
+    keys = [k for k in ("index", "label_name", "predicted_name", "score", "confidence", "variability", "forgetting",
+                        "aum", "flagged") if rows and k in rows[0]]
+    for key in keys:
+        table.add_column(key.removesuffix("_name"), justify="left" if key.endswith("_name") else "right")
+    for row in rows:
+        table.add_row(*[_cell(row[k]) for k in keys])
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
 
 
 @app.command()

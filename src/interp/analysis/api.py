@@ -8,6 +8,11 @@ analyzer = Analyzer("save/mine", eval_data=(x_eval, y_eval), classes=[str(c) for
 analyzer.run(model, epoch=0)        # before training; then after every epoch of your loop
 analyzer.close()
 ```
+
+For the dataset map (every training example's dynamics), give ``train_data=(x_train, y_train)`` and hand the
+analyzer each training batch's positions in ``x_train`` and the logits your step computed:
+``analyzer.observe(index, logits)``; :class:`interp.data.WithIndex` wraps a dataset so that its batches
+bring the positions along.
 """
 
 from __future__ import annotations
@@ -109,6 +114,28 @@ def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: S
                 normalized=True)
 
 
+def _shape_of(value: Any) -> str:
+    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def _with_training(data: Data, train_data: tuple[Tensor, Tensor], device: torch.device) -> Data:
+    from dataclasses import replace
+
+    if not isinstance(train_data, tuple | list) or len(train_data) != 2 or not all(
+            isinstance(t, Tensor) for t in train_data):
+        raise UserError("train_data: expected a pair of tensors (x_train, y_train)")
+    x, y = train_data
+    if len(x) != len(y) or len(x) == 0:
+        raise UserError(f"train_data: {len(x)} inputs and {len(y)} labels; expected the same, at least one")
+    if x.shape[1:] != data.eval_x.shape[1:]:
+        raise UserError(f"train_data: inputs of shape {tuple(x.shape[1:])}, eval_data's are {tuple(data.eval_x.shape[1:])}")
+    labels = y.long()
+    if int(labels.min()) < 0 or int(labels.max()) >= len(data.classes):
+        raise UserError(f"y_train holds labels {int(labels.min())}…{int(labels.max())}, but there are "
+                        f"{len(data.classes)} classes")
+    return replace(data, train_x=x.float().to(device), train_y=labels.to(device))
+
+
 class Analyzer:
     """The analysis stages for a training loop of your own.
 
@@ -124,7 +151,12 @@ class Analyzer:
     reused: ``-2``, ``-3`` … is appended, see :attr:`folder`): ``epoch_NNN/<stage>/``, metrics.jsonl rows
     and TensorBoard events, so ``interp report`` and TensorBoard work on it. Figures are rendered by a
     separate process while your loop goes on (``drawing_worker=False``: in :meth:`run`);
-    :meth:`close` waits for them.
+    :meth:`close` waits for them. ``tensorboard=False``: no TensorBoard events in the folder (figures and
+    embeddings are files all the same); ``scalars``: every scalar ``(tag, value, epoch)`` is also handed to
+    this function (the Lightning callback sends them to the trainer's loggers). ``dynamics``: a
+    :class:`~interp.analysis.dynamics.Dynamics` recorded by the caller (the Lightning callback's, which records
+    from the first training step, before there is an analyzer): the dataset map reads its history; a resumed
+    run's records are the caller's to load into it.
     """
 
     def __init__(self, folder: str | Path, *, eval_data: tuple[Tensor, Tensor], classes: Sequence[str],
@@ -132,7 +164,9 @@ class Analyzer:
                  stages: list[Any] | None = None, methods: Sequence[str] | None = None, epochs: int | None = None, probe_per_class: int = 1,
                  seed: int = 0, batch_size: int = 1000, features_layer: str | None = None,
                  device: str | torch.device | None = None, notice: Callable[[str], None] = print,
-                 drawing_worker: bool = True):
+                 drawing_worker: bool = True, train_data: tuple[Tensor, Tensor] | None = None,
+                 resume: int | None = None, tensorboard: bool = True,
+                 scalars: Callable[[str, float, int], None] | None = None, dynamics: Any = None):
         from ..attribution import check_methods
         from ..run import Run
 
@@ -145,15 +179,80 @@ class Analyzer:
         self.batch_size = batch_size
         self.features_layer = features_layer
         self.probe: Probe = select_probe(self.data, probe_per_class, seed)
+        if train_data is not None:
+            self.data = _with_training(self.data, train_data, self.device)
         path = Path(folder)
-        self.run_folder, moved = Run.create(path.parent, path.name)
-        if moved:
-            notice(moved)
+        if resume is not None:  # a run this analyzer wrote, continued after epoch `resume`
+            self.run_folder = Run.open(path, purge_step=resume + 1)
+            self.run_folder.keep_metrics_through(resume)
+        else:
+            self.run_folder, moved = Run.create(path.parent, path.name)
+            if moved:
+                notice(moved)
         self.folder = self.run_folder.path
         self.run_folder.drawing_worker = drawing_worker
         self.notice = notice
+        self.run_folder.sink.events = tensorboard
+        self.run_folder.sink.on_scalar = scalars
         self.analysis = Analysis(self._stages, self.run_folder.sink, notice=notice, methods=self._methods)
         self._prepared = False
+        self.dynamics: Any = dynamics
+        self.analysis.dynamics = dynamics
+        self._observed = 0  # examples handed to observe() since the last epoch ended
+        if dynamics is None and resume is not None and len(self.data.train_y) and any(
+                "dynamics" in s.needs for s in self._stages):
+            self._dynamics().load(self.folder, resume)
+            self.analysis.dynamics = self.dynamics
+
+    # -- the dataset map ------------------------------------------------------------------------------
+    def _dynamics(self) -> Any:
+        if self.dynamics is None:
+            from .dynamics import Dynamics
+
+            if not len(self.data.train_y):
+                raise UserError("Analyzer.observe: give train_data=(x_train, y_train) when making the Analyzer, "
+                                "so that the batches' indices have labels to refer to")
+            self.dynamics = Dynamics(self.data.train_y, len(self.data.classes))
+            self.dynamics.start_epoch()
+        return self.dynamics
+
+    def observe(self, index: Tensor, logits: Tensor) -> None:
+        """One training batch for the dataset map: ``index`` (B,) the positions of its examples in
+        ``train_data``, ``logits`` (B, classes) from your training step's forward pass (detached here). No
+        wait for the device; the epoch's numbers are taken by the next :meth:`run` (or :meth:`end_epoch`)."""
+        dynamics = self._dynamics()
+        if not isinstance(index, Tensor) or index.dtype not in (torch.int64, torch.int32) or index.dim() != 1 \
+                or not isinstance(logits, Tensor) or logits.shape != (len(index), dynamics.classes):
+            raise UserError(f"Analyzer.observe(index, logits): expected index a 1-d integer tensor and logits "
+                            f"(len(index), {dynamics.classes}); got {_shape_of(index)} and {_shape_of(logits)}")
+        index = index.to(dynamics.index.device, torch.long)
+        if self._observed == 0 and len(index):  # one look per epoch: positions inside the training set
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= dynamics.size:
+                raise UserError(f"Analyzer.observe: index {low if low < 0 else high} is outside train_data "
+                                f"(0 … {dynamics.size - 1}); pass each example's position in train_data "
+                                "(interp.data.WithIndex brings it along)")
+        dynamics.observe(index, logits.to(dynamics.index.device))
+        self._observed += len(index)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Take the batches observed since the last epoch as ``epoch``'s (``run`` does this itself), and
+        write them to ``examples/epoch_NNN.npz``."""
+        if self.dynamics is None or self._observed == 0:
+            return
+        from .dynamics import record_name
+
+        seen = int((~torch.isnan(self.dynamics.buffer[: self.dynamics.tracked, 0])).sum())
+        observed, self._observed = self._observed, 0
+        if observed > seen:
+            self.dynamics.start_epoch()
+            raise UserError(f"Analyzer.observe: {observed} examples were handed over in epoch {epoch} but only "
+                            f"{seen} different indices: the indices repeat within an epoch, so they are not "
+                            "stable positions in train_data (wrap the dataset with interp.data.WithIndex)")
+        numbers = self.dynamics.end_epoch(epoch)
+        self.run_folder.sink.file(record_name(epoch), self.dynamics.record(numbers))
+        self.dynamics.start_epoch()
+        self.analysis.dynamics = self.dynamics
 
     def run(self, model: nn.Module, epoch: int, *, final: bool | None = None, train_loss: float | None = None,
             train_accuracy: float | None = None) -> AnalyzerResult:
@@ -167,6 +266,8 @@ class Analyzer:
 
     def _run(self, model: nn.Module, epoch: int, final: bool | None, train_loss: float | None,
              train_accuracy: float | None, was_training: bool) -> AnalyzerResult:
+        if epoch > 0:
+            self.end_epoch(epoch)
         try:
             analyzed = logits_model(model, self.probe.x)
             if not self._prepared:

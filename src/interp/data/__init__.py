@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["CIFAR10_FILES", "MNIST_FILES", "Data", "Probe", "check_sources", "flip_labels", "load_data",
-           "select_probe"]
+           "select_probe", "WithIndex"]
 
 _LAZY = {
     "Data": "tensors", "Probe": "tensors", "select_probe": "tensors",
-    "load_data": "files", "flip_labels": "files",
+    "load_data": "files", "flip_labels": "files", "WithIndex": "indexed",
     "CIFAR10_FILES": "sources", "MNIST_FILES": "sources", "check_sources": "sources",
 }
 

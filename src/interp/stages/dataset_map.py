@@ -50,6 +50,7 @@ class DatasetMapStage(Stage):
         ctx.keep("epochs", [e.epoch for e in epochs])
         ctx.keep("size", history.size)
         classes = list(ctx.data.classes)
+        ctx.keep("classes", classes)
         ctx.draw("data_map", draw_data_map, columns["confidence"], columns["variability"], columns["correctness"],
                  columns["aum"], flagged, ctx.epoch, len(epochs), n, history.size)
         top = _ranked(columns["score"])[: self.options.gallery]

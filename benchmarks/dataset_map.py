@@ -1,0 +1,156 @@
+"""The dataset map, measured: finding shifted labels against cleanlab, and what recording costs.
+
+Precision: the bundled sample with 10 % of the training labels shifted to another class (data.label_noise,
+seeded), the default MLP trained 10 epochs by `interp train`; the label-issue ranking (−AUM) from that one
+ordinary training, against cleanlab's find_label_issues on 5-fold cross-validated probabilities of the
+same model with the same recipe (five more trainings). Precision among the top K, K = the number shifted.
+
+Overhead: `interp train` with the dataset map's recording on and off (stages [confusion, dataset_map] vs
+[confusion], analysed only at the end), in this one process, runs alternated: the epochs' own seconds
+(training, the dynamics reduced and moved to the host, evaluation) plus, when on, writing the per-epoch
+records; as a ratio (target ≤ 1.02).
+
+    pip install cleanlab     # the reference, for the precision part
+    python benchmarks/dataset_map.py [--epochs 10] [--noise 0.1] [--repeats 5] [--images 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead import write_tiled_mnist  # noqa: E402
+from interp.analysis.dynamics import cartography, load_history  # noqa: E402
+from interp.config import load_config  # noqa: E402
+from interp.data import flip_labels, load_data  # noqa: E402
+from interp.models import build_model  # noqa: E402
+from interp.train import fit  # noqa: E402
+from interp.train.fit import make_optimizer  # noqa: E402
+
+
+def cross_validated_probs(cfg, labels: torch.Tensor, folds: int = 5) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Out-of-fold softmax probabilities of cfg's model trained with cfg's recipe on the other folds."""
+    data = load_data(cfg.data, cfg.seed)
+    x = data.normalize(data.train_x)
+    n = len(x)
+    fold_of = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)) % folds
+    probs = np.zeros((n, len(data.classes)), dtype=np.float64)
+    for k in range(folds):
+        inside, held = torch.nonzero(fold_of != k)[:, 0], torch.nonzero(fold_of == k)[:, 0]
+        torch.manual_seed(cfg.seed + k)
+        model = build_model(cfg.model, data.input_shape, len(data.classes))
+        optimizer = make_optimizer(cfg, model)
+        generator = torch.Generator().manual_seed(cfg.seed + k)
+        for _ in range(cfg.train.epochs):
+            model.train()
+            order = inside[torch.randperm(len(inside), generator=generator)]
+            for start in range(0, len(order), cfg.data.batch_size):
+                batch = order[start:start + cfg.data.batch_size]
+                loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            probs[held.numpy()] = torch.softmax(model(x[held]), dim=1).double().numpy()
+    return probs
+
+
+def precision(epochs: int, noise: float, folder: Path) -> None:
+    cfg = load_config(None, [f"train.epochs={epochs}", "train.device=cpu", f"data.label_noise={noise}",
+                             "analysis.stages=[dataset_map]", f"analysis.every={epochs}"])
+    clean = load_data(load_config(None, []).data, cfg.seed).train_y
+    noisy, shifted = flip_labels(clean, noise, 10, cfg.seed)
+    k = len(shifted)
+    with contextlib.redirect_stdout(io.StringIO()):
+        run = fit(cfg, save_dir=folder, name="noisy").run_dir
+    columns = cartography(load_history(run))
+    ours = np.argsort(-columns["score"], kind="stable")[:k]
+    ours_precision = float(np.isin(ours, shifted.numpy()).mean())
+    flagged = np.flatnonzero(columns["flagged"])
+    print(f"{k} of {len(clean)} training labels shifted; default MLP, {epochs} epochs")
+    print(f"interp, one training (−AUM):           precision@{k} {ours_precision:.3f}; flagged {len(flagged)} "
+          f"({np.isin(flagged, shifted.numpy()).mean():.3f} of them shifted, "
+          f"{columns['flagged'][shifted.numpy()].mean():.3f} of the shifted flagged)")
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        print("cleanlab: not installed (pip install cleanlab) — no reference measured")
+        return
+    started = time.perf_counter()
+    probs = cross_validated_probs(cfg, noisy)
+    seconds = time.perf_counter() - started
+    issues = find_label_issues(noisy.numpy(), probs, return_indices_ranked_by="self_confidence")
+    scores = get_label_quality_scores(noisy.numpy(), probs)
+    ranked = np.argsort(scores, kind="stable")[:k]
+    print(f"cleanlab, 5-fold cross-validation ({seconds:.0f} s of extra training):")
+    print(f"  find_label_issues: {len(issues)} issues, precision@{k} {np.isin(issues[:k], shifted.numpy()).mean():.3f}")
+    print(f"  label quality ranking:               precision@{k} {np.isin(ranked, shifted.numpy()).mean():.3f}")
+
+
+def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> None:
+    extra: list[str] = []
+    if images:
+        root = folder / "tiled"
+        write_tiled_mnist(root, images)
+        extra = ["data.dataset=mnist", f"data.root={root}", "data.download=false"]
+    seconds: dict[str, list[float]] = {"on": [], "off": []}
+    writing: list[float] = []
+    for r in range(repeats):
+        for mode in ("off", "on") if r % 2 else ("on", "off"):
+            stages = "[confusion, dataset_map]" if mode == "on" else "[confusion]"
+            cfg = load_config(None, [f"train.epochs={epochs}", "train.device=cpu", f"analysis.stages={stages}",
+                                     f"analysis.every={epochs}", "analysis.drawing_worker=false", *extra])
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = fit(cfg, save_dir=folder / f"{mode}{r}")
+            # each epoch's training pass, the epoch's dynamics reduced and moved to the host, the evaluation
+            seconds[mode].append(sum(row["seconds"] for row in result.metrics if row["epoch"] > 0))
+            if mode == "on":  # and writing them, which happens beside the epoch's row
+                from interp.analysis.dynamics import Dynamics
+                from interp.analysis.sink import write_atomic
+
+                data = load_data(cfg.data, cfg.seed)
+                dynamics = Dynamics(data.train_y, len(data.classes))
+                epoch = load_history(result.run_dir)[-1]
+                started = time.perf_counter()
+                for _ in range(epochs):
+                    write_atomic(folder / "probe.npz", dynamics.record(epoch))
+                writing.append(time.perf_counter() - started)
+    on = statistics.median(seconds["on"]) + statistics.median(writing)
+    off = statistics.median(seconds["off"])
+    n = images or 5000
+    print(f"recording overhead, {n:,} training examples, {epochs} epochs, median of {repeats} alternated runs:")
+    print(f"  training epochs with the dataset map {statistics.median(seconds['on']):.3f} s + writing its records "
+          f"{statistics.median(writing):.3f} s, without {off:.3f} s: ratio {on / off:.3f} (target ≤ 1.02)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--images", type=int, default=None, help="tile the sample to this many training digits "
+                        "for the overhead part")
+    parser.add_argument("--only", choices=("precision", "overhead"), default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "precision"):
+            precision(args.epochs, args.noise, Path(tmp))
+        if args.only in (None, "overhead"):
+            overhead(args.epochs, args.repeats, args.images, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
