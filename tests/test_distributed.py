@@ -8,16 +8,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import quick_config
+from interp.analysis.dynamics import load_history
 from interp.checkpoint import load_checkpoint
 from interp.train import fit
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_train.py"
 ARGS = ["train", "--set", "train.device=cpu", "--set", "data.train_limit=2000",
-        "--set", "analysis.stages=[confusion, {embeddings: {points: 100, tsne: never}}]"]  # embeddings: a gather on rank 0
+        "--set", "analysis.stages=[confusion, {embeddings: {points: 100, tsne: never}}, {dataset_map: {points: 0}}]"]
+# embeddings: a gather on rank 0; dataset_map: every rank records its share of the training examples
 
 
 def torchrun(tmp_path: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -47,8 +50,18 @@ def test_two_processes_train_one_run(tmp_path: Path) -> None:
     assert sum(map(sum, confusion["matrix"])) == 1000
     assert confusion["accuracy"] == pytest.approx(rows[-1]["eval_accuracy"])
     # the same global batch in one process: accuracy within one point
-    single = fit(quick_config("train.epochs=2", "data.train_limit=2000"), save_dir=tmp_path / "single").metrics
+    single_run = fit(quick_config("train.epochs=2", "data.train_limit=2000", "analysis.stages=[dataset_map]"),
+                     save_dir=tmp_path / "single")
+    single = single_run.metrics
     assert abs(single[-1]["eval_accuracy"] - rows[-1]["eval_accuracy"]) <= 0.01
+    # the dynamics: each rank recorded its shard by global index, rank 0 has them all, as one process does
+    ranked, alone = load_history(runs[0]), load_history(single_run.run_dir)
+    assert [e.epoch for e in ranked] == [e.epoch for e in alone] == [1, 2]
+    for a, b in zip(ranked, alone, strict=True):
+        assert not np.isnan(a.prob.astype(np.float32)).any()  # every example seen once in the epoch
+        assert np.allclose(a.prob.astype(np.float32), b.prob.astype(np.float32), atol=0.02)
+        assert (a.correct == b.correct).mean() >= 0.98
+    assert rows[1]["train_accuracy"] == pytest.approx(ranked[0].correct.mean(), abs=1e-9)
 
 
 def test_one_process_under_torchrun_joins_a_group_and_trains_as_alone(tmp_path: Path) -> None:
@@ -81,6 +94,9 @@ def test_resume_under_torchrun_is_bit_exact(tmp_path: Path) -> None:
     b = load_checkpoint(tmp_path / "b" / "save" / "mnist-mlp" / "checkpoints" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for epoch in (1, 2):  # the per-example dynamics too
+        name = f"save/mnist-mlp/examples/epoch_{epoch:03d}.npz"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_a_mistake_under_torchrun_is_one_line(tmp_path: Path) -> None:
