@@ -135,6 +135,42 @@ def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> Non
           f"{statistics.median(writing):.3f} s, without {off:.3f} s: ratio {on / off:.3f} (target ≤ 1.02)")
 
 
+def examples_speed(size: int, folder: Path) -> None:
+    """`interp examples` on a dataset map of ``size`` training examples (a record of random columns, written as
+    the stage writes it): the whole command, process start included, and the ranking alone."""
+    import subprocess
+
+    from interp.analysis.examples import ranked_examples
+    from interp.analysis.records import Record, encode_record
+    from interp.analysis.sink import write_atomic
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((10, size)).astype(np.float16)
+    from interp.analysis.dynamics import EpochDynamics
+
+    epochs = [EpochDynamics(e + 1, prob[e], (prob[e].astype(np.float32) * 8 - 4).astype(np.float16), prob[e] > 0.5,
+                            rng.integers(0, 10, size).astype(np.int32)) for e in range(10)]
+    columns = cartography(epochs)
+    run = folder / "big"
+    record = Record(stage="dataset_map", epoch=10, data={"examples": {"index": np.arange(size), "label":
+                    rng.integers(0, 10, size), **columns}, "classes": [str(c) for c in range(10)], "size": size})
+    (run / "epoch_010" / "dataset_map").mkdir(parents=True)
+    write_atomic(run / "epoch_010" / "dataset_map" / "record.npz", encode_record(record))
+    started = time.perf_counter()
+    ranked_examples(run, "label_issues", 20)
+    alone = time.perf_counter() - started
+    timings = {}
+    for what, args in (("interp --help", ["--help"]), ("interp examples", ["examples", str(run), "--json"])):
+        runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "interp", *args], check=True, capture_output=True)
+            runs.append(time.perf_counter() - started)
+        timings[what] = min(runs)
+    print(f"interp examples on {size:,} training examples: {timings['interp examples']:.2f} s for the whole command "
+          f"(interp --help: {timings['interp --help']:.2f} s), the ranking alone {alone * 1000:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -142,7 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=None, help="tile the sample to this many training digits "
                         "for the overhead part")
-    parser.add_argument("--only", choices=("precision", "overhead"), default=None)
+    parser.add_argument("--only", choices=("precision", "overhead", "examples"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +186,8 @@ def main() -> None:
             precision(args.epochs, args.noise, Path(tmp))
         if args.only in (None, "overhead"):
             overhead(args.epochs, args.repeats, args.images, Path(tmp))
+        if args.only in (None, "examples"):
+            examples_speed(60_000, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -245,6 +245,7 @@ def test_projector_metadata_carries_the_columns(tmp_path: Path) -> None:
     config = (run / "projector_config.pbtxt").read_text()
     folder = re.search(r'metadata_path: "(00002/[^"]*examples[^"]*)/metadata.tsv"', config)
     assert folder, config
+    assert 'tensor_name: "training examples, last epoch (2)"' in config
     lines = (run / folder.group(1) / "metadata.tsv").read_text().splitlines()
     header = lines[0].split("\t")
     assert header[:4] == ["label", "predicted", "region", "label_issue"] and "aum" in header

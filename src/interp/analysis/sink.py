@@ -8,7 +8,7 @@ the trainer only ever call these methods; nothing else opens a writer.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,17 +132,17 @@ def _name_projector_entries(config: Any) -> None:
     """Names that TensorBoard's projector sorts (it opens on the first name, in string order, of entries
     alike in size) with the last training epoch first, then the analyses, then the earlier epochs:
     ``embeddings, last epoch (5)``, ``embeddings, of analysis/best (epoch 3)``, ``embeddings, previous
-    epoch 004`` …"""
+    epoch 004`` … (the dataset map's training examples alike: ``training examples, last epoch (5)``)."""
     places = [(entry, place) for entry in config.embeddings if (place := _projector_place(entry)) is not None]
-    last = max((step for _, (step, tag) in places if tag == "embeddings"), default=None)
-    for entry, (step, tag) in places:
-        if tag != "embeddings":
-            where = tag.removesuffix("-embeddings").replace("-", "/")
-            entry.tensor_name = f"embeddings, of {where} (epoch {step})"
-        elif step == last:
-            entry.tensor_name = f"embeddings, last epoch ({step})"
-        else:
-            entry.tensor_name = f"embeddings, previous epoch {step:03d}"
+    for kind, title in (("embeddings", "embeddings"), ("examples", "training examples")):
+        last = max((step for _, (step, tag) in places if tag == kind), default=None)
+        for entry, (step, tag) in places:
+            if tag == kind:
+                entry.tensor_name = f"{title}, last epoch ({step})" if step == last else \
+                    f"{title}, previous epoch {step:03d}"
+            elif tag.endswith(f"-{kind}"):
+                where = tag.removesuffix(f"-{kind}").replace("-", "/")
+                entry.tensor_name = f"{title}, of {where} (epoch {step})"
 
 
 class NullSink:
@@ -203,7 +203,12 @@ class RunSink:
     :class:`~interp.analysis.drawing.DrawingWorker` while the caller goes on, and written when ready;
     :meth:`close` waits for them. Every write holds one lock, so the worker's results and the caller's writes
     never interleave. A file that cannot be written raises :class:`WriteError` naming it — in the caller's
-    thread, also for a figure the worker drew or an event TensorBoard's thread could not write."""
+    thread, also for a figure the worker drew or an event TensorBoard's thread could not write.
+
+    ``events = False`` (set before the first write): no TensorBoard events file — scalars go only to
+    ``on_scalar`` (``(tag, value, step)``, also called when events are written), images and embeddings
+    only to their files, histograms nowhere (the Lightning callback, whose scalars go to the trainer's
+    loggers)."""
 
     def __init__(self, root: Path, purge_step: int | None = None, drawing_worker: bool = False):
         import threading
@@ -215,6 +220,9 @@ class RunSink:
         self._worker: Any = None
         self._sprite: tuple[bytes, bytes] | None = None  # (thumbnails' digest, the sprite sheet's PNG)
         self.drawing_worker = drawing_worker
+        self.events = True  # write TensorBoard events (a SummaryWriter in root)
+        self.on_scalar: Callable[[str, float, int], None] | None = None  # every scalar handed here too
+        self._projector_started = False  # without events: this sink holds the projector config
         self.drawn = 0  # figures written
         self.failed: list[str] = []  # figures that could not be drawn, with why
         self._sent: set[str] = set()  # figures with the worker
@@ -237,6 +245,8 @@ class RunSink:
 
     def _events(self, write: Any) -> None:
         """A write to TensorBoard; its failure (raised here or left by the writer's thread) names the file."""
+        if not self.events:
+            return
         with self._lock:
             writer = self.writer
             try:
@@ -288,6 +298,8 @@ class RunSink:
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._check_worker()
+        if self.on_scalar is not None:
+            self.on_scalar(tag, float(value), step)
         self._events(lambda writer: writer.add_scalar(tag, float(value), step))
 
     def image(self, path: str, tag: str | None, png: bytes, step: int) -> Path | None:
@@ -302,6 +314,8 @@ class RunSink:
         return target
 
     def _tensorboard_image(self, tag: str, png: bytes, step: int) -> None:
+        if not self.events:
+            return
         import struct
 
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -382,6 +396,7 @@ class RunSink:
 
         import numpy as np
         from google.protobuf import text_format
+        from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard._embedding import get_embedding_info, make_sprite, make_tsv
 
         vectors = np.asarray(features, dtype=np.float32)
@@ -389,8 +404,8 @@ class RunSink:
             raise ValueError(f"embedding {tag}: {len(metadata)} labels, {len(thumbnails)} thumbnails and "
                              f"{vectors.shape} vectors do not match")
         with self._lock:
-            writer = self.writer
-            subdir = f"{str(step).zfill(5)}/{writer._encode(tag)}"
+            holder = self._projector_holder()
+            subdir = f"{str(step).zfill(5)}/{SummaryWriter._encode(tag)}"
             folder = self.root / subdir
             folder.mkdir(parents=True, exist_ok=True)
             make_tsv(metadata, str(folder), metadata_header=header)
@@ -404,16 +419,26 @@ class RunSink:
             text = io.StringIO()
             np.savetxt(text, vectors, fmt="%.9g", delimiter="\t")  # 9 digits: every float32 exactly
             write_atomic(folder / "tensors.tsv", text.getvalue().encode("ascii"))
-            if not hasattr(writer, "_projector_config"):
+            if not hasattr(holder, "_projector_config"):
                 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-                writer._projector_config = ProjectorConfig()
-            writer._projector_config.embeddings.extend([get_embedding_info(metadata, thumbnails, subdir, step, tag)])
+                holder._projector_config = ProjectorConfig()
+            holder._projector_config.embeddings.extend([get_embedding_info(metadata, thumbnails, subdir, step, tag)])
 
             if self.projector_problem is None:
-                _name_projector_entries(writer._projector_config)
+                _name_projector_entries(holder._projector_config)
                 write_atomic(self.root / "projector_config.pbtxt",
-                             text_format.MessageToString(writer._projector_config).encode("utf-8"))
+                             text_format.MessageToString(holder._projector_config).encode("utf-8"))
+
+    def _projector_holder(self) -> Any:
+        """What holds the projector config the embeddings extend: the writer, or without events this sink
+        (started once, as a writer is, from the file's entries)."""
+        if self.events:
+            return self.writer
+        if not self._projector_started:
+            self._projector_started = True
+            self._keep_projector_config(self)
+        return self
 
     def file(self, path: str, content: bytes | str) -> Path | None:
         """Written whole or not at all (a temporary file, then renamed)."""

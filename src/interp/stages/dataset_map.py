@@ -166,7 +166,7 @@ def draw_data_map(confidence: np.ndarray, variability: np.ndarray, correctness: 
     hist.set_yscale("log")
     hist.set_xlabel("AUM: mean over epochs of (given logit − largest other)")
     hist.set_ylabel("training examples")
-    hist.legend(fontsize=7, loc="upper left", frameon=False)
+    hist.legend(fontsize=7, loc="best", frameon=True, framealpha=0.9)
     hist.set_title("area under the margin", fontsize=9)
     followed = f"{tracked:,} training examples" if tracked == size else f"a fixed random {tracked:,} of {size:,} examples"
     fig.suptitle(f"epoch {epoch}: {followed} over {epochs} training epoch{'s' * (epochs != 1)}")
@@ -191,4 +191,4 @@ def draw_label_issues(pixels: np.ndarray, index: np.ndarray, labels: np.ndarray,
         sheet.put(i // cols, i % cols, grey_rgb(pixels[i]),
                   f"#{int(index[i])} given {given[:10]}\nmodel {model[:10]} · {float(score[i]):.2f}")
     return sheet.png(f"epoch {epoch}: the {n} likeliest label issues of {tracked:,} training examples "
-                     f"({flagged:,} flagged, AUM < 0); score = −AUM, highest first")
+                     f"({flagged:,} flagged: AUM < 0 and wrong at the last epoch); score = −AUM, highest first")
