@@ -11,11 +11,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import interp
+from interp.analysis.dynamics import Dynamics
 from interp.analysis.evaluation import Evaluation
 from interp.analysis.runner import StageContext
 from interp.analysis.runner import run_stages as _run_stages
 from interp.config import DataConfig, ModelConfig
-from interp.data import load_data, select_probe
+from interp.data import Data, load_data, select_probe
 from interp.models import build_model
 from interp.run import Run
 from interp.stages import STAGES
@@ -54,6 +55,16 @@ def events(folder: Path) -> EventAccumulator:
     return acc
 
 
+def recorded_dynamics(model: torch.nn.Module, data: Data) -> Dynamics:
+    dynamics = Dynamics(data.train_y, len(data.classes))
+    dynamics.start_epoch()
+    with torch.no_grad():
+        index = torch.arange(len(data.train_y))
+        dynamics.observe(index, model(data.normalize(data.train_x)))
+    dynamics.end_epoch(1)
+    return dynamics
+
+
 def small_options(name: str) -> dict:
     return {"integrated_gradients": {"steps": 8}, "saliency": {"smoothgrad_samples": 2},
             "embeddings": {"points": 60, "perplexity": 5}, "trust": {"steps": 8, "images": 3, "ig_steps": 8},
@@ -66,6 +77,8 @@ def test_every_stage_runs_on_a_tiny_model(name: str, arch: str, data, tmp_path: 
     stage = STAGES[name](STAGES[name].Options(**small_options(name)))
     ctx, run, notices = make_context(data, arch, tmp_path)
     stage.prepare(ctx.model, data)
+    if "dynamics" in stage.needs:  # one epoch of the training examples' dynamics, from the model's own logits
+        ctx.dynamics = recorded_dynamics(ctx.model, data)
     numbers = run_stages([stage], ctx)
     run.close()
     reason = stage.skip_reason(ctx.model, data)
