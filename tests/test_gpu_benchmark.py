@@ -13,8 +13,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = {"confusion", "saliency", "integrated_gradients", "gradcam", "weights", "neurons", "activations",
-          "embeddings", "trust"}
+STAGES = {"confusion", "calibration", "top_losses", "saliency", "integrated_gradients", "gradcam", "weights",
+          "neurons", "activations", "dataset_map", "embeddings", "trust"}
 
 
 @pytest.fixture(scope="module")

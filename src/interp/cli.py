@@ -302,8 +302,9 @@ def examples(
                         f"epoch {about['epoch']}", caption=f"score = {KINDS[kind][1]}")
     keys = [k for k in ("index", "label_name", "predicted_name", "score", "confidence", "variability", "forgetting",
                         "aum", "flagged") if rows and k in rows[0]]
+    short = {"predicted_name": "pred", "confidence": "conf", "variability": "var", "forgetting": "forgot"}
     for key in keys:
-        table.add_column(key.removesuffix("_name"), justify="left" if key.endswith("_name") else "right")
+        table.add_column(short.get(key, key.removesuffix("_name")), justify="left" if key.endswith("_name") else "right")
     for row in rows:
         table.add_row(*[_cell(row[k]) for k in keys])
     Console().print(table)

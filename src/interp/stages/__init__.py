@@ -16,8 +16,8 @@ from ..errors import UserError
 from .base import STAGES, NoOptions, Stage, Summary, register_stage
 
 # Importing a stage module registers it; this order is the default order of the stages.
-BUILT_IN = ("confusion", "saliency", "integrated_gradients", "gradcam", "attributions", "weights", "neurons",
-            "activations", "embeddings", "trust", "neuron_video", "activation_gif")
+BUILT_IN = ("confusion", "calibration", "top_losses", "saliency", "integrated_gradients", "gradcam", "attributions",
+            "weights", "neurons", "activations", "dataset_map", "embeddings", "trust", "neuron_video", "activation_gif")
 for _module in BUILT_IN:
     importlib.import_module(f".{_module}", __name__)
 
