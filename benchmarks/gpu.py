@@ -359,8 +359,9 @@ def stage_costs(p: dict[str, Any], device: str, tmp: Path, deadline: float) -> d
 # -- the whole run ------------------------------------------------------------------------------------
 def plan(smoke: bool) -> dict[str, dict[str, Any]]:
     if smoke:
-        small_trust = ["analysis.stages=[confusion, saliency, integrated_gradients, gradcam, weights, neurons, "
-                       "activations, {embeddings: {points: 200}}, {trust: {images: 4, epoch_images: 2, "
+        small_trust = ["analysis.stages=[confusion, calibration, {top_losses: {k: 4, steps: 8}}, saliency, "
+                       "integrated_gradients, gradcam, weights, neurons, activations, {dataset_map: {points: 50}}, "
+                       "{embeddings: {points: 200}}, {trust: {images: 4, epoch_images: 2, "
                        "randomization_images: 2, road_percentages: [50], resamples: 100}}]"]
         return {
             "throughput": {"images": 512, "eval_images": 128, "width": 8, "batch": 128, "epochs": 2, "compile": False},

@@ -45,7 +45,7 @@ def both(tmp_path_factory) -> tuple[Path, Path]:
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "save/mine" in proc.stdout and "'saliency'" in proc.stdout
-    cli = fit(quick_config("analysis.stages=[confusion, saliency, trust]", "data.train_limit=2000"),
+    cli = fit(quick_config("analysis.stages=[confusion, saliency, trust, dataset_map]", "data.train_limit=2000"),
               save_dir=tmp_path_factory.mktemp("cli")).run_dir
     return folder / "save" / "mine", cli
 

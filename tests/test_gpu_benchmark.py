@@ -76,7 +76,8 @@ def test_stage_costs_name_every_stage_at_both_points(smoke) -> None:  # type: ig
     assert set(runs) == {"mlp-28px", "allconv-28px"}
     for label, run in runs.items():
         expected = STAGES - {"gradcam"} if label.startswith("mlp") else STAGES  # Grad-CAM needs a conv layer
-        assert set(run["epoch0"]) == set(run["epoch1"]) == set(run["final"]) == expected
+        assert set(run["epoch1"]) == set(run["final"]) == expected
+        assert set(run["epoch0"]) == expected - {"dataset_map"}  # nothing trained yet: no dynamics to map
         assert run["wall_s"] > run["epoch_s"] + sum(run["epoch1"].values()) + sum(run["final"].values())
 
 

@@ -67,7 +67,7 @@ class DatasetMapStage(Stage):
         return Summary(f"Dataset map: {n:,} training examples{followed} over {len(epochs)} epochs",
                        ["region", "examples", "share"], rows,
                        [f"ambiguous: variability ≥ {AMBIGUOUS_VARIABILITY}; hard: confidence < {HARD_CONFIDENCE}",
-                        "`interp examples <run> --label-issues` lists them"], terminal=False)
+                        "interp examples <run> --label-issues lists them"], terminal=False)
 
     def _projector(self, ctx: StageContext, index: np.ndarray, labels: np.ndarray, columns: dict[str, Any]) -> None:
         """The training examples' penultimate features in TensorBoard's projector, with their columns as
