@@ -5,10 +5,9 @@ seeded), the default MLP trained 10 epochs by `interp train`; the label-issue ra
 ordinary training, against cleanlab's find_label_issues on 5-fold cross-validated probabilities of the
 same model with the same recipe (five more trainings). Precision among the top K, K = the number shifted.
 
-Overhead: `interp train` with the dataset map's recording on and off (stages [confusion, dataset_map] vs
-[confusion], analysed only at the end), in this one process, runs alternated: the epochs' own seconds
-(training, the dynamics reduced and moved to the host, evaluation) plus, when on, writing the per-epoch
-records; as a ratio (target ≤ 1.02).
+Overhead: an epoch of `interp train` (training and evaluation passes, as its `seconds` column counts them)
+with the dataset map's recording — and its per-epoch record written — and without, alternating epoch by
+epoch on one model in this one process; the ratio of the medians (target ≤ 1.02).
 
 Examples: `interp examples` on a dataset map of 60,000 training examples (target: well under a second).
 
@@ -102,39 +101,51 @@ def precision(epochs: int, noise: float, folder: Path) -> None:
 
 
 def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> None:
+    """An epoch of `interp train` as its `seconds` column counts it — the training pass and the evaluation pass
+    (train_epoch, evaluate) — with the dataset map's recording (every step's logits kept, the epoch's numbers
+    computed and moved to the host, its record encoded and written atomically) and without, alternating epoch
+    by epoch on one model in this one process, one torch thread (what a CPU run beside the drawing worker
+    has); the ratio of the medians."""
+    from interp.analysis.dynamics import Dynamics
+    from interp.analysis.evaluation import evaluate
+    from interp.analysis.sink import write_atomic
+    from interp.data import select_probe
+    from interp.train.loop import train_epoch
+
     extra: list[str] = []
     if images:
         root = folder / "tiled"
         write_tiled_mnist(root, images)
         extra = ["data.dataset=mnist", f"data.root={root}", "data.download=false"]
+    cfg = load_config(None, ["train.device=cpu", *extra])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
+    probe = select_probe(data, 1, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, len(data.classes))
+    optimizer = make_optimizer(cfg, model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loss = torch.nn.CrossEntropyLoss()
+    dynamics = Dynamics(data.train_y, len(data.classes))
     seconds: dict[str, list[float]] = {"on": [], "off": []}
-    writing: list[float] = []
-    for r in range(repeats):
+    for r in range(repeats * epochs):
         for mode in ("off", "on") if r % 2 else ("on", "off"):
-            stages = "[confusion, dataset_map]" if mode == "on" else "[confusion]"
-            cfg = load_config(None, [f"train.epochs={epochs}", "train.device=cpu", f"analysis.stages={stages}",
-                                     f"analysis.every={epochs}", "analysis.drawing_worker=false", *extra])
-            with contextlib.redirect_stdout(io.StringIO()):
-                result = fit(cfg, save_dir=folder / f"{mode}{r}")
-            # each epoch's training pass, the epoch's dynamics reduced and moved to the host, the evaluation
-            seconds[mode].append(sum(row["seconds"] for row in result.metrics if row["epoch"] > 0))
-            if mode == "on":  # and writing them, which happens beside the epoch's row
-                from interp.analysis.dynamics import Dynamics
-                from interp.analysis.sink import write_atomic
-
-                data = load_data(cfg.data, cfg.seed)
-                dynamics = Dynamics(data.train_y, len(data.classes))
-                epoch = load_history(result.run_dir)[-1]
-                started = time.perf_counter()
-                for _ in range(epochs):
-                    write_atomic(folder / "probe.npz", dynamics.record(epoch))
-                writing.append(time.perf_counter() - started)
-    on = statistics.median(seconds["on"]) + statistics.median(writing)
-    off = statistics.median(seconds["off"])
-    n = images or 5000
-    print(f"recording overhead, {n:,} training examples, {epochs} epochs, median of {repeats} alternated runs:")
-    print(f"  training epochs with the dataset map {statistics.median(seconds['on']):.3f} s + writing its records "
-          f"{statistics.median(writing):.3f} s, without {off:.3f} s: ratio {on / off:.3f} (target ≤ 1.02)")
+            started = time.perf_counter()
+            if mode == "on":
+                dynamics.start_epoch()
+            train_epoch(model, data, optimizer, loss, cfg.data.batch_size, generator,
+                        observe=dynamics.observe if mode == "on" else None)
+            if mode == "on":
+                write_atomic(folder / "epoch.npz", dynamics.record(dynamics.end_epoch(r + 1, keep=False)))
+            evaluate(model, data, probe, r + 1, batch_size=cfg.data.eval_batch_size).loss  # noqa: B018
+            seconds[mode].append(time.perf_counter() - started)
+    torch.set_num_threads(threads)
+    on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
+    n = len(data.train_x)
+    print(f"recording overhead, {n:,} training examples, median of {len(seconds['on'])} epochs each, alternated:")
+    print(f"  an epoch (training + evaluation) with the dataset map's recording {on * 1000:.1f} ms, without "
+          f"{off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.02)")
 
 
 def examples_speed(size: int, folder: Path) -> None:
