@@ -134,10 +134,13 @@ def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> Non
             started = time.perf_counter()
             if mode == "on":
                 dynamics.start_epoch()
+            # as the Trainer does: with every example followed, the training accuracy comes from the dynamics
             train_epoch(model, data, optimizer, loss, cfg.data.batch_size, generator,
-                        observe=dynamics.observe if mode == "on" else None)
+                        observe=dynamics.observe if mode == "on" else None, count_correct=mode == "off")
             if mode == "on":
-                write_atomic(folder / "epoch.npz", dynamics.record(dynamics.end_epoch(r + 1, keep=False)))
+                numbers = dynamics.end_epoch(r + 1, keep=False)
+                write_atomic(folder / f"epoch_{r + 1:03d}.npz", dynamics.record(numbers))  # one file per epoch
+                numbers.accuracy  # noqa: B018
             evaluate(model, data, probe, r + 1, batch_size=cfg.data.eval_batch_size).loss  # noqa: B018
             seconds[mode].append(time.perf_counter() - started)
     torch.set_num_threads(threads)

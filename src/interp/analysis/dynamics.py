@@ -50,6 +50,12 @@ class EpochDynamics:
     correct: np.ndarray  # (tracked,) bool: predicted the given label
     predicted: np.ndarray  # (tracked,) int16 (int32 past 32,767 classes; -1: not seen this epoch)
 
+    @property
+    def accuracy(self) -> float:
+        """The share of the examples seen this epoch that were predicted right."""
+        seen = int((self.predicted >= 0).sum())
+        return int(self.correct.sum()) / seen if seen else float("nan")
+
     def record_data(self, index: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         return {"index": index, "label": labels, "prob": self.prob, "margin": self.margin, "correct": self.correct,
                 "predicted": self.predicted}

@@ -86,7 +86,8 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
                 on_step: Callable[[], None] | None = None, on_nan: str = "stop",
                 epoch: int = 0, dist: Dist | None = None, speed: Speed | None = None,
                 lr_at: Callable[[int], float] | None = None,
-                observe: Callable[[Tensor, Tensor], None] | None = None) -> tuple[float | None, float | None, int]:
+                observe: Callable[[Tensor, Tensor], None] | None = None,
+                count_correct: bool = True) -> tuple[float | None, float | None, int]:
     """One pass over the training tensors in a random order; returns (mean loss, accuracy or None, the
     number of batches skipped for a non-finite loss).
 
@@ -101,7 +102,8 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
     part of each global batch of ``batch_size``, and the losses and accuracies are summed over ranks.
     ``lr_at(i)``: the learning rate of this epoch's ``i``-th step (from 0), set before it. ``observe(index,
     logits)``: each stepped batch's positions in the training set and the logits of its forward pass
-    (:meth:`interp.analysis.dynamics.Dynamics.observe`)."""
+    (:meth:`interp.analysis.dynamics.Dynamics.observe`). ``count_correct=False``: no accuracy (None) — the
+    caller has every example's prediction from ``observe`` already, and saves an argmax per step."""
     dist = dist or Dist()
     speed = speed or Speed(contextlib.nullcontext, False, None, None)
     model.train()
@@ -145,7 +147,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
         losses.append(loss.detach())
         if observe is not None:
             observe(index, logits)
-        if data.task == "classification":
+        if data.task == "classification" and count_correct:
             predicted.append(logits.detach().argmax(dim=1))
         used.append(index)
         if on_nan == "stop" and len(losses) - checked >= NAN_CHECK_EVERY:
@@ -160,12 +162,12 @@ def train_epoch(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, 
         return None, None, skipped
     sizes = torch.tensor([len(i) for i in used]).to(data.device, non_blocking=True)
     totals = [sizes.sum().double(), (torch.stack(losses) * sizes).sum().double()]
-    if data.task == "classification":
+    if predicted:
         totals.append((torch.cat(predicted) == data.train_y[torch.cat(used)]).sum().double())
     summed = (dist.sum(torch.stack(totals)) if dist.enabled else torch.stack(totals)).tolist()  # one wait
     count = int(summed[0])
     mean_loss = summed[1] / count
-    if data.task != "classification":
+    if len(summed) < 3:
         return mean_loss, None, skipped
     return mean_loss, int(summed[2]) / count, skipped
 
@@ -265,13 +267,19 @@ class Trainer:
             epoch_lr = (lambda i: lr_at(first + i)) if lr_at is not None else None
             if self.dynamics is not None:
                 self.dynamics.start_epoch()
+            # when the dynamics follow every example, the training accuracy is theirs (the same argmax per example)
+            whole = self.dynamics is not None and self.dynamics.tracked == self.dynamics.size
             with self.reporter.progress("training", self.steps_per_epoch) as advance:
                 train_loss, train_accuracy, skipped = train_epoch(
                     self.trained, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
                     (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist,
-                    self.speed, epoch_lr, self.dynamics.observe if self.dynamics is not None else None)
+                    self.speed, epoch_lr, self.dynamics.observe if self.dynamics is not None else None,
+                    count_correct=not whole)
             if self.dynamics is not None:  # a collective under torchrun: every rank, before the evaluation
-                self.dynamics.end_epoch(epoch, self.dist.sum if self.dist.enabled else None, keep=self.dist.main)
+                numbers = self.dynamics.end_epoch(epoch, self.dist.sum if self.dist.enabled else None,
+                                                  keep=self.dist.main)
+                if whole and train_loss is not None:
+                    train_accuracy = numbers.accuracy
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         if self.dist.enabled:  # only rank 0 has the callbacks: every rank must gather alike
             features = bool(self.dist.broadcast(features))
