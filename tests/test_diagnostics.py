@@ -185,14 +185,14 @@ def test_top_losses_are_the_topk_of_cross_entropy_with_maps_for_the_predicted_cl
     fields = record.figures["top_losses"]["fields"]
     images = x[expected_index]
     by_hand = to_map(attribute("integrated_gradients", model, images, predicted, baseline=data.black(images),
-                               steps=50), signed=False)
+                               steps=20), signed=False)
     assert fields["maps"].shape == (16, 28, 28) and fields["maps"].dtype == np.float32
     np.testing.assert_allclose(fields["maps"], by_hand.numpy(), rtol=1e-5, atol=1e-6)
     # for the predicted class, not the given one: the maps differ where the model is wrong
     wrong = (predicted != data.eval_y[expected_index]).nonzero()[:, 0]
     assert len(wrong) > 0
     given = to_map(attribute("integrated_gradients", model, images[wrong], data.eval_y[expected_index][wrong],
-                             baseline=data.black(images[wrong]), steps=50), signed=False)
+                             baseline=data.black(images[wrong]), steps=20), signed=False)
     assert not np.allclose(fields["maps"][wrong.numpy()], given.numpy(), atol=1e-4)
     assert fields["pixels"].dtype == np.uint8  # the images as drawn, [0, 1] × 255: here the digits' own bytes
     np.testing.assert_array_equal(fields["pixels"], data.eval_x[expected_index].numpy())

@@ -59,7 +59,7 @@ class CalibrationStage(Stage):
         ctx.keep("bins", bin_table)
         ctx.keep("class_ece", per_class)
         ctx.draw("reliability", draw_reliability, table["edges"], count, confidence, accuracy, ece, per_class,
-                 classes, ctx.epoch, scale={"class_ece": float(max(per_class.max(), 1e-6))})
+                 classes, ctx.epoch)  # its own axis per epoch: the values are written on the bars
 
         worst = int(per_class.argmax())
         overall = float(accuracy @ count / max(n, 1)), float(confidence @ count / max(n, 1))

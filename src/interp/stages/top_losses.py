@@ -26,7 +26,7 @@ class TopLossesOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(16, ge=1, le=256)  # images with the highest loss
     method: str = Field("integrated_gradients", min_length=1)  # an interp.attribution method (interp methods)
-    steps: int = Field(50, ge=2, le=2000)  # the method's integration points / samples, where it takes them
+    steps: int = Field(20, ge=2, le=2000)  # integration points / samples, where the method takes them (a picture: 20)
     pairs: int = Field(6, ge=1, le=100)  # most-confused (true → predicted) pairs
     examples: int = Field(4, ge=1, le=16)  # a pair's most confident mistakes shown
 
