@@ -5,9 +5,9 @@ seeded), the default MLP trained 10 epochs by `interp train`; the label-issue ra
 ordinary training, against cleanlab's find_label_issues on 5-fold cross-validated probabilities of the
 same model with the same recipe (five more trainings). Precision among the top K, K = the number shifted.
 
-Overhead: an epoch of `interp train` (training and evaluation passes, as its `seconds` column counts them)
-with the dataset map's recording — and its per-epoch record written — and without, alternating epoch by
-epoch on one model in this one process; the ratio of the medians (target ≤ 1.02).
+Overhead: an epoch of `interp train` without its analysis stages (the training and evaluation passes and
+last.pt) with the dataset map's recording — and its per-epoch record written — and without, alternating
+epoch by epoch on one model in this one process; the ratio of the medians (target ≤ 1.02).
 
 Examples: `interp examples` on a dataset map of 60,000 training examples (target: well under a second).
 
@@ -101,13 +101,14 @@ def precision(epochs: int, noise: float, folder: Path) -> None:
 
 
 def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> None:
-    """An epoch of `interp train` as its `seconds` column counts it — the training pass and the evaluation pass
-    (train_epoch, evaluate) — with the dataset map's recording (every step's logits kept, the epoch's numbers
-    computed and moved to the host, its record encoded and written atomically) and without, alternating epoch
-    by epoch on one model in this one process, one torch thread (what a CPU run beside the drawing worker
-    has); the ratio of the medians."""
+    """An epoch of `interp train` without its analysis stages — the training pass, the evaluation pass and
+    last.pt (train_epoch, evaluate, save_checkpoint) — with the dataset map's recording (every step's logits
+    kept, the epoch's numbers computed and moved to the host, its record encoded and written atomically) and
+    without, alternating epoch by epoch on one model in this one process, one torch thread (what a CPU run
+    beside the drawing worker has); the ratio of the medians."""
     from interp.analysis.dynamics import Dynamics
     from interp.analysis.evaluation import evaluate
+    from interp.checkpoint import save_checkpoint
     from interp.analysis.sink import write_atomic
     from interp.data import select_probe
     from interp.train.loop import train_epoch
@@ -142,12 +143,14 @@ def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> Non
                 write_atomic(folder / f"epoch_{r + 1:03d}.npz", dynamics.record(numbers))  # one file per epoch
                 numbers.accuracy  # noqa: B018
             evaluate(model, data, probe, r + 1, batch_size=cfg.data.eval_batch_size).loss  # noqa: B018
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": r + 1},
+                            folder / "checkpoints" / "last.pt")  # as CheckpointCallback does every epoch
             seconds[mode].append(time.perf_counter() - started)
     torch.set_num_threads(threads)
     on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
     n = len(data.train_x)
     print(f"recording overhead, {n:,} training examples, median of {len(seconds['on'])} epochs each, alternated:")
-    print(f"  an epoch (training + evaluation) with the dataset map's recording {on * 1000:.1f} ms, without "
+    print(f"  an epoch (training, evaluation, last.pt) with the dataset map's recording {on * 1000:.1f} ms, without "
           f"{off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.02)")
 
 
