@@ -1,5 +1,6 @@
 """interp's stages in a Lightning loop: a small conv net on CIFAR-10-shaped tensors, analysed after every
-validation epoch by ``InterpCallback``.
+validation epoch by ``InterpCallback``, with the dataset map: the training batches bring their positions
+(``WithIndex``) and ``training_step`` returns its logits.
 
     python examples/lightning_callback.py --images 512 --epochs 2 --save-dir save
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from interp.data import WithIndex
 from interp.lightning import InterpCallback
 
 CLASSES = ["airplane", "automobile", "bird", "cat"]
@@ -43,10 +45,11 @@ class Net(lightning.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, _index):  # type: ignore[no-untyped-def]
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
+        x, y, _positions = batch  # WithIndex adds each example's position, for the dataset map
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
         self.log("train_loss", loss)
-        return loss
+        return {"loss": loss, "logits": logits}  # the logits: every training example's dynamics, no extra pass
 
     def validation_step(self, batch, _index):  # type: ignore[no-untyped-def]
         x, y = batch
@@ -65,10 +68,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    train_loader = DataLoader(tensors(args.images, 0), batch_size=64, shuffle=True)
+    train_loader = DataLoader(WithIndex(tensors(args.images, 0)), batch_size=64, shuffle=True)
     val_loader = DataLoader(tensors(max(args.images // 4, 8), 1), batch_size=256)
     callback = InterpCallback(f"{args.save_dir}/lit", classes=CLASSES, mean=MEAN, std=STD,
-                              stages=["confusion", "saliency", "gradcam"])
+                              stages=["confusion", "saliency", "gradcam", "dataset_map"])
     trainer = lightning.Trainer(max_epochs=args.epochs, callbacks=[callback], accelerator="cpu", logger=False,
                                 devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from conftest import quick_config
+from interp.analysis.dynamics import load_history
 from interp.train import fit
 
 lightning = pytest.importorskip("lightning", reason="the Lightning callback needs the lightning extra")
@@ -126,6 +127,9 @@ def test_callback_under_lightnings_ddp_strategy(tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # once per epoch, not once per rank
     confusion = json.loads((tmp_path / "lit" / "epoch_002" / "confusion" / "confusion.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 64  # the whole validation set (256 // 4), not rank 0's half
+    # the dataset map: each process recorded its own training batches, summed: every example once per epoch
+    for epoch in load_history(tmp_path / "lit"):
+        assert len(epoch.prob) == 256 and not np.isnan(epoch.prob.astype(np.float32)).any()
 
 
 # -- a tiny MLP on 4 × 4 "images" of 4 classes: fast enough to train and analyse many times ----------------
