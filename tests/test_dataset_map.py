@@ -260,3 +260,17 @@ def test_projector_metadata_carries_the_columns(tmp_path: Path) -> None:
         assert row["label"] == str(int(table["label"][k]))
     vectors = np.loadtxt(run / folder.group(1) / "tensors.tsv")
     assert vectors.shape == (50, 128)  # the MLP's 128 hidden units feed its classifier
+
+
+def test_analyze_maps_the_recorded_epochs(tmp_path: Path) -> None:
+    """`interp analyze` has no training to watch: it reads the epochs the run recorded, up to the checkpoint's."""
+    from interp.analyze import analyze
+
+    run = _fit(tmp_path, "train.epochs=3", "data.train_limit=400", "analysis.stages=[{dataset_map: {points: 20}}]")
+    result = analyze(run.run_dir, checkpoint="last", stages=["dataset_map"])
+    assert result.epoch == 3 and "dataset_map/flagged_fraction" in result.numbers
+    a = read_record(run.run_dir / "epoch_003" / "dataset_map" / "record.npz")
+    b = read_record(run.run_dir / "analysis" / "last" / "dataset_map" / "record.npz")
+    assert b.data["epochs"] == [1, 2, 3]
+    assert all(np.array_equal(a.data["examples"][k], b.data["examples"][k], equal_nan=True) for k in a.data["examples"])
+    assert 'tensor_name: "training examples, of analysis/last (epoch 3)"' in (run.run_dir / "projector_config.pbtxt").read_text()

@@ -78,6 +78,10 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     epoch = state.get("epoch", 0)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise UserError(f"checkpoint {path}: its epoch is {epoch!r}, not a whole number of epochs")
+    if any("dynamics" in stage.needs for stage in stage_list):  # the dataset map: the epochs the run recorded
+        from .analysis.dynamics import read_dynamics
+
+        analysis.dynamics = read_dynamics(run.path, epoch)
     folder = f"analysis/{label}"
     try:
         evaluation = evaluate(analyzed, data, probe, epoch, final=True, batch_size=cfg.data.eval_batch_size,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CELLS", "REGIONS", "AMBIGUOUS_VARIABILITY", "HARD_CONFIDENCE", "Dynamics", "EpochDynamics",
-           "History", "cartography", "load_history"]
+           "History", "Recorded", "cartography", "load_history", "read_dynamics"]
 
 CELLS = 1 << 27  # tracked examples × classes held on the device during an epoch (float32: 512 MiB)
 REGIONS = ("easy", "ambiguous", "hard")
@@ -166,6 +166,29 @@ class Dynamics:
         for epoch in loaded:
             self.history.add(epoch)
         return [e.epoch for e in loaded]
+
+
+@dataclass
+class Recorded:
+    """A run's recorded dynamics read back from its records — what the stages read of a :class:`Dynamics`
+    (``interp analyze``)."""
+
+    history: History
+
+
+def read_dynamics(run: Path | str, through: int | None = None) -> Recorded | None:
+    """The epochs ``run`` recorded (through ``through``), or None when it recorded none."""
+    from .records import read_record
+
+    paths = sorted(Path(run, FOLDER).glob("epoch_*.npz"))
+    if not paths:
+        return None
+    first = read_record(paths[0]).data
+    index = np.asarray(first["index"])
+    history = History(index=index, labels=np.asarray(first["label"]), size=int(first.get("size", len(index))))
+    for epoch in load_history(run, through, index):
+        history.add(epoch)
+    return Recorded(history) if history.epochs else None
 
 
 def record_name(epoch: int) -> str:
