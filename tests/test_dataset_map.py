@@ -133,7 +133,7 @@ def test_analyzer_refuses_indices_that_are_not_positions(tmp_path: Path) -> None
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     analyzer = Analyzer(tmp_path / "r", eval_data=(x, y), classes=["a", "b"], stages=["dataset_map"],
                         train_data=(x, y), drawing_worker=False, notice=lambda m: None)
-    with pytest.raises(UserError, match="outside train_data"):
+    with pytest.raises(UserError, match="outside the training set"):
         analyzer.observe(torch.tensor([3, 25]), model(x[:2]))
     for _ in range(2):  # a loader that numbers each batch from 0: the same indices again and again
         analyzer.observe(torch.arange(10), model(x[:10]))

@@ -106,10 +106,6 @@ def _index_of(batch: Any) -> Any:
     return None
 
 
-def _shape_of(value: Any) -> str:
-    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
-
-
 def _dataset_tensors(loader: Any) -> tuple[Tensor, Tensor] | None:
     """(x, y) of a training dataloader whose dataset is a TensorDataset, wrapped or not in WithIndex."""
     from .data import WithIndex
@@ -240,7 +236,6 @@ class InterpCallback(Callback):
         self._initial: dict[str, Tensor] | None = None  # the weights at on_train_start, for epoch 0
         self._start_step = 0
         self._recorder: Any = None  # the dataset map's Dynamics, on every process
-        self._observed = 0  # examples recorded since the recorder's epoch began
         self._unwritten: list[Any] = []  # recorded epochs not yet written (no run folder yet)
         self._map_problem: str | None = None  # why there is no dataset map, once noticed
         self._scalars: dict[str, float] = {}
@@ -322,21 +317,7 @@ class InterpCallback(Callback):
                                   "interp.data.WithIndex, so that a batch is (x, y, index)" if index is None else
                                   "training_step returns no logits: return {'loss': loss, 'logits': logits}")
             return
-        recorder = self._recorder
-        if not isinstance(index, Tensor) or index.dtype not in (torch.int64, torch.int32) or index.dim() != 1 \
-                or not isinstance(logits, Tensor) or logits.shape != (len(index), recorder.classes):
-            raise UserError(f"InterpCallback: the dataset map expects a batch's index, a 1-d integer tensor, and "
-                            f"training_step's logits, (len(index), {recorder.classes}); got {_shape_of(index)} and "
-                            f"{_shape_of(logits)}")
-        index = index.to(recorder.index.device, torch.long)
-        if self._observed == 0 and len(index):  # one look per epoch: positions inside the training set
-            low, high = int(index.min()), int(index.max())
-            if low < 0 or high >= recorder.size:
-                raise UserError(f"InterpCallback: index {low if low < 0 else high} is outside the training set "
-                                f"(0 … {recorder.size - 1}); a batch must carry each example's position in train_data "
-                                "(interp.data.WithIndex brings it along)")
-        recorder.observe(index, logits.detach().to(recorder.index.device))
-        self._observed += len(index)
+        self._recorder.observe_checked(index, logits, "InterpCallback")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_map_epoch(trainer, trainer.current_epoch + 1)  # an epoch without validation
@@ -497,15 +478,9 @@ class InterpCallback(Callback):
         recorder = self._recorder
         if recorder is None or (self._recorded is not None and self._recorded >= epoch):
             return
-        if self._observed == 0 and trainer.world_size == 1:
+        if recorder.handed == 0 and trainer.world_size == 1:
             return
-        seen = int((~torch.isnan(recorder.buffer[: recorder.tracked, 0])).sum())
-        observed, self._observed = self._observed, 0
-        if observed > seen:
-            recorder.start_epoch()
-            raise UserError(f"InterpCallback: {observed} training examples were recorded in epoch {epoch} but only "
-                            f"{seen} different indices: the indices repeat within an epoch, so they are not stable "
-                            "positions in the training set (wrap the dataset with interp.data.WithIndex)")
+        recorder.check_repeats(epoch, "InterpCallback")
         total = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
         numbers = recorder.end_epoch(epoch, total, keep=trainer.is_global_zero)
         recorder.start_epoch()

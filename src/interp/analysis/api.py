@@ -114,10 +114,6 @@ def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: S
                 normalized=True)
 
 
-def _shape_of(value: Any) -> str:
-    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
-
-
 def _with_training(data: Data, train_data: tuple[Tensor, Tensor], device: torch.device) -> Data:
     from dataclasses import replace
 
@@ -198,7 +194,6 @@ class Analyzer:
         self._prepared = False
         self.dynamics: Any = dynamics
         self.analysis.dynamics = dynamics
-        self._observed = 0  # examples handed to observe() since the last epoch ended
         if dynamics is None and resume is not None and len(self.data.train_y) and any(
                 "dynamics" in s.needs for s in self._stages):
             self._dynamics().load(self.folder, resume)
@@ -220,35 +215,16 @@ class Analyzer:
         """One training batch for the dataset map: ``index`` (B,) the positions of its examples in
         ``train_data``, ``logits`` (B, classes) from your training step's forward pass (detached here). No
         wait for the device; the epoch's numbers are taken by the next :meth:`run` (or :meth:`end_epoch`)."""
-        dynamics = self._dynamics()
-        if not isinstance(index, Tensor) or index.dtype not in (torch.int64, torch.int32) or index.dim() != 1 \
-                or not isinstance(logits, Tensor) or logits.shape != (len(index), dynamics.classes):
-            raise UserError(f"Analyzer.observe(index, logits): expected index a 1-d integer tensor and logits "
-                            f"(len(index), {dynamics.classes}); got {_shape_of(index)} and {_shape_of(logits)}")
-        index = index.to(dynamics.index.device, torch.long)
-        if self._observed == 0 and len(index):  # one look per epoch: positions inside the training set
-            low, high = int(index.min()), int(index.max())
-            if low < 0 or high >= dynamics.size:
-                raise UserError(f"Analyzer.observe: index {low if low < 0 else high} is outside train_data "
-                                f"(0 … {dynamics.size - 1}); pass each example's position in train_data "
-                                "(interp.data.WithIndex brings it along)")
-        dynamics.observe(index, logits.to(dynamics.index.device))
-        self._observed += len(index)
+        self._dynamics().observe_checked(index, logits, "Analyzer.observe")
 
     def end_epoch(self, epoch: int) -> None:
         """Take the batches observed since the last epoch as ``epoch``'s (``run`` does this itself), and
         write them to ``examples/epoch_NNN.npz``."""
-        if self.dynamics is None or self._observed == 0:
+        if self.dynamics is None or self.dynamics.handed == 0:
             return
         from .dynamics import record_name
 
-        seen = int((~torch.isnan(self.dynamics.buffer[: self.dynamics.tracked, 0])).sum())
-        observed, self._observed = self._observed, 0
-        if observed > seen:
-            self.dynamics.start_epoch()
-            raise UserError(f"Analyzer.observe: {observed} examples were handed over in epoch {epoch} but only "
-                            f"{seen} different indices: the indices repeat within an epoch, so they are not "
-                            "stable positions in train_data (wrap the dataset with interp.data.WithIndex)")
+        self.dynamics.check_repeats(epoch, "Analyzer.observe")
         numbers = self.dynamics.end_epoch(epoch)
         self.run_folder.sink.file(record_name(epoch), self.dynamics.record(numbers))
         self.dynamics.start_epoch()

@@ -103,6 +103,7 @@ class Dynamics:
         self.index = index.to(device)
         self.labels = labels.long().index_select(0, self.index)
         self.buffer = torch.full((tracked + (self.slot is not None), classes), float("nan"), device=device)
+        self.handed = 0
         # compact in the records: positions and labels as int32, predictions as int16 up to 32,767 classes
         self.predicted_dtype = torch.int16 if classes < (1 << 15) else torch.int32
         self.history = History(index=index.numpy().astype(np.int32 if n < (1 << 31) else np.int64),
@@ -114,11 +115,50 @@ class Dynamics:
 
     def start_epoch(self) -> None:
         self.buffer.fill_(float("nan"))
+        self.handed = 0  # examples handed to observe_checked since the epoch began
 
     def observe(self, index: Any, logits: Any) -> None:
         """One batch: ``index`` (B,) positions in the training set, ``logits`` (B, classes). No host sync."""
         rows = index if self.slot is None else self.slot.index_select(0, index)
         self.buffer.index_copy_(0, rows, logits.detach().float())
+
+    def observe_checked(self, index: Any, logits: Any, who: str) -> None:
+        """:meth:`observe` for batches a user's loop hands over (the Analyzer, the Lightning callback; ``who``
+        names it in messages): their types and shapes checked, and, once per epoch, that the indices are
+        positions in the training set; a mistake is a :class:`~interp.errors.UserError`."""
+        import torch
+
+        from ..errors import UserError
+
+        def shape(value: Any) -> str:
+            return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+        if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32) or index.dim() != 1 \
+                or not isinstance(logits, torch.Tensor) or logits.shape != (len(index), self.classes):
+            raise UserError(f"{who}: the dataset map expects a batch's index, a 1-d integer tensor, and its logits, "
+                            f"(len(index), {self.classes}); got {shape(index)} and {shape(logits)}")
+        index = index.to(self.index.device, torch.long)
+        if self.handed == 0 and len(index):  # one look per epoch (a wait for the device)
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= self.size:
+                raise UserError(f"{who}: index {low if low < 0 else high} is outside the training set (0 … "
+                                f"{self.size - 1}); pass each example's position in it (interp.data.WithIndex "
+                                "brings it along)")
+        self.observe(index, logits.to(self.index.device))
+        self.handed += len(index)
+
+    def check_repeats(self, epoch: int, who: str) -> None:
+        """Refuse an epoch whose batches repeated an index (a loader numbering each batch from 0, an iterable
+        dataset): their numbers would be wrong. The epoch is dropped first."""
+        from ..errors import UserError
+
+        seen = int((~self.buffer[: self.tracked, 0].isnan()).sum())
+        if self.handed > seen:
+            handed = self.handed
+            self.start_epoch()
+            raise UserError(f"{who}: {handed} examples were handed over in epoch {epoch} but only {seen} different "
+                            "indices: the indices repeat within an epoch, so they are not stable positions in the "
+                            "training set (wrap the dataset with interp.data.WithIndex)")
 
     def end_epoch(self, epoch: int, total: Callable[[Any], Any] | None = None, keep: bool = True) -> EpochDynamics:
         """The epoch's numbers per tracked example, on the host. ``total``: a sum over processes (torchrun,
