@@ -72,7 +72,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from .analysis.api import Analyzer
+from .analysis.api import Analyzer, labelled_pair
 from .errors import UserError
 
 __all__ = ["INPUT_KEYS", "LABEL_KEYS", "InterpCallback"]
@@ -442,13 +442,7 @@ class InterpCallback(Callback):
                                   "train_data=(x_train, y_train), or train on a TensorDataset (wrapped in "
                                   "interp.data.WithIndex)")
             return
-        labels = data[1].long()
-        if len(data[0]) != len(labels) or not len(labels) or labels.dim() != 1:
-            raise UserError(f"InterpCallback: train_data has {len(data[0])} inputs and labels of shape "
-                            f"{tuple(labels.shape)}; expected one label per input, at least one")
-        if int(labels.min()) < 0 or int(labels.max()) >= len(self.classes):
-            raise UserError(f"InterpCallback: the training labels are {int(labels.min())}…{int(labels.max())}, but "
-                            f"there are {len(self.classes)} classes")
+        _, labels = labelled_pair(data, len(self.classes), "InterpCallback: train_data")
         self._recorder = Dynamics(labels.to(pl_module.device), len(self.classes), cells=self._map_cells,
                                   seed=int(self.analyzer_options.get("seed", 0)))
         self._recorder.start_epoch()

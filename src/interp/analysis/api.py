@@ -94,20 +94,28 @@ class AnalyzerResult:
     summaries: dict[str, Summary] = field(default_factory=dict)
 
 
+def labelled_pair(pair: Any, classes: int, what: str) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` checked: two tensors, as many labels as inputs (at least one), every label a class number;
+    returns x and the labels as integers. ``what`` (``eval_data``) names them in a mistake's one line."""
+    if not isinstance(pair, tuple | list) or len(pair) != 2 or not all(isinstance(t, Tensor) for t in pair):
+        raise UserError(f"{what}: expected a pair of tensors (inputs, labels)")
+    x, y = pair
+    labels = y.long()
+    if len(x) != len(labels) or len(x) == 0 or labels.dim() != 1:
+        raise UserError(f"{what}: {len(x)} inputs and {len(labels)} labels (shape {tuple(labels.shape)}); expected "
+                        "one label per input, at least one")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise UserError(f"{what}: labels {int(labels.min())}…{int(labels.max())}, but there are {classes} classes")
+    return x, labels
+
+
 def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: Sequence[float] | None,
                  std: Sequence[float] | None) -> Data:
-    if not isinstance(x_eval, Tensor) or not isinstance(y_eval, Tensor):
-        raise UserError("eval_data: expected a pair of tensors (x_eval, y_eval)")
-    if len(x_eval) != len(y_eval) or len(x_eval) == 0:
-        raise UserError(f"eval_data: {len(x_eval)} inputs and {len(y_eval)} labels; expected the same, at least one")
+    x_eval, labels = labelled_pair((x_eval, y_eval), len(classes), "eval_data")
     if (mean is None) != (std is None):
         raise UserError("give both mean and std (the normalization x_eval went through), or neither")
     if mean is not None and x_eval.dim() == 4 and len(mean) != x_eval.shape[1]:
         raise UserError(f"mean has {len(mean)} values for {x_eval.shape[1]} channels")
-    labels = y_eval.long()
-    if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
-        raise UserError(f"y_eval holds labels {int(labels.min())}…{int(labels.max())}, but there are "
-                        f"{len(classes)} classes")
     empty = x_eval[:0]
     return Data(name="eval_data", task="classification", train_x=empty, train_y=labels[:0], eval_x=x_eval.float(),
                 eval_y=labels, classes=[str(c) for c in classes], mean=tuple(mean or ()), std=tuple(std or ()),
@@ -117,18 +125,9 @@ def _tensor_data(x_eval: Tensor, y_eval: Tensor, classes: Sequence[str], mean: S
 def _with_training(data: Data, train_data: tuple[Tensor, Tensor], device: torch.device) -> Data:
     from dataclasses import replace
 
-    if not isinstance(train_data, tuple | list) or len(train_data) != 2 or not all(
-            isinstance(t, Tensor) for t in train_data):
-        raise UserError("train_data: expected a pair of tensors (x_train, y_train)")
-    x, y = train_data
-    if len(x) != len(y) or len(x) == 0:
-        raise UserError(f"train_data: {len(x)} inputs and {len(y)} labels; expected the same, at least one")
+    x, labels = labelled_pair(train_data, len(data.classes), "train_data")
     if x.shape[1:] != data.eval_x.shape[1:]:
         raise UserError(f"train_data: inputs of shape {tuple(x.shape[1:])}, eval_data's are {tuple(data.eval_x.shape[1:])}")
-    labels = y.long()
-    if int(labels.min()) < 0 or int(labels.max()) >= len(data.classes):
-        raise UserError(f"y_train holds labels {int(labels.min())}…{int(labels.max())}, but there are "
-                        f"{len(data.classes)} classes")
     return replace(data, train_x=x.float().to(device), train_y=labels.to(device))
 
 
