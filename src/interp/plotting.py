@@ -61,12 +61,11 @@ def style() -> Iterator[None]:
         yield
 
 
-def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False, layout: str | None = "constrained",
+def figure(rows: int = 1, cols: int = 1, panel: float = 1.7, squeeze: bool = False,
            **kwargs: object) -> tuple[Figure, np.ndarray]:
-    """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly (``layout=None``:
-    where the caller puts them — constrained layout measures every label, often most of a figure's drawing
-    time); its own Agg canvas (no pyplot: nothing is registered or shown)."""
-    fig = Figure(figsize=(cols * panel + 0.3, rows * panel + 0.5), layout=layout)
+    """A figure of ``rows × cols`` panels, each about ``panel`` inches square, laid out tightly; its own Agg
+    canvas (no pyplot: nothing is registered or shown)."""
+    fig = Figure(figsize=(cols * panel + 0.3, rows * panel + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=squeeze, **kwargs)  # type: ignore[call-overload]
     return fig, axes

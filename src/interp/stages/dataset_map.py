@@ -131,8 +131,7 @@ def draw_data_map(confidence: np.ndarray, variability: np.ndarray, correctness: 
     shown = np.arange(len(confidence))
     if len(shown) > MAP_POINTS:
         shown = np.sort(np.random.default_rng(0).choice(len(shown), MAP_POINTS, replace=False))
-    fig, axes = figure(1, 2, panel=4.4, layout=None)  # placed by hand: a third of the drawing time
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.89, wspace=0.3)
+    fig, axes = figure(1, 2, panel=4.4)
     ax, hist = axes[0]
     order = shown[np.argsort(-correctness[shown], kind="stable")]  # the rarely-right ones drawn on top
     points = ax.scatter(variability[order], confidence[order], c=correctness[order], cmap="RdYlBu", vmin=0, vmax=1,
