@@ -166,7 +166,9 @@ def draw_data_map(confidence: np.ndarray, variability: np.ndarray, correctness: 
     hist.set_yscale("log")
     hist.set_xlabel("AUM: mean over epochs of (given logit − largest other)")
     hist.set_ylabel("training examples")
-    hist.legend(fontsize=7, loc="best", frameon=True, framealpha=0.9)
+    low, high = hist.get_ylim()
+    hist.set_ylim(low, high * 10)  # room above the bars for the legend (log scale)
+    hist.legend(fontsize=7, loc="upper left", frameon=False)
     hist.set_title("area under the margin", fontsize=9)
     followed = f"{tracked:,} training examples" if tracked == size else f"a fixed random {tracked:,} of {size:,} examples"
     fig.suptitle(f"epoch {epoch}: {followed} over {epochs} training epoch{'s' * (epochs != 1)}")
