@@ -192,9 +192,14 @@ def test_clean_labels_flag_few(tmp_path: Path) -> None:
     cfg = load_config(None, ["train.epochs=10", "train.device=cpu", "analysis.every=10", *STAGE])
     with contextlib.redirect_stdout(io.StringIO()):
         run = fit(cfg, save_dir=tmp_path).run_dir
-    table = read_record(run / "epoch_010" / "dataset_map" / "record.npz").data["examples"]
+    record = read_record(run / "epoch_010" / "dataset_map" / "record.npz")
+    table = record.data["examples"]
     assert 0 < table["flagged"].mean() < 0.03  # 1.9 % of the 5,000 when measured
-    assert (run / "epoch_010" / "dataset_map" / "label_issues.png").stat().st_size > 0
+    # the gallery shows the 24 highest scores, highest first
+    shown = record.figures["label_issues"]["fields"]
+    top = np.sort(table["score"])[::-1][:24]
+    assert shown["score"].tolist() == pytest.approx(top.tolist())
+    assert set(shown["index"].tolist()) <= set(table["index"][table["score"] >= top[-1]].tolist())
 
 
 def test_examples_command(tmp_path: Path) -> None:
