@@ -5,8 +5,8 @@ seeded), the default MLP trained 10 epochs by `interp train`; the label-issue ra
 ordinary training, against cleanlab's find_label_issues on 5-fold cross-validated probabilities of the
 same model with the same recipe (five more trainings). Precision among the top K, K = the number shifted.
 
-Overhead: an epoch of `interp train` without its analysis stages (the training and evaluation passes and
-last.pt) with the dataset map's recording — and its per-epoch record written — and without, alternating
+Overhead: an epoch of `interp train` without its analysis stages (the Trainer's epoch: the training and
+evaluation passes, the metrics row, last.pt) with the dataset map's recording — and its per-epoch record written — and without, alternating
 epoch by epoch on one model in this one process; the ratio of the medians (target ≤ 1.02).
 
 Examples: `interp examples` on a dataset map of 60,000 training examples (target: well under a second).
@@ -101,17 +101,17 @@ def precision(epochs: int, noise: float, folder: Path) -> None:
 
 
 def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> None:
-    """An epoch of `interp train` without its analysis stages — the training pass, the evaluation pass and
-    last.pt (train_epoch, evaluate, save_checkpoint) — with the dataset map's recording (every step's logits
-    kept, the epoch's numbers computed and moved to the host, its record encoded and written atomically) and
-    without, alternating epoch by epoch on one model in this one process, one torch thread (what a CPU run
-    beside the drawing worker has); the ratio of the medians."""
+    """An epoch of `interp train` without its analysis stages — the Trainer's own epoch: the training pass, the
+    evaluation pass, the row in metrics.jsonl and TensorBoard, last.pt (and best.pt when it improved) — with the
+    dataset map's recording (every step's logits kept, the epoch's numbers computed and moved to the host, its
+    record encoded and written atomically) and without, alternating epoch by epoch on one model in this one
+    process, one torch thread (what a CPU run beside the drawing worker has); the ratio of the medians."""
     from interp.analysis.dynamics import Dynamics
-    from interp.analysis.evaluation import evaluate
-    from interp.checkpoint import save_checkpoint
-    from interp.analysis.sink import write_atomic
     from interp.data import select_probe
-    from interp.train.loop import train_epoch
+    from interp.run import Run
+    from interp.train.callbacks import CheckpointCallback, DynamicsLogger, RunLogger
+    from interp.train.fit import loss_function
+    from interp.train.loop import Trainer
 
     extra: list[str] = []
     if images:
@@ -125,33 +125,30 @@ def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> Non
     data = load_data(cfg.data, cfg.seed)
     probe = select_probe(data, 1, cfg.seed)
     model = build_model(cfg.model, data.input_shape, len(data.classes))
-    optimizer = make_optimizer(cfg, model)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loss = torch.nn.CrossEntropyLoss()
+    run, _ = Run.create(folder, "overhead")
     dynamics = Dynamics(data.train_y, len(data.classes))
+    trainer = Trainer(model, data, probe, make_optimizer(cfg, model), loss_function(data),
+                      torch.Generator().manual_seed(cfg.seed), epochs=repeats * epochs * 2,
+                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+                      callbacks=[DynamicsLogger(run), RunLogger(run), CheckpointCallback(run, cfg.model_dump(mode="json"))])
     seconds: dict[str, list[float]] = {"on": [], "off": []}
+    epoch = 0
     for r in range(repeats * epochs):
         for mode in ("off", "on") if r % 2 else ("on", "off"):
+            epoch += 1
+            trainer.dynamics = dynamics if mode == "on" else None
             started = time.perf_counter()
-            if mode == "on":
-                dynamics.start_epoch()
-            # as the Trainer does: with every example followed, the training accuracy comes from the dynamics
-            train_epoch(model, data, optimizer, loss, cfg.data.batch_size, generator,
-                        observe=dynamics.observe if mode == "on" else None, count_correct=mode == "off")
-            if mode == "on":
-                numbers = dynamics.end_epoch(r + 1, keep=False)
-                write_atomic(folder / f"epoch_{r + 1:03d}.npz", dynamics.record(numbers))  # one file per epoch
-                numbers.accuracy  # noqa: B018
-            evaluate(model, data, probe, r + 1, batch_size=cfg.data.eval_batch_size).loss  # noqa: B018
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": r + 1},
-                            folder / "checkpoints" / "last.pt")  # as CheckpointCallback does every epoch
+            trainer.run_epoch(epoch)
             seconds[mode].append(time.perf_counter() - started)
+    run.close()
     torch.set_num_threads(threads)
+    recorded = len(list((run.path / "examples").glob("epoch_*.npz")))
+    assert recorded == len(seconds["on"]), (recorded, len(seconds["on"]))
     on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
     n = len(data.train_x)
     print(f"recording overhead, {n:,} training examples, median of {len(seconds['on'])} epochs each, alternated:")
-    print(f"  an epoch (training, evaluation, last.pt) with the dataset map's recording {on * 1000:.1f} ms, without "
-          f"{off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.02)")
+    print(f"  an interp train epoch without stages (training, evaluation, metrics, last.pt) with the dataset map's "
+          f"recording {on * 1000:.1f} ms, without {off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.02)")
 
 
 def examples_speed(size: int, folder: Path) -> None:

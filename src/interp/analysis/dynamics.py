@@ -167,25 +167,25 @@ class Dynamics:
         import torch
 
         logits = self.buffer[: self.tracked]
-        seen = ~torch.isnan(logits[:, 0])
+        unseen = torch.isnan(logits[:, 0])
         if total is not None:
-            both = torch.cat([torch.where(seen[:, None], logits, 0.0), seen[:, None].float()], dim=1)
+            both = torch.cat([torch.where(unseen[:, None], 0.0, logits), (~unseen)[:, None].float()], dim=1)
             both = total(both)
-            seen = both[:, -1] > 0
+            unseen = both[:, -1] == 0
             logits = both[:, :-1] / both[:, -1:].clamp(min=1)
         labels = self.labels[:, None]
         # each other logit relative to the given label's: the margin is minus their largest, the given label's
         # softmax probability 1 / (1 + Σ exp(them)) — in place, a few operations for the whole epoch
         others = logits.sub(logits.gather(1, labels)).scatter_(1, labels, float("-inf"))
         top, runner_up = others.max(dim=1)
-        predicted = torch.where(top < 0, self.labels, runner_up)  # logits.argmax, without a second pass
+        correct = top < 0  # the given label's logit above every other (False for an unseen one: NaN or all 0)
+        predicted = torch.where(correct, self.labels, runner_up)  # logits.argmax, without a second pass
         both = torch.stack([others.exp_().sum(dim=1).add_(1).reciprocal_(), top.neg_()])  # (prob, margin)
-        if not bool(seen.all()):  # one look per epoch: an example a skipped batch held gets NaN, -1
-            both[:, ~seen] = float("nan")
-            predicted[~seen] = -1
+        if bool(unseen.any()):  # one look per epoch: an example a skipped batch held gets NaN, -1
+            both[:, unseen] = float("nan")
+            predicted[unseen] = -1
         prob, margin = both.half().cpu().numpy()
-        out = EpochDynamics(epoch=epoch, prob=prob, margin=margin,
-                            correct=(predicted == self.labels).cpu().numpy(),
+        out = EpochDynamics(epoch=epoch, prob=prob, margin=margin, correct=correct.cpu().numpy(),
                             predicted=predicted.to(self.predicted_dtype).cpu().numpy())
         if keep:
             self.history.add(out)
