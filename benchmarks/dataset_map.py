@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import write_tiled_mnist  # noqa: E402
+from overhead import alternated_epochs  # noqa: E402
 from interp.analysis.dynamics import cartography, load_history  # noqa: E402
 from interp.config import load_config  # noqa: E402
 from interp.data import flip_labels, load_data  # noqa: E402
@@ -101,52 +101,16 @@ def precision(epochs: int, noise: float, folder: Path) -> None:
 
 
 def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> None:
-    """An epoch of `interp train` without its analysis stages — the Trainer's own epoch: the training pass, the
-    evaluation pass, the row in metrics.jsonl and TensorBoard, last.pt (and best.pt when it improved) — with the
-    dataset map's recording (every step's logits kept, the epoch's numbers computed and moved to the host, its
-    record encoded and written atomically) and without, alternating epoch by epoch on one model in this one
-    process, one torch thread (what a CPU run beside the drawing worker has); the ratio of the medians."""
+    """The trainer's epoch with the dataset map's recording (every step's logits kept, the epoch's numbers
+    computed and moved to the host, its record encoded and written atomically) and without."""
     from interp.analysis.dynamics import Dynamics
-    from interp.data import select_probe
-    from interp.run import Run
-    from interp.train.callbacks import CheckpointCallback, DynamicsLogger, RunLogger
-    from interp.train.fit import loss_function
-    from interp.train.loop import Trainer
 
-    extra: list[str] = []
-    if images:
-        root = folder / "tiled"
-        write_tiled_mnist(root, images)
-        extra = ["data.dataset=mnist", f"data.root={root}", "data.download=false"]
-    cfg = load_config(None, ["train.device=cpu", *extra])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, cfg.seed)
-    probe = select_probe(data, 1, cfg.seed)
-    model = build_model(cfg.model, data.input_shape, len(data.classes))
-    run, _ = Run.create(folder, "overhead")
-    dynamics = Dynamics(data.train_y, len(data.classes))
-    trainer = Trainer(model, data, probe, make_optimizer(cfg, model), loss_function(data),
-                      torch.Generator().manual_seed(cfg.seed), epochs=repeats * epochs * 2,
-                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-                      callbacks=[DynamicsLogger(run), RunLogger(run), CheckpointCallback(run, cfg.model_dump(mode="json"))])
-    seconds: dict[str, list[float]] = {"on": [], "off": []}
-    epoch = 0
-    for r in range(repeats * epochs):
-        for mode in ("off", "on") if r % 2 else ("on", "off"):
-            epoch += 1
-            trainer.dynamics = dynamics if mode == "on" else None
-            started = time.perf_counter()
-            trainer.run_epoch(epoch)
-            seconds[mode].append(time.perf_counter() - started)
-    run.close()
-    torch.set_num_threads(threads)
-    recorded = len(list((run.path / "examples").glob("epoch_*.npz")))
-    assert recorded == len(seconds["on"]), (recorded, len(seconds["on"]))
-    on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
-    n = len(data.train_x)
-    print(f"recording overhead, {n:,} training examples, median of {len(seconds['on'])} epochs each, alternated:")
+    def recorder(data):  # type: ignore[no-untyped-def]
+        return "dynamics", Dynamics(data.train_y, len(data.classes))
+
+    on, off, n, count = alternated_epochs(recorder, epochs * repeats, images, folder)
+    assert len(list((folder / "overhead" / "examples").glob("epoch_*.npz"))) == count
+    print(f"recording overhead, {n:,} training examples, median of {count} epochs each, alternated:")
     print(f"  an interp train epoch without stages (training, evaluation, metrics, last.pt) with the dataset map's "
           f"recording {on * 1000:.1f} ms, without {off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.02)")
 

@@ -43,6 +43,52 @@ def write_tiled_mnist(root: Path, images: int) -> None:
     write_idx(raw / "t10k-labels-idx1-ubyte", sample.eval_y.numpy().astype(np.uint8))
 
 
+def alternated_epochs(recorder, epochs: int, images: int | None, folder: Path,  # type: ignore[no-untyped-def]
+                      overrides: tuple[str, ...] = ()) -> tuple[float, float, int, int]:
+    """An epoch of `interp train` without its analysis stages — the Trainer's own epoch: the training pass, the
+    evaluation pass, the row in metrics.jsonl and TensorBoard, last.pt (and best.pt when it improved) — with a
+    training recorder and without, alternating epoch by epoch on one model in this one process, one torch thread
+    (what a CPU run beside the drawing worker has). ``recorder(data)`` gives the Trainer's attribute and the
+    recorder (``("dynamics", Dynamics(…))``). Returns the median seconds with and without, the training
+    examples and the epochs each."""
+    from interp.data import select_probe
+    from interp.run import Run
+    from interp.train.callbacks import CheckpointCallback, RunLogger, TrainingRecords
+    from interp.train.fit import loss_function, make_optimizer
+    from interp.train.loop import Trainer
+
+    extra: list[str] = list(overrides)
+    if images:
+        root = folder / "tiled"
+        write_tiled_mnist(root, images)
+        extra += ["data.dataset=mnist", f"data.root={root}", "data.download=false"]
+    cfg = load_config(None, ["train.device=cpu", *extra])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
+    probe = select_probe(data, 1, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, len(data.classes))
+    run, _ = Run.create(folder, "overhead")
+    attribute, recording = recorder(data)
+    trainer = Trainer(model, data, probe, make_optimizer(cfg, model), loss_function(data),
+                      torch.Generator().manual_seed(cfg.seed), epochs=epochs * 2,
+                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+                      callbacks=[TrainingRecords(run), RunLogger(run), CheckpointCallback(run, cfg.model_dump(mode="json"))])
+    seconds: dict[str, list[float]] = {"on": [], "off": []}
+    epoch = 0
+    for r in range(epochs):
+        for mode in ("off", "on") if r % 2 else ("on", "off"):
+            epoch += 1
+            setattr(trainer, attribute, recording if mode == "on" else None)
+            started = time.perf_counter()
+            trainer.run_epoch(epoch)
+            seconds[mode].append(time.perf_counter() - started)
+    run.close()
+    torch.set_num_threads(threads)
+    return statistics.median(seconds["on"]), statistics.median(seconds["off"]), len(data.train_x), epochs
+
+
 def plain_epochs(cfg, epochs: int, device: torch.device | None = None, *, channels_last: bool = False,  # type: ignore[no-untyped-def]
                  compiled: bool = False) -> list[tuple[float, float]]:
     """The plainest tensor loop: pre-normalized float tensors on the device, randperm batches, autocast when

@@ -45,7 +45,7 @@ def both(tmp_path_factory) -> tuple[Path, Path]:
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "save/mine" in proc.stdout and "'saliency'" in proc.stdout
-    cli = fit(quick_config("analysis.stages=[confusion, saliency, trust, dataset_map]", "data.train_limit=2000"),
+    cli = fit(quick_config("analysis.stages=[confusion, saliency, trust, dataset_map, health]", "data.train_limit=2000"),
               save_dir=tmp_path_factory.mktemp("cli")).run_dir
     return folder / "save" / "mine", cli
 
@@ -56,8 +56,15 @@ def test_the_analyzer_writes_what_interp_train_writes(both: tuple[Path, Path]) -
     assert set(layout(api)) == {"epoch_000", "epoch_001", "epoch_002"}
     api_rows = [json.loads(line) for line in (api / "metrics.jsonl").read_text().splitlines()]
     cli_rows = [json.loads(line) for line in (cli / "metrics.jsonl").read_text().splitlines()]
-    assert [set(r) for r in api_rows] == [set(r) for r in cli_rows]
-    assert tags(api) - {"loss/train", "lr"} == tags(cli) - {"loss/train", "lr", "accuracy/train"}
+    def keys(row: dict) -> list[str]:  # health's keys name the model's modules: nn.Sequential's "2", the MLP's "features.fc1.1"
+        return sorted("/".join(k.split("/")[:2]) if k.startswith("health/") else k for k in row)
+
+    assert [keys(r) for r in api_rows] == [keys(r) for r in cli_rows]
+    assert "health/dead/2" in api_rows[2] and "health/update_ratio/3.weight" in api_rows[2]
+    def named(tags: set[str]) -> set[str]:
+        return {"/".join(t.split("/")[:2]) if t.startswith("health/") else t for t in tags}
+
+    assert named(tags(api)) - {"loss/train", "lr"} == named(tags(cli)) - {"loss/train", "lr", "accuracy/train"}
     # the numbers are the model's own: the confusion stage's accuracy is the evaluation accuracy
     assert all(r["confusion/accuracy"] == pytest.approx(r["eval_accuracy"]) for r in api_rows)
     assert api_rows[-1]["eval_accuracy"] > 0.8

@@ -14,13 +14,16 @@ import torch
 
 from conftest import quick_config
 from interp.analysis.dynamics import load_history
+from interp.analysis.health import load_health
 from interp.checkpoint import load_checkpoint
 from interp.train import fit
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_train.py"
 ARGS = ["train", "--set", "train.device=cpu", "--set", "data.train_limit=2000",
-        "--set", "analysis.stages=[confusion, {embeddings: {points: 100, tsne: never}}, {dataset_map: {points: 0}}]"]
-# embeddings: a gather on rank 0; dataset_map: every rank records its share of the training examples
+        "--set", "analysis.stages=[confusion, {embeddings: {points: 100, tsne: never}}, {dataset_map: {points: 0}}, "
+        "health]"]
+# embeddings: a gather on rank 0; dataset_map: every rank records its share of the training examples; health:
+# every rank its share of each sampled batch
 
 
 def torchrun(tmp_path: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -50,7 +53,7 @@ def test_two_processes_train_one_run(tmp_path: Path) -> None:
     assert sum(map(sum, confusion["matrix"])) == 1000
     assert confusion["accuracy"] == pytest.approx(rows[-1]["eval_accuracy"])
     # the same global batch in one process: accuracy within one point
-    single_run = fit(quick_config("train.epochs=2", "data.train_limit=2000", "analysis.stages=[dataset_map]"),
+    single_run = fit(quick_config("train.epochs=2", "data.train_limit=2000", "analysis.stages=[dataset_map, health]"),
                      save_dir=tmp_path / "single")
     single = single_run.metrics
     assert abs(single[-1]["eval_accuracy"] - rows[-1]["eval_accuracy"]) <= 0.01
@@ -62,6 +65,14 @@ def test_two_processes_train_one_run(tmp_path: Path) -> None:
         assert np.allclose(a.prob.astype(np.float32), b.prob.astype(np.float32), atol=0.02)
         assert (a.correct == b.correct).mean() >= 0.98
     assert rows[1]["train_accuracy"] == pytest.approx(ranked[0].correct.mean(), abs=1e-9)
+    # the layers' health: each rank's half of a sampled batch, summed — the dead fraction one process finds
+    ranked_health, alone_health = load_health(runs[0]), load_health(single_run.run_dir)
+    for a, b in zip(ranked_health, alone_health, strict=True):
+        assert a.modules == b.modules and len(a.times) == len(b.times) == 1  # 16 steps of 128, every 50th
+        assert np.array_equal(a.hist.sum(axis=2), b.hist.sum(axis=2))  # every output of the same batches counted
+        relu = a.modules.index("features.fc1.1")
+        assert abs(a.dead[relu] - b.dead[relu]) <= 1 / 128, (a.dead[relu], b.dead[relu])
+        np.testing.assert_allclose(a.mean, b.mean, rtol=0.05, atol=0.01)
 
 
 def test_one_process_under_torchrun_joins_a_group_and_trains_as_alone(tmp_path: Path) -> None:

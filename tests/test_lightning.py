@@ -263,18 +263,19 @@ def test_epoch_0_is_the_untrained_model_and_the_analysis_leaves_training_alone(t
     assert rows[2]["eval_loss"] < rows[0]["eval_loss"] - 0.1  # epoch 0 is not the trained model
 
 
-def test_the_dataset_map_records_equal_the_analyzers(tmp_path: Path) -> None:
+def test_the_dataset_map_and_health_records_equal_the_analyzers(tmp_path: Path) -> None:
     """The same MLP, data, order and SGD steps in a loop of one's own with interp.Analyzer and in Lightning with
-    the callback: the same per-example records, epoch by epoch."""
+    the callback: the same per-example records and layer statistics, epoch by epoch."""
     from interp import Analyzer
     from interp.analysis.dynamics import load_history
+    from interp.analysis.health import load_health
     from interp.analysis.records import read_record
     from interp.data import WithIndex
 
     (x, y), (xv, yv) = blobs(96, 0), blobs(40, 1)
     order = torch.randperm(96, generator=torch.Generator().manual_seed(3)).tolist()  # not 0, 1, 2 …: the same in both
     train = DataLoader(WithIndex(TensorDataset(x, y)), batch_size=16, sampler=order)
-    stages = ["confusion", {"dataset_map": {"points": 0}}]
+    stages = ["confusion", {"dataset_map": {"points": 0}}, {"health": {"every": 2}}]
     net = mlp()
     twin = copy.deepcopy(net)
 
@@ -282,14 +283,15 @@ def test_the_dataset_map_records_equal_the_analyzers(tmp_path: Path) -> None:
                         notice=lambda m: None, drawing_worker=False)
     analyzer.run(net, epoch=0)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-    for epoch in (1, 2):
-        for xb, yb, index in train:
-            logits = net(xb)
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(logits, yb).backward()
-            optimizer.step()
-            analyzer.observe(index, logits)
-        analyzer.run(net, epoch=epoch)
+    with analyzer.watch(net, optimizer):
+        for epoch in (1, 2):
+            for xb, yb, index in train:
+                logits = net(xb)
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(logits, yb).backward()
+                optimizer.step()
+                analyzer.observe(index, logits)
+            analyzer.run(net, epoch=epoch)
     analyzer.close()
 
     notices: list[str] = []
@@ -313,6 +315,16 @@ def test_the_dataset_map_records_equal_the_analyzers(tmp_path: Path) -> None:
             k: v for k, v in a.items() if k.startswith("dataset_map/")}
         assert b["eval_accuracy"] == pytest.approx(a["eval_accuracy"])
     assert "dataset_map/flagged_fraction" in lit_rows[2]
+    # the layers' health: the same sampled steps (6 a epoch, every 2nd), the same numbers
+    api_health, lit_health = load_health(tmp_path / "api"), load_health(tmp_path / "lit")
+    assert [e.epoch for e in lit_health] == [e.epoch for e in api_health] == [1, 2]
+    assert all(sum(len(m._forward_hooks) for m in n.modules()) == 0 for n in (net, module))
+    for a, b in zip(api_health, lit_health, strict=True):
+        assert [m.removeprefix("net.") for m in b.modules] == a.modules and len(a.times) == 3
+        assert [p.removeprefix("net.") for p in b.params] == a.params
+        for field in ("times", "dead", "mean", "std", "hist", "grad", "update", "norm"):
+            np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-6)
+    assert "health/findings" in lit_rows[2] and "health/dead/2" in api_rows[2]
 
 
 class Listed(Dataset):  # type: ignore[type-arg]
@@ -407,7 +419,7 @@ def blobs(count, seed):
     return x, (x[:, 0, 0, 0] > 0).long() + 2 * (x[:, 0, 3, 3] > 0).long()
 
 callback = InterpCallback(sys.argv[1] + "/lit", ["a", "b", "c", "d"], eval_limit=30, drawing_worker=False,
-                          stages=["confusion", {"dataset_map": {"points": 0}}])
+                          stages=["confusion", {"dataset_map": {"points": 0}}, {"health": {"every": 1}}])
 trainer = lightning.Trainer(max_epochs=2, callbacks=[callback], accelerator="cpu", devices=2, strategy="ddp",
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False)
@@ -420,6 +432,7 @@ def test_the_dataset_map_and_the_sample_under_lightnings_ddp_strategy(tmp_path: 
     """Two CPU processes: each records its share of the training batches and samples its share of the validation
     batches; rank 0 writes one run with every training example in every epoch's record."""
     from interp.analysis.dynamics import load_history
+    from interp.analysis.health import load_health
     from interp.analysis.records import read_record
 
     script = tmp_path / "ddp.py"
@@ -436,6 +449,9 @@ def test_the_dataset_map_and_the_sample_under_lightnings_ddp_strategy(tmp_path: 
     history = load_history(run)
     assert [e.epoch for e in history] == [1, 2]
     labels = read_record(run / "examples" / "epoch_001.npz").data["label"]
+    for epoch in load_health(run):  # each step's statistics summed over both processes' batches of 8
+        first = epoch.modules.index("net.1")  # Linear(16, 16)
+        assert epoch.hist[first, :5].sum(axis=1).tolist() == [16 * 16] * 5
     for epoch in history:  # 90 examples, 45 a process, every one seen
         assert len(epoch.prob) == 90 and not np.isnan(epoch.prob).any()
         assert np.array_equal(epoch.correct, epoch.predicted == labels)

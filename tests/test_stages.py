@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import interp
 from interp.analysis.dynamics import Dynamics
+from interp.analysis.health import Health
 from interp.analysis.evaluation import Evaluation
 from interp.analysis.runner import StageContext
 from interp.analysis.runner import run_stages as _run_stages
@@ -65,6 +66,24 @@ def recorded_dynamics(model: torch.nn.Module, data: Data) -> Dynamics:
     return dynamics
 
 
+def recorded_health(model: torch.nn.Module, data: Data) -> Health:
+    """One epoch of four SGD steps on a copy of ``model`` (every step sampled), as the trainer records it."""
+    import copy
+
+    twin = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.01)
+    health = Health(every=1)
+    health.start_epoch()
+    with health.watch(twin, optimizer):
+        for batch in torch.arange(len(data.train_y)).split(len(data.train_y) // 4 or 1)[:4]:
+            loss = torch.nn.functional.cross_entropy(twin(data.normalize(data.train_x[batch])), data.train_y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    health.end_epoch(1)
+    return health
+
+
 def small_options(name: str) -> dict:
     return {"integrated_gradients": {"steps": 8}, "saliency": {"smoothgrad_samples": 2},
             "embeddings": {"points": 60, "perplexity": 5}, "trust": {"steps": 8, "images": 3, "ig_steps": 8},
@@ -79,6 +98,8 @@ def test_every_stage_runs_on_a_tiny_model(name: str, arch: str, data, tmp_path: 
     stage.prepare(ctx.model, data)
     if "dynamics" in stage.needs:  # one epoch of the training examples' dynamics, from the model's own logits
         ctx.dynamics = recorded_dynamics(ctx.model, data)
+    if "health" in stage.needs:  # one epoch of the layers' health, from a few training steps
+        ctx.health = recorded_health(ctx.model, data)
     numbers = run_stages([stage], ctx)
     run.close()
     reason = stage.skip_reason(ctx.model, data)

@@ -82,6 +82,10 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
         from .analysis.dynamics import read_dynamics
 
         analysis.dynamics = read_dynamics(run.path, epoch)
+    if any("health" in stage.needs for stage in stage_list):  # the layers' health: the epochs the run recorded
+        from .analysis.health import read_health
+
+        analysis.health = read_health(run.path, epoch)
     folder = f"analysis/{label}"
     try:
         evaluation = evaluate(analyzed, data, probe, epoch, final=True, batch_size=cfg.data.eval_batch_size,

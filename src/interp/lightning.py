@@ -81,7 +81,7 @@ INPUT_KEYS = ("x", "image", "images", "input", "inputs")
 LABEL_KEYS = ("y", "label", "labels", "target", "targets")
 # the Analyzer's keywords the callback sets itself
 _OWN = frozenset({"eval_data", "classes", "mean", "std", "stages", "epochs", "notice", "train_data", "resume",
-                  "tensorboard", "scalars", "dynamics"})
+                  "tensorboard", "scalars", "dynamics", "health"})
 
 
 def _pair(batch: Any) -> tuple[Tensor, Tensor]:
@@ -223,11 +223,13 @@ class InterpCallback(Callback):
         self.analyzer_options = analyzer_options
         self.analyzer: Analyzer | None = None
         self._map_cells = min((getattr(s.options, "cells", 0) for s in built if "dynamics" in s.needs), default=0)
+        self._health_options = next((s.options for s in built if "health" in s.needs), None)
         self._reset()
         self._resume: dict[str, Any] | None = None  # the state a checkpoint brought (load_state_dict)
         self._folder: Path | None = None  # the run folder, once made
         self._epoch: int | None = None  # the last epoch analysed
         self._recorded: int | None = None  # the last epoch of the dataset map recorded
+        self._health_recorded: int | None = None  # the last epoch of the layers' health recorded
 
     def _reset(self) -> None:
         """What one fit builds up."""
@@ -236,7 +238,9 @@ class InterpCallback(Callback):
         self._initial: dict[str, Tensor] | None = None  # the weights at on_train_start, for epoch 0
         self._start_step = 0
         self._recorder: Any = None  # the dataset map's Dynamics, on every process
-        self._unwritten: list[Any] = []  # recorded epochs not yet written (no run folder yet)
+        self._health: Any = None  # the layers' Health, on every process
+        self._watching: Any = None  # its hooks (a context entered at on_train_start, left when the fit ends)
+        self._unwritten: list[tuple[str, bytes]] = []  # records not yet written (no run folder yet)
         self._map_problem: str | None = None  # why there is no dataset map, once noticed
         self._scalars: dict[str, float] = {}
 
@@ -252,11 +256,12 @@ class InterpCallback(Callback):
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"folder": None if self._folder is None else str(self._folder), "epoch": self._epoch,
-                "recorded": self._recorded}
+                "recorded": self._recorded, "health": self._health_recorded}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict)
         self._epoch, self._recorded = state_dict.get("epoch"), state_dict.get("recorded")
+        self._health_recorded = state_dict.get("health")
         if state_dict.get("folder") is not None:
             self._folder = Path(state_dict["folder"])
 
@@ -276,10 +281,11 @@ class InterpCallback(Callback):
             if trainer.ckpt_path is not None and trainer.is_global_zero:
                 self.notice(f"InterpCallback: {trainer.ckpt_path} holds no state of this callback: the analysis "
                             "starts a new run folder, without epoch 0 (these are not the initial weights)")
-            self._folder = self._epoch = self._recorded = None
+            self._folder = self._epoch = self._recorded = self._health_recorded = None
         if self._resume is None and trainer.ckpt_path is None and trainer.is_global_zero:
             self._initial = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
         self._start_map(trainer, pl_module)
+        self._start_health(trainer, pl_module)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.eval_data is None and self._sample is None and self._fitting(trainer):
@@ -301,6 +307,7 @@ class InterpCallback(Callback):
             return
         epoch = trainer.current_epoch + 1
         self._end_map_epoch(trainer, epoch)
+        self._end_health_epoch(trainer, epoch)
         if trainer.is_global_zero and self.analyzer is not None:
             loss = trainer.callback_metrics.get("train_loss")
             self._run(trainer, pl_module, epoch, trainer.global_step,
@@ -321,6 +328,7 @@ class InterpCallback(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_map_epoch(trainer, trainer.current_epoch + 1)  # an epoch without validation
+        self._end_health_epoch(trainer, trainer.current_epoch + 1)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         try:
@@ -345,6 +353,9 @@ class InterpCallback(Callback):
         self._resume = None
         self._initial = self._recorder = self._sample = None
         self._unwritten = []
+        watching, self._watching, self._health = self._watching, None, None
+        if watching is not None:
+            watching.__exit__(None, None, None)
 
     # -- the evaluation sample and the analysis --------------------------------------------------------
     @staticmethod
@@ -392,9 +403,9 @@ class InterpCallback(Callback):
         self.analyzer = Analyzer(folder, eval_data=(x_eval, y_eval), classes=self.classes, mean=self.mean,
                                  std=self.std, stages=self.stages, epochs=max_epochs, notice=self.notice, train_data=train,
                                  resume=self._epoch if resume else None, tensorboard=False, scalars=self._scalar,
-                                 dynamics=self._recorder, **self.analyzer_options)
+                                 dynamics=self._recorder, health=self._health, **self.analyzer_options)
         self._folder = self.analyzer.folder
-        self._write_map()
+        self._write_records()
         if self._map_problem is not None:
             self._quiet_map_stage()
 
@@ -480,14 +491,48 @@ class InterpCallback(Callback):
         recorder.start_epoch()
         self._recorded = epoch
         if trainer.is_global_zero:
-            self._unwritten.append(numbers)
-            self._write_map()
+            from .analysis.dynamics import record_name
 
-    def _write_map(self) -> None:
-        if self.analyzer is None or self._recorder is None:
+            self._unwritten.append((record_name(epoch), recorder.record(numbers)))
+            self._write_records()
+
+    # -- the layers' health --------------------------------------------------------------------------------
+    def _start_health(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The Health recorder watching the module and its (first) optimiser, on every process, when a stage
+        reads it."""
+        if self._health_options is None or not trainer.optimizers:
             return
-        from .analysis.dynamics import record_name
+        from .analysis.health import Health
 
-        for numbers in self._unwritten:
-            self.analyzer.run_folder.sink.file(record_name(numbers.epoch), self._recorder.record(numbers))
+        self._health = Health(every=self._health_options.every, bins=self._health_options.bins)
+        self._health.start_epoch()
+        if self._resume is not None and self._folder is not None and trainer.is_global_zero:
+            through = max(e for e in (self._epoch, self._health_recorded, 0) if e is not None)
+            self._health.load(self._folder, through)
+        self._watching = self._health.watch(pl_module, trainer.optimizers[0])
+        self._watching.__enter__()
+
+    def _end_health_epoch(self, trainer: Trainer, epoch: int) -> None:
+        """As :meth:`_end_map_epoch`, for the layers' health."""
+        health = self._health
+        if health is None or (self._health_recorded is not None and self._health_recorded >= epoch):
+            return
+        if health.step == 0 and trainer.world_size == 1:
+            return
+        total = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
+        numbers = health.end_epoch(epoch, total, keep=trainer.is_global_zero)
+        health.start_epoch()
+        self._health_recorded = epoch
+        if trainer.is_global_zero and numbers is not None:
+            from .analysis.health import record_name
+
+            self._unwritten.append((record_name(epoch), health.record(numbers)))
+            self._write_records()
+
+    def _write_records(self) -> None:
+        """The recorded epochs (dataset map, health) into the run folder, once there is one."""
+        if self.analyzer is None:
+            return
+        for name, content in self._unwritten:
+            self.analyzer.run_folder.sink.file(name, content)
         self._unwritten = []

@@ -13,12 +13,17 @@ For the dataset map (every training example's dynamics), give ``train_data=(x_tr
 analyzer each training batch's positions in ``x_train`` and the logits your step computed:
 ``analyzer.observe(index, logits)``; :class:`interp.data.WithIndex` wraps a dataset so that its batches
 bring the positions along.
+
+For the layers' health (activations, gradients, update ratios), train inside
+``with analyzer.watch(model, optimizer):`` — hooks on the model's layers and the optimiser's steps, removed
+when the block ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,7 @@ class Analysis:
         self.during_training = during_training
         self.summaries: dict[str, Summary] = {}
         self.dynamics: Any = None  # the training's per-example dynamics (interp.analysis.dynamics), when recorded
+        self.health: Any = None  # the layers' statistics during training (interp.analysis.health), when recorded
 
     @property
     def wants_features(self) -> bool:
@@ -75,7 +81,7 @@ class Analysis:
         ctx = StageContext(evaluation=evaluation, sink=self.sink, folder=folder, tag=tag,
                            initial_state=self.initial_state, notice=self.notice,
                            during_training=self.during_training, methods=self.methods, progress=self.progress,
-                           dynamics=self.dynamics)
+                           dynamics=self.dynamics, health=self.health)
         results = run_stages(self.stages, ctx, self.strict)
         self.summaries.update(results.summaries)
         self.failed.update(results.failed)
@@ -151,7 +157,8 @@ class Analyzer:
     this function (the Lightning callback sends them to the trainer's loggers). ``dynamics``: a
     :class:`~interp.analysis.dynamics.Dynamics` recorded by the caller (the Lightning callback's, which records
     from the first training step, before there is an analyzer): the dataset map reads its history; a resumed
-    run's records are the caller's to load into it.
+    run's records are the caller's to load into it. ``health``: likewise a
+    :class:`~interp.analysis.health.Health` the caller watches the training with (the Lightning callback's).
     """
 
     def __init__(self, folder: str | Path, *, eval_data: tuple[Tensor, Tensor], classes: Sequence[str],
@@ -161,7 +168,8 @@ class Analyzer:
                  device: str | torch.device | None = None, notice: Callable[[str], None] = print,
                  drawing_worker: bool = True, train_data: tuple[Tensor, Tensor] | None = None,
                  resume: int | None = None, tensorboard: bool = True,
-                 scalars: Callable[[str, float, int], None] | None = None, dynamics: Any = None):
+                 scalars: Callable[[str, float, int], None] | None = None, dynamics: Any = None,
+                 health: Any = None):
         from ..attribution import check_methods
         from ..run import Run
 
@@ -197,6 +205,38 @@ class Analyzer:
                 "dynamics" in s.needs for s in self._stages):
             self._dynamics().load(self.folder, resume)
             self.analysis.dynamics = self.dynamics
+        self.health: Any = health
+        self.analysis.health = health
+        if health is None and resume is not None and self._health_options() is not None:
+            self._health().load(self.folder, resume)
+
+    # -- the layers' health ---------------------------------------------------------------------------
+    def _health_options(self) -> Any:
+        return next((s.options for s in self._stages if "health" in s.needs), None)
+
+    def _health(self) -> Any:
+        if self.health is None:
+            from .health import Health
+
+            options = self._health_options()
+            if options is None:
+                raise UserError("Analyzer.watch: no stage reads the layers' health; add 'health' to stages")
+            self.health = self.analysis.health = Health(every=options.every, bins=options.bins)
+            self.health.start_epoch()
+        return self.health
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[Analyzer]:
+        """Record the layers' health while the block runs: every ``every``-th ``optimizer.step()`` of an epoch,
+        each Linear/Conv layer's and activation module's outputs in the training forward pass (the model in
+        train mode, autograd on — not an evaluation) and each parameter's gradient and update. Nothing waits
+        for the device; :meth:`run` (or :meth:`end_epoch`) takes the epoch's numbers. The hooks are removed
+        when the block ends, however it ends."""
+        if not isinstance(model, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
+            raise UserError("Analyzer.watch: expected a torch.nn.Module and a torch.optim.Optimizer, got "
+                            f"{type(model).__name__} and {type(optimizer).__name__}")
+        with self._health().watch(model, optimizer):
+            yield self
 
     # -- the dataset map ------------------------------------------------------------------------------
     def _dynamics(self) -> Any:
@@ -217,8 +257,15 @@ class Analyzer:
         self._dynamics().observe_checked(index, logits, "Analyzer.observe")
 
     def end_epoch(self, epoch: int) -> None:
-        """Take the batches observed since the last epoch as ``epoch``'s (``run`` does this itself), and
-        write them to ``examples/epoch_NNN.npz``."""
+        """Take the batches observed (and the steps watched) since the last epoch as ``epoch``'s (``run`` does
+        this itself), and write them to ``examples/epoch_NNN.npz`` (and ``health/epoch_NNN.npz``)."""
+        if self.health is not None and self.health.step > 0:
+            from . import health
+
+            numbers = self.health.end_epoch(epoch)
+            if numbers is not None:
+                self.run_folder.sink.file(health.record_name(epoch), self.health.record(numbers))
+            self.health.start_epoch()
         if self.dynamics is None or self.dynamics.handed == 0:
             return
         from .dynamics import record_name

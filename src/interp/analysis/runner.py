@@ -75,6 +75,14 @@ def run_stages(stages: list[Stage], ctx: StageContext, strict: bool = False) -> 
                     elif not ctx.dynamics.history.until(ctx.epoch):  # epoch 0: no training pass yet
                         advance(1)
                         continue
+                if reason is None and "health" in stage.needs:
+                    if ctx.health is None:
+                        from ..stages.base import NEEDS
+
+                        reason = NEEDS["health"]
+                    elif not ctx.health.until(ctx.epoch):  # epoch 0: no training step yet
+                        advance(1)
+                        continue
                 if reason:
                     if not stage.skip_noticed:  # once per run, not every epoch
                         ctx.notice(f"{stage.name}: skipped ({reason})")

@@ -96,7 +96,6 @@ class ActivationsStage(Stage):
         panels = []
         for name in names:
             out = outputs[name].float()
-            ctx.record(f"{name.rsplit('.', 1)[-1]}/fraction_active", float((out[index] > 0).float().mean()))
             if out.dim() == 4:  # feature maps of one image, channel by channel
                 tiles = activation_tiles(out[index], self.options.channels)
                 panels.append({"name": name, "kind": "maps", "values": tiles, "shape": list(out.shape[1:]),

@@ -39,6 +39,8 @@ NEEDS = {
     "features": "",  # penultimate features: the evaluation pass keeps them (never a reason to skip)
     "dynamics": "no per-example training dynamics: they are recorded by `interp train`, and by the Analyzer "
                 "and the Lightning callback when given each batch's indices and logits",
+    "health": "no layer statistics: they are recorded by `interp train`, by the Analyzer inside "
+              "`analyzer.watch(model, optimizer)` and by the Lightning callback",
 }
 
 
@@ -96,6 +98,8 @@ class StageContext:
     kept: dict[str, Any] = field(default_factory=dict)
     # every training example's numbers per epoch (interp.analysis.dynamics.Dynamics), when the training recorded them
     dynamics: Any = None
+    # every layer's activations, gradients and updates per epoch (interp.analysis.health.Health), when recorded
+    health: Any = None
 
     # -- the evaluation, for short -----------------------------------------------------------------
     @property

@@ -1,4 +1,5 @@
-"""Weight and gradient histograms per layer, and a before/after picture of the weight distributions."""
+"""Weight histograms per layer, and a before/after picture of the weight distributions. (Gradients: the
+``health`` stage, from the training's own steps.)"""
 
 from __future__ import annotations
 
@@ -16,36 +17,23 @@ if TYPE_CHECKING:
 
 class WeightsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    gradients: bool = True  # also histograms of ∂loss/∂weights on a fixed batch of evaluation data
-    gradient_batch: int = Field(256, ge=1, le=65_536)
     bins: int = Field(60, ge=5, le=1000)
 
 
 @register_stage
 class WeightsStage(Stage):
     name = "weights"
-    description = ("per-layer weight and gradient histograms (TensorBoard); epoch 0 vs now for every "
-                   "weight tensor (PNG)")
+    description = "per-layer weight histograms (TensorBoard); epoch 0 vs now for every weight tensor (PNG)"
     Options = WeightsOptions
     needs = frozenset()
 
     def run(self, ctx: StageContext) -> None:
         import torch
 
-        from ..analysis.evaluation import item_losses
-
         params = [(name, p) for name, p in ctx.model.named_parameters() if p.requires_grad]
         for name, p in params:
             ctx.histogram(f"weights/{name}", p.detach())
         ctx.record("weight_norm", float(torch.stack([(p.detach() ** 2).sum() for _, p in params]).sum().sqrt()))
-        if self.options.gradients:
-            n = self.options.gradient_batch
-            x = ctx.data.normalize(ctx.data.eval_x[:n])
-            loss = item_losses(ctx.model(x), ctx.data.eval_y[:n], ctx.data.task).mean()
-            grads = torch.autograd.grad(loss, [p for _, p in params])  # leaves the training .grad alone
-            for (name, _), g in zip(params, grads, strict=True):
-                ctx.histogram(f"gradients/{name}", g)
-            ctx.record("gradient_norm", float(torch.stack([(g ** 2).sum() for g in grads]).sum().sqrt()))
 
         initial = ctx.initial_state or {}
         panels = []

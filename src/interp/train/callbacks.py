@@ -12,7 +12,7 @@ from ..checkpoint import save_checkpoint
 from ..run import Run
 from .loop import Callback, Trainer
 
-__all__ = ["AnalysisCallback", "CheckpointCallback", "DynamicsLogger", "RunLogger"]
+__all__ = ["AnalysisCallback", "CheckpointCallback", "TrainingRecords", "RunLogger"]
 
 
 class AnalysisCallback(Callback):
@@ -42,24 +42,27 @@ class AnalysisCallback(Callback):
         self.analysis.end(trainer.model)
 
 
-class DynamicsLogger(Callback):
-    """Every training epoch's per-example numbers to ``examples/epoch_NNN.npz`` (atomic), before the stages
-    read them; a resumed run first takes back the epochs it had recorded."""
+class TrainingRecords(Callback):
+    """Every training epoch's recordings — the per-example numbers (``examples/epoch_NNN.npz``) and the layers'
+    health (``health/epoch_NNN.npz``) — written atomically before the stages read them; a resumed run first
+    takes back the epochs it had recorded."""
 
     def __init__(self, run: Run):
         self.run = run
 
     def on_start(self, trainer: Trainer) -> None:
-        if trainer.dynamics is not None and trainer.epoch > 0:
-            trainer.dynamics.load(self.run.path, trainer.epoch)
+        for recorder in (trainer.dynamics, trainer.health):
+            if recorder is not None and trainer.epoch > 0:
+                recorder.load(self.run.path, trainer.epoch)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
-        from ..analysis.dynamics import record_name
+        from ..analysis import dynamics, health
 
-        dynamics = trainer.dynamics
-        if dynamics is None or not dynamics.history.epochs or dynamics.history.epochs[-1].epoch != row["epoch"]:
-            return
-        self.run.sink.file(record_name(row["epoch"]), dynamics.record(dynamics.history.epochs[-1]))
+        epoch = row["epoch"]
+        for recorder, epochs, module in ((trainer.dynamics, trainer.dynamics and trainer.dynamics.history.epochs,
+                                          dynamics), (trainer.health, trainer.health and trainer.health.history, health)):
+            if recorder is not None and epochs and epochs[-1].epoch == epoch:
+                self.run.sink.file(module.record_name(epoch), recorder.record(epochs[-1]))
 
 
 class RunLogger(Callback):

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..models import build_model, check_model, logits_model
 from ..run import Run
 from ..stages import Summary, check_stages, default_stage_specs
-from .callbacks import AnalysisCallback, CheckpointCallback, DynamicsLogger, RunLogger, set_rng_state
+from .callbacks import AnalysisCallback, CheckpointCallback, TrainingRecords, RunLogger, set_rng_state
 from .distributed import Dist, setup
 from .loop import Callback, Reporter, SilentReporter, Trainer
 from .schedule import lr_schedule
@@ -247,8 +247,9 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
     analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state,
                         strict=cfg.analysis.strict, methods=cfg.analysis.methods, progress=reporter.progress)
     analysis.dynamics = dynamics = _dynamics(stages, data, cfg.seed)
+    analysis.health = health = _health(stages)
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
-    callbacks: list[Callback] = [DynamicsLogger(run), AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run),
+    callbacks: list[Callback] = [TrainingRecords(run), AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run),
                                  checkpoints] if dist.main else []  # rank 0 writes the run; the others only train
     if speed.scaler is not None and resume_state is not None and isinstance(resume_state.get("scaler"), dict):
         speed.scaler.load_state_dict(resume_state["scaler"])
@@ -266,7 +267,7 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       callbacks=callbacks, reporter=reporter, analyzed=analyzed,
                       features_layer=cfg.analysis.features_layer, on_nan=cfg.train.on_nan, dist=dist, trained=trained,
-                      speed=speed, lr_at=lr_at, dynamics=dynamics)
+                      speed=speed, lr_at=lr_at, dynamics=dynamics, health=health)
     try:
         with _cores_beside_worker(device, drawing and not dist.enabled):
             trainer.fit(start_epoch, resuming=resume_state is not None)
@@ -312,6 +313,16 @@ def _dynamics(stages: list[Any], data: Data, seed: int) -> Any:
 
     cells = min(getattr(stage.options, "cells", CELLS) for stage in wanted)
     return Dynamics(data.train_y, len(data.classes), cells=cells, seed=seed)
+
+
+def _health(stages: list[Any]) -> Any:
+    """The layers' health recorder when a stage reads it (``health``), sampling as often as the most eager asks."""
+    wanted = [stage for stage in stages if "health" in stage.needs]
+    if not wanted:
+        return None
+    from ..analysis.health import Health
+
+    return Health(every=min(stage.options.every for stage in wanted), bins=wanted[0].options.bins)
 
 
 # What a resumed run may change; everything else in the config must match the checkpoint's.

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis.dynamics import Dynamics
+from ..analysis.health import Health
 from ..analysis.evaluation import Evaluation, evaluate
 from ..data import Data, Probe
 from ..errors import NonFiniteLoss
@@ -211,7 +212,8 @@ class Trainer:
                  eval_batch_size: int, callbacks: list[Callback], reporter: Reporter | None = None,
                  analyzed: nn.Module | None = None, features_layer: str | None = None, on_nan: str = "stop",
                  dist: Dist | None = None, trained: nn.Module | None = None, speed: Speed | None = None,
-                 lr_at: Callable[[int], float] | None = None, dynamics: Dynamics | None = None):
+                 lr_at: Callable[[int], float] | None = None, dynamics: Dynamics | None = None,
+                 health: Health | None = None):
         self.model = model
         self.analyzed = analyzed if analyzed is not None else model
         self.data = data
@@ -236,6 +238,8 @@ class Trainer:
         self.lr_at = lr_at  # the learning rate of each global step (from 0), or None: the optimiser's own
         # every training example's numbers per epoch, from the training steps' own logits (on every rank)
         self.dynamics = dynamics
+        # every layer's activations, gradients and updates at sampled steps (on every rank)
+        self.health = health
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -269,7 +273,11 @@ class Trainer:
                 self.dynamics.start_epoch()
             # when the dynamics follow every example, the training accuracy is theirs (the same argmax per example)
             whole = self.dynamics is not None and self.dynamics.tracked == self.dynamics.size
-            with self.reporter.progress("training", self.steps_per_epoch) as advance:
+            if self.health is not None:
+                self.health.start_epoch()
+            watching = self.health.watch(self.model, self.optimizer) if self.health is not None \
+                else contextlib.nullcontext()
+            with watching, self.reporter.progress("training", self.steps_per_epoch) as advance:
                 train_loss, train_accuracy, skipped = train_epoch(
                     self.trained, self.data, self.optimizer, self.loss_fn, self.batch_size, self.generator, advance,
                     (lambda: self._step(step_callbacks)) if step_callbacks else None, self.on_nan, epoch, self.dist,
@@ -280,6 +288,8 @@ class Trainer:
                                                   keep=self.dist.main)
                 if whole and train_loss is not None:
                     train_accuracy = numbers.accuracy
+            if self.health is not None:  # a collective under torchrun too
+                self.health.end_epoch(epoch, self.dist.sum if self.dist.enabled else None, keep=self.dist.main)
         features = any(c.wants_features(self, epoch) for c in self.callbacks)
         if self.dist.enabled:  # only rank 0 has the callbacks: every rank must gather alike
             features = bool(self.dist.broadcast(features))
