@@ -334,14 +334,20 @@ class Health:
             at += n
             return flat[at - n: at]
 
+        def add(into: np.ndarray, rows: list[int], values: np.ndarray) -> None:
+            if rows == list(range(S)):  # once in every sampled step, in order: as they are
+                into += values
+            else:  # a module called twice in a step (both calls add up), or in some steps only
+                np.add.at(into, rows, values)
+
         for m, slot in enumerate(slots):
             calls = len(slot.counts)
-            rows = [where[t] for t in slot.steps]  # a module called twice in a step: both calls add up
-            np.add.at(count[m], rows, take(calls))
-            np.add.at(sums[m], rows, take(2 * calls).reshape(calls, 2))
+            rows = [where[t] for t in slot.steps]
+            add(count[m], rows, take(calls))
+            add(sums[m], rows, take(2 * calls).reshape(calls, 2))
             if slot.bounded:
-                np.add.at(saturated_sum[m], rows, take(calls))
-            np.add.at(hist[m], rows, take(calls * self.bins).reshape(calls, self.bins))
+                add(saturated_sum[m], rows, take(calls))
+            add(hist[m], rows, take(calls * self.bins).reshape(calls, self.bins))
             if slot.alive is not None:
                 alive = take(len(slot.alive))
                 units[m], dead[m] = len(alive), float((alive == 0).mean())
