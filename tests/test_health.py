@@ -289,3 +289,21 @@ def test_watch_needs_the_stage_and_a_model_and_optimizer(tmp_path: Path) -> None
     with pytest.raises(UserError, match="torch.optim.Optimizer"), analyzer.watch(model, "sgd"):  # type: ignore[arg-type]
         pass
     analyzer.close()
+
+
+def test_under_torch_compile_the_steps_are_recorded_and_the_layers_skipped_with_a_notice(tmp_path: Path) -> None:
+    """A compiled model does not call forward hooks added to it afterwards: say so, keep what the optimiser's
+    steps give."""
+    from interp.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["train", "--save-dir", str(tmp_path), "--set", "train.compile=true",
+                                      "--set", "train.epochs=1", "--set", "data.train_limit=1000",
+                                      "--set", "analysis.stages=[health]", "--set", "analysis.drawing_worker=false"])
+    assert result.exit_code == 0, result.output
+    assert "with train.compile the layers' outputs are not recorded" in result.output
+    [epoch] = load_health(tmp_path / "mnist-mlp")
+    assert epoch.modules == [] and np.isfinite(epoch.grad).all() and (epoch.update > 0).all()
+    summary = read_record(tmp_path / "mnist-mlp" / "epoch_001" / "health" / "record.npz").summary
+    assert any("not recorded (train.compile" in note for note in summary["notes"])
+    assert sorted(p.name for p in (tmp_path / "mnist-mlp" / "epoch_001" / "health").glob("*.png")) == ["steps.png"]

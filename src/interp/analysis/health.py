@@ -145,9 +145,12 @@ class _Slot:
 class Health:
     """Watches a model's layers and its optimiser's steps; see the module's documentation."""
 
-    def __init__(self, every: int = EVERY, bins: int = BINS):
+    def __init__(self, every: int = EVERY, bins: int = BINS, layers: bool = True):
         self.every = every
         self.bins = bins
+        # the layers' outputs too (False under torch.compile: a compiled graph does not call forward hooks
+        # added after it was compiled, so only the optimiser's steps are seen)
+        self.layers = layers
         self.history: list[EpochHealth] = []
         self.slots: list[_Slot] = []
         self.params: list[tuple[str, Any]] = []
@@ -191,7 +194,7 @@ class Health:
 
     def _layer_hooks(self, on: bool) -> None:
         """The layers' forward hooks on (for a sampled step) or off."""
-        if on and not self._attached:
+        if on and self.layers and not self._attached:
             self._attached = [slot.module.register_forward_hook(self._forward_hook(slot)) for slot in self.slots]
         elif not on:
             for handle in self._attached:

@@ -67,17 +67,20 @@ class HealthStage(Stage):
             panels.append({"name": name, "kind": last.kinds[m], "units": int(last.units[m]),
                            "range": [float(v) for v in last.ranges[m]], "hist": np.concatenate(rows).astype(np.float32),
                            "mean": np.concatenate([e.mean[e.modules.index(name)] for e in history])})
-        ctx.draw("activity", draw_activity, panels, times, ctx.epoch)
+        if panels:  # none under torch.compile: only the optimiser's steps were seen
+            ctx.draw("activity", draw_activity, panels, times, ctx.epoch)
         names = [last.params[p] for p in weights]
         grad = np.concatenate([e.grad[:, weights] for e in history]).T if weights else np.zeros((0, len(times)))
         update = np.concatenate([e.update[:, weights] for e in history]).T if weights else np.zeros((0, len(times)))
-        ctx.draw("steps", draw_steps, names, times, grad, update, ctx.epoch)
+        if names:
+            ctx.draw("steps", draw_steps, names, times, grad, update, ctx.epoch)
         activations = [m for m in shown if _is_activation(last.kinds[m])]
         lines = [{"name": last.modules[m], "bounded": bool(last.bounded[m]),
                   "dead": [float(e.dead[e.modules.index(last.modules[m])]) for e in history],
                   "saturated": [float(np.nanmean(e.saturated[e.modules.index(last.modules[m])])) for e in history]}
                  for m in activations]
-        ctx.draw("dead", draw_dead, lines, epochs, ctx.epoch)
+        if lines:
+            ctx.draw("dead", draw_dead, lines, epochs, ctx.epoch)
 
         rows = []
         for rule in dict.fromkeys(f.rule for f in findings):  # one row per rule, its layers together
@@ -95,6 +98,9 @@ class HealthStage(Stage):
                  f"limits: dead units > {DEAD:.0%} of a layer; saturation > {SATURATED:.0%} of outputs; gradient norm "
                  f"below 1/100 or above 100× the last layer's; median update ratio outside "
                  f"[{UPDATE_LOW:g}, {UPDATE_HIGH:g}]"]
+        if not last.modules:
+            notes.append("the layers' outputs were not recorded (train.compile: a compiled model does not call "
+                         "forward hooks added to it); gradients and update ratios were")
         ctx.keep("findings", [f.__dict__ for f in findings])
         return Summary("Training health", ["finding", "layer", "epochs", "evidence", "suggestion"], rows, notes,
                        marks=marks, terminal=ctx.final)

@@ -247,7 +247,10 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
     analysis = Analysis(stages, run.sink, notice=reporter.notice, initial_state=initial_state,
                         strict=cfg.analysis.strict, methods=cfg.analysis.methods, progress=reporter.progress)
     analysis.dynamics = dynamics = _dynamics(stages, data, cfg.seed)
-    analysis.health = health = _health(stages)
+    analysis.health = health = _health(stages, cfg.train.compile)
+    if health is not None and not health.layers:
+        reporter.notice("health: with train.compile the layers' outputs are not recorded (a compiled model does not "
+                        "call forward hooks added to it); gradients and update ratios are")
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
     callbacks: list[Callback] = [TrainingRecords(run), AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run),
                                  checkpoints] if dist.main else []  # rank 0 writes the run; the others only train
@@ -315,14 +318,15 @@ def _dynamics(stages: list[Any], data: Data, seed: int) -> Any:
     return Dynamics(data.train_y, len(data.classes), cells=cells, seed=seed)
 
 
-def _health(stages: list[Any]) -> Any:
-    """The layers' health recorder when a stage reads it (``health``), sampling as often as the most eager asks."""
+def _health(stages: list[Any], compiled: bool) -> Any:
+    """The layers' health recorder when a stage reads it (``health``), sampling as often as the most eager asks;
+    under torch.compile, the optimiser's steps only."""
     wanted = [stage for stage in stages if "health" in stage.needs]
     if not wanted:
         return None
     from ..analysis.health import Health
 
-    return Health(every=min(stage.options.every for stage in wanted), bins=wanted[0].options.bins)
+    return Health(every=min(stage.options.every for stage in wanted), bins=wanted[0].options.bins, layers=not compiled)
 
 
 # What a resumed run may change; everything else in the config must match the checkpoint's.
