@@ -109,7 +109,7 @@ def overhead(epochs: int, repeats: int, images: int | None, folder: Path) -> Non
         return "dynamics", Dynamics(data.train_y, len(data.classes))
 
     on, off, n, count = alternated_epochs(recorder, epochs * repeats, images, folder)
-    assert len(list((folder / "overhead" / "examples").glob("epoch_*.npz"))) == count
+    assert len(list((folder / "overhead" / "training").glob("epoch_*.npz"))) == count
     print(f"recording overhead, {n:,} training examples, median of {count} epochs each, alternated:")
     print(f"  an interp train epoch without stages (training, evaluation, metrics, last.pt) with the dataset map's "
           f"recording {on * 1000:.1f} ms, without {off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.02)")

@@ -1,7 +1,8 @@
 """Training health, measured: what recording it costs, and what it finds in runs with a known problem.
 
 Overhead: the trainer's epoch of `interp train` without its analysis stages (training and evaluation
-passes, the metrics row, last.pt) with the layers' health recorded — every `every`-th optimiser step (the
+passes, the metrics row, last.pt, the dataset map's recording — on by default — and the epoch's training
+record) with the layers' health recorded — every `every`-th optimiser step (the
 default 50): each Linear/ReLU's outputs summarised and histogrammed, each parameter's gradient norm and
 update ratio, the epoch's record written — and without, alternating epoch by epoch in one process; the
 ratio of the medians (target ≤ 1.03).
@@ -38,12 +39,18 @@ RUNS = {
 
 
 def overhead(epochs: int, repeats: int, images: int | None, every: int, folder: Path) -> None:
+    from interp.analysis.dynamics import Dynamics
+
+    def dataset_map(data):  # type: ignore[no-untyped-def]  # on by default: both sides record it
+        return {"dynamics": Dynamics(data.train_y, len(data.classes))}
+
     on, off, n, count = alternated_epochs(lambda data: ("health", Health(every=every)), epochs * repeats, images,
-                                          folder)
-    assert len(list((folder / "overhead" / "health").glob("epoch_*.npz"))) == count
+                                          folder, base=dataset_map)
+    assert len(load_health(folder / "overhead")) == count
     print(f"health recording overhead (every {every} steps), {n:,} training examples, median of {count} epochs "
           "each, alternated:")
-    print(f"  an interp train epoch without stages (training, evaluation, metrics, last.pt) with the health "
+    print(f"  an interp train epoch without stages (training, evaluation, metrics, last.pt, the dataset map's "
+          f"recording) with the health "
           f"recording {on * 1000:.1f} ms, without {off * 1000:.1f} ms: ratio {on / off:.3f} (target ≤ 1.03)")
 
 

@@ -44,13 +44,13 @@ def write_tiled_mnist(root: Path, images: int) -> None:
 
 
 def alternated_epochs(recorder, epochs: int, images: int | None, folder: Path,  # type: ignore[no-untyped-def]
-                      overrides: tuple[str, ...] = ()) -> tuple[float, float, int, int]:
+                      overrides: tuple[str, ...] = (), base=None) -> tuple[float, float, int, int]:
     """An epoch of `interp train` without its analysis stages — the Trainer's own epoch: the training pass, the
     evaluation pass, the row in metrics.jsonl and TensorBoard, last.pt (and best.pt when it improved) — with a
     training recorder and without, alternating epoch by epoch on one model in this one process, one torch thread
     (what a CPU run beside the drawing worker has). ``recorder(data)`` gives the Trainer's attribute and the
-    recorder (``("dynamics", Dynamics(…))``). Returns the median seconds with and without, the training
-    examples and the epochs each."""
+    recorder (``("dynamics", Dynamics(…))``); ``base(data)``, recorders both sides have (``{"dynamics": …}``).
+    Returns the median seconds with and without, the training examples and the epochs each."""
     from interp.data import select_probe
     from interp.run import Run
     from interp.train.callbacks import CheckpointCallback, RunLogger, TrainingRecords
@@ -71,10 +71,12 @@ def alternated_epochs(recorder, epochs: int, images: int | None, folder: Path,  
     model = build_model(cfg.model, data.input_shape, len(data.classes))
     run, _ = Run.create(folder, "overhead")
     attribute, recording = recorder(data)
+    always = base(data) if base is not None else {}
     trainer = Trainer(model, data, probe, make_optimizer(cfg, model), loss_function(data),
                       torch.Generator().manual_seed(cfg.seed), epochs=epochs * 2,
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-                      callbacks=[TrainingRecords(run), RunLogger(run), CheckpointCallback(run, cfg.model_dump(mode="json"))])
+                      callbacks=[TrainingRecords(run), RunLogger(run), CheckpointCallback(run, cfg.model_dump(mode="json"))],
+                      **always)
     seconds: dict[str, list[float]] = {"on": [], "off": []}
     epoch = 0
     for r in range(epochs):

@@ -151,7 +151,7 @@ def test_resume_continues_the_dynamics_exactly(tmp_path: Path) -> None:
     resumed = _fit(tmp_path / "b", "train.epochs=3", resume=first).run_dir
     assert resumed == first
     for epoch in (1, 2, 3):
-        name = f"examples/epoch_{epoch:03d}.npz"
+        name = f"training/epoch_{epoch:03d}.npz"
         assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
     a = read_record(straight / "epoch_003" / "dataset_map" / "record.npz")
     b = read_record(resumed / "epoch_003" / "dataset_map" / "record.npz")

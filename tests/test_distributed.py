@@ -105,8 +105,8 @@ def test_resume_under_torchrun_is_bit_exact(tmp_path: Path) -> None:
     b = load_checkpoint(tmp_path / "b" / "save" / "mnist-mlp" / "checkpoints" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    for epoch in (1, 2):  # the per-example dynamics too
-        name = f"save/mnist-mlp/examples/epoch_{epoch:03d}.npz"
+    for epoch in (1, 2):  # the per-example dynamics and the layers' health too
+        name = f"save/mnist-mlp/training/epoch_{epoch:03d}.npz"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 

@@ -307,3 +307,20 @@ def test_under_torch_compile_the_steps_are_recorded_and_the_layers_skipped_with_
     summary = read_record(tmp_path / "mnist-mlp" / "epoch_001" / "health" / "record.npz").summary
     assert any("not recorded (train.compile" in note for note in summary["notes"])
     assert sorted(p.name for p in (tmp_path / "mnist-mlp" / "epoch_001" / "health").glob("*.png")) == ["steps.png"]
+
+
+def test_analyze_draws_the_recorded_epochs_and_a_run_without_them_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    """`interp analyze` has no training to watch: it reads the epochs the run recorded, up to the checkpoint's."""
+    from interp.analyze import analyze
+
+    run = _fit(tmp_path / "a", "train.epochs=2", "train.lr=0.05").run_dir
+    notices: list[str] = []
+    result = analyze(run, checkpoint="last", stages=["health"], notice=notices.append)
+    assert result.epoch == 2 and result.numbers["health/findings"] == 1
+    trained = read_record(run / "epoch_002" / "health" / "record.npz")
+    analysed = read_record(run / "analysis" / "last" / "health" / "record.npz")
+    assert analysed.summary["rows"] == trained.summary["rows"]
+    assert analysed.numbers == trained.numbers
+    bare = _fit(tmp_path / "b", "train.epochs=1", "analysis.stages=[confusion]").run_dir  # recorded no health
+    analyze(bare, checkpoint="last", stages=["health"], notice=notices.append)
+    assert any(n.startswith("health: skipped (no layer statistics") for n in notices)

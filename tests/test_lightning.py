@@ -307,7 +307,8 @@ def test_the_dataset_map_and_health_records_equal_the_analyzers(tmp_path: Path) 
             np.testing.assert_array_equal(getattr(b, field), getattr(a, field))  # float16 values, bit for bit
         assert not np.isnan(b.prob).any()  # every training example, every epoch
     for epoch in (1, 2):
-        a, b = (read_record(tmp_path / run / "examples" / f"epoch_{epoch:03d}.npz").data for run in ("api", "lit"))
+        a, b = (read_record(tmp_path / run / "training" / f"epoch_{epoch:03d}.npz").data["examples"]
+                for run in ("api", "lit"))
         assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in ("index", "label", "size"))
     api_rows, lit_rows = metrics(tmp_path / "api"), metrics(tmp_path / "lit")
     for a, b in zip(api_rows, lit_rows, strict=True):  # the same numbers from the dataset map stage, too
@@ -385,7 +386,7 @@ def test_a_fit_resumed_from_a_checkpoint_continues_the_same_run_folder(tmp_path:
     assert again.run_folder == first.run_folder == tmp_path / "lit" and not notices
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "lit"]  # not lit-2
     assert [r["epoch"] for r in metrics(tmp_path / "lit")] == [0, 1, 2, 3]  # each once
-    assert sorted(p.name for p in (tmp_path / "lit" / "examples").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "lit" / "training").iterdir()) == [
         "epoch_001.npz", "epoch_002.npz", "epoch_003.npz"]
     record = read_record(tmp_path / "lit" / "epoch_003" / "dataset_map" / "record.npz")
     assert list(record.data["epochs"]) == [1, 2, 3]  # the map goes on from the epochs recorded before
@@ -448,7 +449,7 @@ def test_the_dataset_map_and_the_sample_under_lightnings_ddp_strategy(tmp_path: 
     assert sum(map(sum, confusion["matrix"])) == 30  # 15 from each process's 25
     history = load_history(run)
     assert [e.epoch for e in history] == [1, 2]
-    labels = read_record(run / "examples" / "epoch_001.npz").data["label"]
+    labels = read_record(run / "training" / "epoch_001.npz").data["examples"]["label"]
     for epoch in load_health(run):  # each step's statistics summed over both processes' batches of 8
         first = epoch.modules.index("net.1")  # Linear(16, 16)
         assert epoch.hist[first, :5].sum(axis=1).tolist() == [16 * 16] * 5

@@ -42,7 +42,7 @@ forward pass). The contract:
    ``WithIndex``), read from ``trainer.train_dataloader`` at ``on_train_start``.
 
 Every batch's ``(index, logits)`` is then copied into one buffer on the device in ``on_train_batch_end``
-(no wait for the device) and reduced once per epoch to ``examples/epoch_NNN.npz``, the same records the
+(no wait for the device) and reduced once per epoch to ``training/epoch_NNN.npz``, the same records the
 :class:`interp.Analyzer` and ``interp train`` write. When a piece is missing the ``dataset_map`` stage is
 skipped with one notice saying which; no numbers are made up. A batch for which ``training_step`` returned
 ``None`` (skipped) is simply not recorded.
@@ -306,8 +306,7 @@ class InterpCallback(Callback):
         if not trainer.is_last_batch:  # a validation inside the epoch: the sample only
             return
         epoch = trainer.current_epoch + 1
-        self._end_map_epoch(trainer, epoch)
-        self._end_health_epoch(trainer, epoch)
+        self._end_training_epoch(trainer, epoch)
         if trainer.is_global_zero and self.analyzer is not None:
             loss = trainer.callback_metrics.get("train_loss")
             self._run(trainer, pl_module, epoch, trainer.global_step,
@@ -327,8 +326,7 @@ class InterpCallback(Callback):
         self._recorder.observe_checked(index, logits, "InterpCallback")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._end_map_epoch(trainer, trainer.current_epoch + 1)  # an epoch without validation
-        self._end_health_epoch(trainer, trainer.current_epoch + 1)
+        self._end_training_epoch(trainer, trainer.current_epoch + 1)  # an epoch without validation
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         try:
@@ -477,24 +475,32 @@ class InterpCallback(Callback):
                 if "dynamics" in stage.needs:
                     stage.skip_noticed = True
 
-    def _end_map_epoch(self, trainer: Trainer, epoch: int) -> None:
-        """The epoch's numbers from the batches recorded (summed over the processes: a collective, so every
-        process calls it), kept by rank 0 and written when there is a run folder."""
+    def _end_training_epoch(self, trainer: Trainer, epoch: int) -> None:
+        """The epoch's recordings (the dataset map's, the layers' health), each summed over the processes (a
+        collective, so every process calls this), kept by rank 0 and written as one record of the epoch when
+        there is a run folder."""
+        recorded = {part: data for part, data in (("examples", self._end_map_epoch(trainer, epoch)),
+                                                  ("health", self._end_health_epoch(trainer, epoch)))
+                    if data is not None}
+        if recorded and trainer.is_global_zero:
+            from .analysis import training
+
+            self._unwritten.append((training.record_name(epoch), training.encode(epoch, recorded)))
+            self._write_records()
+
+    def _end_map_epoch(self, trainer: Trainer, epoch: int) -> dict[str, Any] | None:
+        """The dataset map's part of the epoch's record (None: nothing recorded, or not rank 0)."""
         recorder = self._recorder
         if recorder is None or (self._recorded is not None and self._recorded >= epoch):
-            return
+            return None
         if recorder.handed == 0 and trainer.world_size == 1:
-            return
+            return None
         recorder.check_repeats(epoch, "InterpCallback")
         total = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
         numbers = recorder.end_epoch(epoch, total, keep=trainer.is_global_zero)
         recorder.start_epoch()
         self._recorded = epoch
-        if trainer.is_global_zero:
-            from .analysis.dynamics import record_name
-
-            self._unwritten.append((record_name(epoch), recorder.record(numbers)))
-            self._write_records()
+        return recorder.record_data(numbers) if trainer.is_global_zero else None
 
     # -- the layers' health --------------------------------------------------------------------------------
     def _start_health(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -512,22 +518,18 @@ class InterpCallback(Callback):
         self._watching = self._health.watch(pl_module, trainer.optimizers[0])
         self._watching.__enter__()
 
-    def _end_health_epoch(self, trainer: Trainer, epoch: int) -> None:
+    def _end_health_epoch(self, trainer: Trainer, epoch: int) -> dict[str, Any] | None:
         """As :meth:`_end_map_epoch`, for the layers' health."""
         health = self._health
         if health is None or (self._health_recorded is not None and self._health_recorded >= epoch):
-            return
+            return None
         if health.step == 0 and trainer.world_size == 1:
-            return
+            return None
         total = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
         numbers = health.end_epoch(epoch, total, keep=trainer.is_global_zero)
         health.start_epoch()
         self._health_recorded = epoch
-        if trainer.is_global_zero and numbers is not None:
-            from .analysis.health import record_name
-
-            self._unwritten.append((record_name(epoch), health.record(numbers)))
-            self._write_records()
+        return numbers.record_data() if trainer.is_global_zero and numbers is not None else None
 
     def _write_records(self) -> None:
         """The recorded epochs (dataset map, health) into the run folder, once there is one."""

@@ -258,23 +258,22 @@ class Analyzer:
 
     def end_epoch(self, epoch: int) -> None:
         """Take the batches observed (and the steps watched) since the last epoch as ``epoch``'s (``run`` does
-        this itself), and write them to ``examples/epoch_NNN.npz`` (and ``health/epoch_NNN.npz``)."""
-        if self.health is not None and self.health.step > 0:
-            from . import health
+        this itself), and write them to the run's ``training/epoch_NNN.npz``."""
+        from . import training
 
+        recorded: dict[str, Any] = {}
+        if self.health is not None and self.health.step > 0:
             numbers = self.health.end_epoch(epoch)
             if numbers is not None:
-                self.run_folder.sink.file(health.record_name(epoch), self.health.record(numbers))
+                recorded["health"] = numbers.record_data()
             self.health.start_epoch()
-        if self.dynamics is None or self.dynamics.handed == 0:
-            return
-        from .dynamics import record_name
-
-        self.dynamics.check_repeats(epoch, "Analyzer.observe")
-        numbers = self.dynamics.end_epoch(epoch)
-        self.run_folder.sink.file(record_name(epoch), self.dynamics.record(numbers))
-        self.dynamics.start_epoch()
-        self.analysis.dynamics = self.dynamics
+        if self.dynamics is not None and self.dynamics.handed > 0:
+            self.dynamics.check_repeats(epoch, "Analyzer.observe")
+            recorded["examples"] = self.dynamics.record_data(self.dynamics.end_epoch(epoch))
+            self.dynamics.start_epoch()
+            self.analysis.dynamics = self.dynamics
+        if recorded:
+            self.run_folder.sink.file(training.record_name(epoch), training.encode(epoch, recorded))
 
     def run(self, model: nn.Module, epoch: int, *, final: bool | None = None, train_loss: float | None = None,
             train_accuracy: float | None = None) -> AnalyzerResult:

@@ -6,7 +6,7 @@ pass (no extra pass). They are copied into one (examples, classes) buffer on the
 operations for the whole epoch, to three numbers per example: the probability of its given label, its
 margin (given label's logit − the largest other logit) and whether it was predicted right (plus the
 predicted class). Those move to the host once per epoch, compactly (float16, bool), and are kept as
-``examples/epoch_NNN.npz`` records of the run.
+the ``examples`` part of the run's ``training/epoch_NNN.npz`` records.
 
 Memory: the buffer holds ``tracked × classes`` float32 values, at most :data:`CELLS` (2**27, 512 MiB):
 every example of a dataset up to 13.4 M examples with 10 classes, 134,217 with 1,000 classes. A larger
@@ -37,7 +37,7 @@ REGIONS = ("easy", "ambiguous", "hard")
 # it is on average below one half, easy when above.
 AMBIGUOUS_VARIABILITY = 0.2
 HARD_CONFIDENCE = 0.5
-FOLDER = "examples"
+PART = "examples"  # the part of the run's training/epoch_NNN.npz records
 
 
 @dataclass
@@ -191,13 +191,9 @@ class Dynamics:
             self.history.add(out)
         return out
 
-    def record(self, epoch: EpochDynamics) -> bytes:
-        """``examples/epoch_NNN.npz``: one epoch's numbers as a record of the run."""
-        from .records import Record, encode_record
-
-        return encode_record(Record(stage="dynamics", epoch=epoch.epoch,
-                                    data={**epoch.record_data(self.history.index, self.history.labels),
-                                          "size": self.size}))
+    def record_data(self, epoch: EpochDynamics) -> dict[str, Any]:
+        """One epoch's numbers as the ``examples`` part of the run's ``training/epoch_NNN.npz``."""
+        return {**epoch.record_data(self.history.index, self.history.labels), "size": self.size}
 
     def load(self, run: Path | str, through: int) -> list[int]:
         """Take the epochs ``1 … through`` a run recorded (a resumed run goes on from them); returns the
@@ -218,12 +214,12 @@ class Recorded:
 
 def read_dynamics(run: Path | str, through: int | None = None) -> Recorded | None:
     """The epochs ``run`` recorded (through ``through``), or None when it recorded none."""
-    from .records import read_record
+    from .training import parts
 
-    paths = sorted(Path(run, FOLDER).glob("epoch_*.npz"))
-    if not paths:
+    first = next(parts(run, PART), None)
+    if first is None:
         return None
-    first = read_record(paths[0]).data
+    first = first[1]
     index = np.asarray(first["index"])
     history = History(index=index, labels=np.asarray(first["label"]), size=int(first.get("size", len(index))))
     for epoch in load_history(run, through, index):
@@ -231,24 +227,16 @@ def read_dynamics(run: Path | str, through: int | None = None) -> Recorded | Non
     return Recorded(history) if history.epochs else None
 
 
-def record_name(epoch: int) -> str:
-    return f"{FOLDER}/epoch_{epoch:03d}.npz"
-
-
 def load_history(run: Path | str, through: int | None = None, index: np.ndarray | None = None) -> list[EpochDynamics]:
-    """The per-epoch dynamics records of ``run`` (epochs ≤ ``through``), read without pickle; with ``index``,
-    only records that follow the same examples."""
-    from .records import read_record
+    """The per-epoch dynamics ``run`` recorded (epochs ≤ ``through``), read without pickle; with ``index``,
+    only those that follow the same examples."""
+    from .training import parts
 
     out = []
-    for path in sorted(Path(run, FOLDER).glob("epoch_*.npz")):
-        record = read_record(path)
-        if record.epoch is None or (through is not None and record.epoch > through):
-            continue
-        data = record.data
+    for epoch, data in parts(run, PART, through):
         if index is not None and not np.array_equal(np.asarray(data["index"]), index):
             continue
-        out.append(EpochDynamics(record.epoch, np.asarray(data["prob"]), np.asarray(data["margin"]),
+        out.append(EpochDynamics(epoch, np.asarray(data["prob"]), np.asarray(data["margin"]),
                                  np.asarray(data["correct"], dtype=bool), np.asarray(data["predicted"])))
     return out
 

@@ -12,7 +12,8 @@ device and without waiting for it:
   weight's (‖Δw‖ / ‖w‖) and the weight's norm.
 
 At the end of the epoch (:meth:`Health.end_epoch`) they move to the host once, summed over processes under
-torchrun, as an :class:`EpochHealth`, written to ``health/epoch_NNN.npz`` (a record of the run).
+torchrun, as an :class:`EpochHealth`, kept as the ``health`` part of the run's ``training/epoch_NNN.npz``
+records.
 :func:`diagnose` reads the epochs and names what looks wrong, each rule with its documented limit.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-FOLDER = "health"
+PART = "health"  # the part of the run's training/epoch_NNN.npz records
 EVERY = 50  # optimiser steps between samples (the first step of every epoch is sampled)
 BINS = 40  # histogram bins per layer and sampled step
 
@@ -384,12 +385,6 @@ class Health:
     def until(self, epoch: int) -> list[EpochHealth]:
         return [e for e in self.history if e.epoch <= epoch]
 
-    def record(self, epoch: EpochHealth) -> bytes:
-        """``health/epoch_NNN.npz``: one epoch's numbers as a record of the run."""
-        from .records import Record, encode_record
-
-        return encode_record(Record(stage="health", epoch=epoch.epoch, data=epoch.record_data()))
-
     def load(self, run: Path | str, through: int) -> list[int]:
         """Take the epochs ``1 … through`` that ``run`` recorded (a resumed run goes on from them)."""
         loaded = load_health(run, through)
@@ -398,21 +393,11 @@ class Health:
         return [e.epoch for e in loaded]
 
 
-def record_name(epoch: int) -> str:
-    return f"{FOLDER}/epoch_{epoch:03d}.npz"
-
-
 def load_health(run: Path | str, through: int | None = None) -> list[EpochHealth]:
-    """The per-epoch health records of ``run`` (epochs ≤ ``through``), read without pickle."""
-    from .records import read_record
+    """The layers' health ``run`` recorded per epoch (epochs ≤ ``through``), read without pickle."""
+    from .training import parts
 
-    out = []
-    for path in sorted(Path(run, FOLDER).glob("epoch_*.npz")):
-        record = read_record(path)
-        if record.epoch is None or (through is not None and record.epoch > through):
-            continue
-        out.append(EpochHealth.from_record(record.epoch, record.data))
-    return out
+    return [EpochHealth.from_record(epoch, data) for epoch, data in parts(run, PART, through)]
 
 
 class Recorded:

@@ -43,9 +43,9 @@ class AnalysisCallback(Callback):
 
 
 class TrainingRecords(Callback):
-    """Every training epoch's recordings — the per-example numbers (``examples/epoch_NNN.npz``) and the layers'
-    health (``health/epoch_NNN.npz``) — written atomically before the stages read them; a resumed run first
-    takes back the epochs it had recorded."""
+    """Every training epoch's recordings — the per-example numbers and the layers' health — as one record,
+    ``training/epoch_NNN.npz``, written atomically before the stages read them; a resumed run first takes back
+    the epochs it had recorded."""
 
     def __init__(self, run: Run):
         self.run = run
@@ -56,13 +56,16 @@ class TrainingRecords(Callback):
                 recorder.load(self.run.path, trainer.epoch)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], evaluation: Evaluation) -> None:
-        from ..analysis import dynamics, health
+        from ..analysis import training
 
-        epoch = row["epoch"]
-        for recorder, epochs, module in ((trainer.dynamics, trainer.dynamics and trainer.dynamics.history.epochs,
-                                          dynamics), (trainer.health, trainer.health and trainer.health.history, health)):
-            if recorder is not None and epochs and epochs[-1].epoch == epoch:
-                self.run.sink.file(module.record_name(epoch), recorder.record(epochs[-1]))
+        epoch, recorded = row["epoch"], {}
+        dynamics, health = trainer.dynamics, trainer.health
+        if dynamics is not None and dynamics.history.epochs and dynamics.history.epochs[-1].epoch == epoch:
+            recorded["examples"] = dynamics.record_data(dynamics.history.epochs[-1])
+        if health is not None and health.history and health.history[-1].epoch == epoch:
+            recorded["health"] = health.history[-1].record_data()
+        if recorded:
+            self.run.sink.file(training.record_name(epoch), training.encode(epoch, recorded))
 
 
 class RunLogger(Callback):
