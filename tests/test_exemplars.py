@@ -95,3 +95,76 @@ def test_a_vertical_edge_channel_has_vertical_edges_in_its_crops(data, tmp_path:
             assert along > 3 * across
         else:
             assert across > 3 * along
+
+
+# -- feature visualisation ----------------------------------------------------------------------------------
+
+
+def edge_model() -> nn.Module:
+    """Channel 0: a vertical-edge filter ([-1, 0, 1] rows); channel 1: the same turned, a horizontal one."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 26 * 26, 10))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+        model[0].weight[0, 0] = torch.tensor([[-1.0, 0.0, 1.0]] * 3)
+        model[0].weight[1, 0] = torch.tensor([[-1.0, 0.0, 1.0]] * 3).T
+    return model
+
+
+def test_a_vertical_edge_channel_is_visualised_with_vertical_structure() -> None:
+    """Its optimised input's spectral energy along the horizontal frequency axis is at least 5× that along the
+    vertical one; the horizontal-edge channel's the other way round."""
+    from interp import visualize
+
+    model = edge_model()
+    images = visualize(model, "0", [0, 1], input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,))
+    assert images.shape == (2, 1, 28, 28)
+    energy = []
+    for image in images[:, 0]:
+        spectrum = torch.fft.fft2(image - image.mean()).abs() ** 2
+        energy.append((float(spectrum[0, 1:].sum()), float(spectrum[1:, 0].sum())))  # (horizontal, vertical)
+    assert energy[0][0] >= 5 * energy[0][1]
+    assert energy[1][1] >= 5 * energy[1][0]
+
+
+def test_visualize_is_deterministic_and_leaves_the_model_alone() -> None:
+    from interp import visualize
+
+    model = edge_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = visualize(model, target=[3, 7], input_shape=(1, 28, 28), steps=8, seed=5)
+    b = visualize(model, target=[3, 7], input_shape=(1, 28, 28), steps=8, seed=5)
+    assert torch.equal(a, b) and not torch.equal(a, visualize(model, target=[3, 7], input_shape=(1, 28, 28),
+                                                               steps=8, seed=6))
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="not both"):
+        visualize(model, "0", [0], target=1, input_shape=(1, 28, 28))
+
+
+def test_the_stage_runs_at_the_final_analysis_and_compares_a_first_layer_unit_with_its_weights(data, tmp_path: Path,
+                                                                                                ) -> None:
+    from interp.stages.feature_visualization import FeatureVisualizationOptions, FeatureVisualizationStage
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, []).model, data.input_shape, 10).eval()
+    stage = FeatureVisualizationStage(FeatureVisualizationOptions(steps=16, units=2))
+    stage.prepare(model, data)
+    run, _ = Run.create(tmp_path, "run")
+    run.drawing_worker = False
+    probe = select_probe(data, 1, 0)
+    for epoch, final in ((1, False), (2, True)):
+        ctx = StageContext(evaluation=evaluate(model, data, probe, epoch, final=final), sink=run.sink,
+                           folder=f"epoch_{epoch:03d}")
+        results = run_stages([stage], ctx)
+        assert not results.failed
+    run.close()
+    early = read_record(run.path / "epoch_001" / "feature_visualization" / "record.npz")
+    assert early.figures == {} and not early.data  # not final: nothing drawn
+    record = read_record(run.path / "epoch_002" / "feature_visualization" / "record.npz")
+    assert set(record.figures) == {"units", "classes"}
+    hidden = record.data["units"][0]
+    assert hidden["layer"] == "features.fc1" and len(hidden["weight_correlation"]) == 2
+    assert len(record.data["class_probability"]) == 10
+    assert record.numbers["feature_visualization/class_probability"] == pytest.approx(
+        float(np.mean(record.data["class_probability"])))

@@ -87,6 +87,7 @@ def recorded_health(model: torch.nn.Module, data: Data) -> Health:
 def small_options(name: str) -> dict:
     return {"integrated_gradients": {"steps": 8}, "saliency": {"smoothgrad_samples": 2},
             "embeddings": {"points": 60, "perplexity": 5}, "trust": {"steps": 8, "images": 3, "ig_steps": 8},
+            "feature_visualization": {"steps": 4, "every": 1},
             }.get(name, {})
 
 

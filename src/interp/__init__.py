@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports eac
     from .data import load_data
     from .errors import UserError
     from .models import build_model
+    from .optvis import visualize
     from .report import build_report
     from .stages.base import Stage, Summary, register_stage
     from .train import fit
@@ -42,6 +43,7 @@ __all__ = [
     "load_data",
     "load_record",
     "register_stage",
+    "visualize",
 ]
 __version__ = "0.1.0"
 
@@ -67,6 +69,7 @@ _LAZY = {
     "build_model": "models",
     "build_report": "report",
     "load_data": "data",
+    "visualize": "optvis",
 }
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..data import Data
     from .base import StageContext
 
-__all__ = ["ExemplarsStage", "draw_exemplars", "receptive_boxes", "unit_responses"]
+__all__ = ["ExemplarsStage", "draw_exemplars", "exemplar_panels", "receptive_boxes", "unit_responses"]
 
 
 class ExemplarsOptions(BaseModel):
@@ -126,41 +126,48 @@ class ExemplarsStage(Stage):
             else default_layers(model)
 
     def run(self, ctx: StageContext) -> None:
-        import torch
-
-        from .top_losses import pixels_of
-
-        data = ctx.data
-        x = data.normalize(data.eval_x)
-        names = self.layers(ctx.model)
-        responses = unit_responses(ctx.model, x, names, self.options.batch_size)
-        chosen_by_name = {}
-        if self.options.select:
-            from ..models import resolve_layer
-
-            chosen_by_name = {resolve_layer(ctx.model, n)[0]: units for n, units in self.options.select.items()}
-        panels = []
-        for name in names:
-            values, where, shape = responses[name]
-            count = values.shape[1]
-            if name in chosen_by_name:
-                units = [u for u in chosen_by_name[name] if 0 <= u < count]
-            else:  # the most active: the largest mean of each image's top response
-                units = torch.argsort(values.mean(dim=0), descending=True, stable=True)[: self.options.units].tolist()
-            top = min(self.options.top, len(x))
-            index = torch.stack([torch.argsort(values[:, u], descending=True, stable=True)[:top] for u in units])
-            value = torch.stack([values[index[i], u] for i, u in enumerate(units)])
-            boxes = None
-            if shape:  # a conv channel: the part of each exemplar its strongest response saw
-                boxes = np.stack([receptive_boxes(ctx.model, x[index[i]], name, u, where[index[i], u])
-                                  for i, u in enumerate(units)])
-            panels.append({"layer": name, "units": units, "spatial": list(shape), "index": index.cpu().numpy(),
-                           "value": value.cpu().numpy(), "boxes": boxes,
-                           "pixels": pixels_of(data, index.flatten()).cpu().numpy().reshape(
-                               *index.shape, *data.input_shape)})
+        panels = exemplar_panels(self, ctx)
         ctx.keep("exemplars", [{k: v for k, v in p.items() if k != "pixels"} for p in panels])
-        ctx.draw("exemplars", draw_exemplars, panels, list(data.classes),
-                 [int(c) for c in data.eval_y.cpu()], ctx.epoch)
+        ctx.draw("exemplars", draw_exemplars, panels, list(ctx.data.classes),
+                 [int(c) for c in ctx.data.eval_y.cpu()], ctx.epoch)
+
+
+def exemplar_panels(stage: ExemplarsStage, ctx: StageContext) -> list[dict[str, Any]]:
+    """Per layer of ``stage``: its units, their top exemplars (``index``, ``value``, ``pixels``) and, for conv
+    channels, the ``boxes`` their strongest responses saw."""
+    import torch
+
+    from .top_losses import pixels_of
+
+    data = ctx.data
+    x = data.normalize(data.eval_x)
+    names = stage.layers(ctx.model)
+    responses = unit_responses(ctx.model, x, names, stage.options.batch_size)
+    chosen_by_name = {}
+    if stage.options.select:
+        from ..models import resolve_layer
+
+        chosen_by_name = {resolve_layer(ctx.model, n)[0]: units for n, units in stage.options.select.items()}
+    panels = []
+    for name in names:
+        values, where, shape = responses[name]
+        count = values.shape[1]
+        if name in chosen_by_name:
+            units = [u for u in chosen_by_name[name] if 0 <= u < count]
+        else:  # the most active: the largest mean of each image's top response
+            units = torch.argsort(values.mean(dim=0), descending=True, stable=True)[: stage.options.units].tolist()
+        top = min(stage.options.top, len(x))
+        index = torch.stack([torch.argsort(values[:, u], descending=True, stable=True)[:top] for u in units])
+        value = torch.stack([values[index[i], u] for i, u in enumerate(units)])
+        boxes = None
+        if shape:  # a conv channel: the part of each exemplar its strongest response saw
+            boxes = np.stack([receptive_boxes(ctx.model, x[index[i]], name, u, where[index[i], u])
+                              for i, u in enumerate(units)])
+        panels.append({"layer": name, "units": units, "spatial": list(shape), "index": index.cpu().numpy(),
+                       "value": value.cpu().numpy(), "boxes": boxes,
+                       "pixels": pixels_of(data, index.flatten()).cpu().numpy().reshape(*index.shape,
+                                                                                      *data.input_shape)})
+    return panels
 
 
 CELL = 56  # pixels per exemplar panel
