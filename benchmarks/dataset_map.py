@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import alternated_epochs  # noqa: E402
+
 from interp.analysis.dynamics import cartography, load_history  # noqa: E402
 from interp.config import load_config  # noqa: E402
 from interp.data import flip_labels, load_data  # noqa: E402

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import alternated_epochs  # noqa: E402
+
 from interp.analysis.health import EVERY, Health, diagnose, epochs_text, load_health  # noqa: E402
 from interp.config import load_config  # noqa: E402
 from interp.train import fit  # noqa: E402

@@ -294,8 +294,9 @@ def test_watch_needs_the_stage_and_a_model_and_optimizer(tmp_path: Path) -> None
 def test_under_torch_compile_the_steps_are_recorded_and_the_layers_skipped_with_a_notice(tmp_path: Path) -> None:
     """A compiled model does not call forward hooks added to it afterwards: say so, keep what the optimiser's
     steps give."""
-    from interp.cli import app
     from typer.testing import CliRunner
+
+    from interp.cli import app
 
     result = CliRunner().invoke(app, ["train", "--save-dir", str(tmp_path), "--set", "train.compile=true",
                                       "--set", "train.epochs=1", "--set", "data.train_limit=1000",

@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import interp
 from interp.analysis.dynamics import Dynamics
-from interp.analysis.health import Health
 from interp.analysis.evaluation import Evaluation
+from interp.analysis.health import Health
 from interp.analysis.runner import StageContext
 from interp.analysis.runner import run_stages as _run_stages
 from interp.config import DataConfig, ModelConfig

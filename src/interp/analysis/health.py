@@ -180,6 +180,7 @@ class Health:
                           for name, module, span, bounded in watched_modules(model)]
             self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
             self._no_grad = [torch.full((), float("nan"), device=p.device) for _, p in self.params]
+            self._copies = [torch.empty_like(p.detach()) for _, p in self.params]  # kept: no allocation per sample
         handles = []
         try:
             handles.append(optimizer.register_step_pre_hook(self._before_step))
@@ -267,10 +268,7 @@ class Health:
         import torch
 
         if self.sampling and self.params:
-            weights = [p.detach() for _, p in self.params]
-            if len(self._copies) != len(weights) or any(c.shape != w.shape for c, w in zip(self._copies, weights)):
-                self._copies = [torch.empty_like(w) for w in weights]  # kept: no large allocation per sample
-            torch._foreach_copy_(self._copies, weights)
+            torch._foreach_copy_(self._copies, [p.detach() for _, p in self.params])
             self._before = self._copies
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -185,6 +185,7 @@ def draw_exemplars(panels: list[dict[str, Any]], classes: list[str], labels: lis
     (a conv channel) or the mean of its exemplars (a dense unit), then its top exemplars (a conv channel's:
     those crops), titled with the response and the image's class."""
     from ..plotting import TileSheet
+    from .top_losses import _rgb
 
     rows = sum(len(p["units"]) for p in panels)
     cols = max((len(np.asarray(p["index"])[0]) if len(p["units"]) else 0 for p in panels), default=1)
@@ -196,8 +197,7 @@ def draw_exemplars(panels: list[dict[str, Any]], classes: list[str], labels: lis
         for i, unit in enumerate(panel["units"]):
             short = panel["layer"].rsplit(".", 1)[-1]
             for j in range(index.shape[1]):
-                image = np.moveaxis(pixels[i, j], 0, -1)
-                image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3].copy()
+                image = _rgb(pixels[i, j])
                 if boxes is not None:
                     top, left, bottom, right = np.asarray(boxes)[i, j]
                     if j == 0:  # the first exemplar whole, its box outlined
@@ -206,9 +206,8 @@ def draw_exemplars(panels: list[dict[str, Any]], classes: list[str], labels: lis
                         sheet.put(row, 0, _fit(whole), f"{short}\nchannel {unit}")
                     image = image[top:bottom, left:right]
                 elif j == 0:  # a dense unit: the mean of its exemplars
-                    mean = np.moveaxis(pixels[i].astype(np.float32).mean(axis=0), 0, -1)
-                    mean = np.repeat(mean, 3, axis=-1) if mean.shape[-1] == 1 else mean[..., :3]
-                    sheet.put(row, 0, _fit(mean.round()), f"{short}\nunit {unit}: mean")
+                    mean = _rgb(pixels[i].astype(np.float32).mean(axis=0).round())
+                    sheet.put(row, 0, _fit(mean), f"{short}\nunit {unit}: mean")
                 sheet.put(row, j + 1, _fit(image), f"{value[i, j]:.2g}\n{classes[labels[int(index[i, j])]]}")
             row += 1
     return sheet.png(f"exemplars, epoch {epoch}: the evaluation images that make each unit fire most (a conv "

@@ -49,7 +49,8 @@ class FeatureVisualizationStage(Stage):
         from .exemplars import ExemplarsOptions
 
         return ExemplarsStage(ExemplarsOptions(layers=self.options.layers, units=self.options.units,
-                                               select=self.options.select, top=max(self.options.exemplars, 1)))
+                                               select=self.options.select, top=max(self.options.exemplars, 1),
+                                               batch_size=500))
 
     def run(self, ctx: StageContext) -> None:
         every = self.options.every
@@ -131,6 +132,7 @@ def draw_unit_sheet(panels: list[dict[str, Any]], classes: list[str], labels: li
     response saw)."""
     from ..plotting import TileSheet
     from .exemplars import _fit
+    from .top_losses import _rgb
 
     rows = sum(len(p["units"]) for p in panels)
     cols = 1 + max((np.asarray(p["index"]).shape[1] for p in panels), default=0)
@@ -160,6 +162,7 @@ def draw_class_sheet(pixels: np.ndarray, classes: list[str], probability: np.nda
     """One optimised input per class, titled with the model's probability of that class on it."""
     from ..plotting import TileSheet
     from .exemplars import _fit
+    from .top_losses import _rgb
 
     pixels = np.asarray(pixels)
     cols = min(len(classes), 5)
@@ -170,8 +173,3 @@ def draw_class_sheet(pixels: np.ndarray, classes: list[str], probability: np.nda
         sheet.put(k // cols, k % cols, big, f"{name}\np {float(probability[k]):.2f}")
     return sheet.png(f"feature visualisation, epoch {epoch}: per class the input optimised for its logit "
                      "(p: the model's probability of that class on it)")
-
-
-def _rgb(pixels: np.ndarray) -> np.ndarray:
-    image = np.moveaxis(np.asarray(pixels, dtype=np.uint8), 0, -1)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]

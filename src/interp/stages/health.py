@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..analysis.health import (BINS, DEAD, EVERY, SATURATED, UPDATE_HIGH, UPDATE_LOW, diagnose, epochs_text,
-                               weight_tensors)
+from ..analysis.health import (
+    BINS,
+    DEAD,
+    EVERY,
+    SATURATED,
+    UPDATE_HIGH,
+    UPDATE_LOW,
+    diagnose,
+    epochs_text,
+    weight_tensors,
+)
 from ..analysis.records import register_view
 from .base import Stage, Summary, register_stage
 
@@ -193,7 +202,7 @@ def draw_dead(lines: list[dict[str, Any]], epochs: list[int], epoch: int) -> Any
         if line["bounded"]:
             axes[1].plot(epochs, line["saturated"], marker="o", color=f"C{i % 10}", label=line["name"])
     for ax, limit, what in zip(axes, (DEAD, SATURATED), ("dead units (share of the layer's units)",
-                                                         "saturated outputs (within 1% of the bounds)")):
+                                                         "saturated outputs (within 1% of the bounds)"), strict=False):
         ax.axhline(limit, color="0.4", linestyle="--", linewidth=1.0, label=f"finding above {limit:.0%}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(min(epochs, default=1) - 0.3, max(epochs, default=1) + 0.3)

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..models import build_model, check_model, logits_model
 from ..run import Run
 from ..stages import Summary, check_stages, default_stage_specs
-from .callbacks import AnalysisCallback, CheckpointCallback, TrainingRecords, RunLogger, set_rng_state
+from .callbacks import AnalysisCallback, CheckpointCallback, RunLogger, TrainingRecords, set_rng_state
 from .distributed import Dist, setup
 from .loop import Callback, Reporter, SilentReporter, Trainer
 from .schedule import lr_schedule

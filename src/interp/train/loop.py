@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis.dynamics import Dynamics
-from ..analysis.health import Health
 from ..analysis.evaluation import Evaluation, evaluate
+from ..analysis.health import Health
 from ..data import Data, Probe
 from ..errors import NonFiniteLoss
 from ..models import logits_of
