@@ -24,7 +24,7 @@ def data():  # type: ignore[no-untyped-def]
     return load_data(load_config(None, ["train.device=cpu", "data.train_limit=200"]).data, 0)
 
 
-def run_exemplars(model: nn.Module, data, tmp_path: Path, **options) -> dict:  # type: ignore[no-untyped-def]
+def run_exemplars(model: nn.Module, data, tmp_path: Path, **options) -> tuple[list, Path]:  # type: ignore[no-untyped-def]
     stage = ExemplarsStage(ExemplarsOptions(**options))
     stage.prepare(model, data)
     run, _ = Run.create(tmp_path, "run")
@@ -34,7 +34,7 @@ def run_exemplars(model: nn.Module, data, tmp_path: Path, **options) -> dict:  #
     results = run_stages([stage], ctx)
     run.close()
     assert not results.failed, results.failed
-    return read_record(run.path / "epoch_001" / "exemplars" / "record.npz").data["exemplars"]
+    return read_record(run.path / "epoch_001" / "exemplars" / "record.npz").data["exemplars"], run.path
 
 
 def brute_force(model: nn.Module, x: torch.Tensor, layer: nn.Module, unit: int) -> np.ndarray:
@@ -52,7 +52,7 @@ def brute_force(model: nn.Module, x: torch.Tensor, layer: nn.Module, unit: int) 
 def test_exemplars_equal_a_brute_force_ranking(arch: str, data, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(load_config(None, [f"model.arch={arch}", "model.width=8"]).model, data.input_shape, 10)
-    panels = run_exemplars(model, data, tmp_path, units=2, top=5)
+    panels, _ = run_exemplars(model, data, tmp_path, units=2, top=5)
     assert len(panels) == 3 or arch == "mlp"
     x = data.normalize(data.eval_x)
     for panel in panels:
@@ -79,7 +79,7 @@ def test_a_vertical_edge_channel_has_vertical_edges_in_its_crops(data, tmp_path:
         model[0].bias.zero_()
         model[0].weight[0, 0] = torch.tensor([[-1.0, 0.0, 1.0]] * 3)
         model[0].weight[1, 0] = torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    [panel] = run_exemplars(model, data, tmp_path, select={"0": [0, 1]}, top=8)
+    [panel], run = run_exemplars(model, data, tmp_path, select={"0": [0, 1]}, top=8)
     assert panel["units"] == [0, 1]
     boxes = np.asarray(panel["boxes"])
     assert ((boxes[..., 2] - boxes[..., 0]) == 3).all() and ((boxes[..., 3] - boxes[..., 1]) == 3).all()
@@ -95,6 +95,32 @@ def test_a_vertical_edge_channel_has_vertical_edges_in_its_crops(data, tmp_path:
             assert along > 3 * across
         else:
             assert across > 3 * along
+
+
+def test_exemplars_read_back_from_the_run(data, tmp_path: Path) -> None:
+    """interp.exemplars: a unit's exemplars from the record alone — the indices, the images' classes and
+    pixels, and the crops its strongest response saw."""
+    import interp
+    from interp.errors import UserError
+    from interp.stages.top_losses import pixels_of
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, ["model.arch=allconv", "model.width=8"]).model, data.input_shape, 10)
+    panels, run = run_exemplars(model, data, tmp_path, units=2, top=5)
+    every = interp.exemplars(run)
+    assert [(e.layer, e.unit) for e in every] == [(p["layer"], u) for p in panels for u in p["units"]]
+    layer, unit = panels[0]["layer"], panels[0]["units"][1]
+    [chosen] = interp.exemplars(run, layer, unit)
+    assert chosen.epoch == 1 and chosen.index.tolist() == panels[0]["index"][1].tolist()
+    assert chosen.labels == [data.classes[int(data.eval_y[i])] for i in chosen.index]
+    np.testing.assert_array_equal(chosen.pixels, pixels_of(data, torch.as_tensor(chosen.index)).numpy())
+    for crop, image, (top, left, bottom, right) in zip(chosen.crops, chosen.pixels, chosen.boxes, strict=True):
+        assert crop.shape == (1, bottom - top, right - left) and bottom - top < 28
+        np.testing.assert_array_equal(crop, image[:, top:bottom, left:right])
+    with pytest.raises(UserError, match="no exemplars of features.nothing"):
+        interp.exemplars(run, "features.nothing")
+    with pytest.raises(UserError, match="no exemplars record"):
+        interp.exemplars(tmp_path)
 
 
 # -- feature visualisation ----------------------------------------------------------------------------------
@@ -125,6 +151,32 @@ def test_a_vertical_edge_channel_is_visualised_with_vertical_structure() -> None
         energy.append((float(spectrum[0, 1:].sum()), float(spectrum[1:, 0].sum())))  # (horizontal, vertical)
     assert energy[0][0] >= 5 * energy[0][1]
     assert energy[1][1] >= 5 * energy[1][0]
+
+
+def test_a_colour_unit_is_visualised_in_its_colour_and_images_start_at_the_data_mean() -> None:
+    """A CIFAR-shaped input: a channel that sums red minus green and blue gets a red image through the
+    decorrelated colour basis, one that prefers blue a blue one; before any step the image is centred on the
+    data's mean pixel."""
+    from interp import visualize
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 32 * 32, 10))
+    with torch.no_grad():
+        model[0].bias.zero_()
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]).view(2, 3, 1, 1))
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    images = visualize(model, "0", [0, 1], input_shape=(3, 32, 32), mean=mean, std=std, steps=64)
+    pixels = images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    red, green, blue = pixels[0].mean(dim=(1, 2)).tolist()
+    assert red > 0.5 and green < 0.05 and blue < 0.05
+    red, green, blue = pixels[1].mean(dim=(1, 2)).tolist()
+    assert blue > 0.5 and red < 0.05 and green < 0.05
+    # before any step: low-frequency noise around the data's mean pixel (the sigmoid's centre)
+    start = visualize(model, target=[1] * 16, input_shape=(3, 32, 32), mean=mean, std=std, steps=0)
+    start = start * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert start.mean(dim=(0, 2, 3)).tolist() == pytest.approx(mean, abs=0.05)
+    digit = visualize(edge_model(), target=[1] * 16, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
+                      steps=0) * 0.3081 + 0.1307
+    assert float(digit.median()) == pytest.approx(0.1307, abs=0.02)  # a digit's image starts dark, not grey
 
 
 def test_visualize_is_deterministic_and_leaves_the_model_alone() -> None:

@@ -47,3 +47,16 @@ def test_lightning_snippet(tmp_path: Path) -> None:
     assert (run / "epoch_002" / "gradcam" / "gradcam.png").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval_accuracy"] > 0.5  # the snippet's classes are learnable
+
+
+def test_units_snippet(tmp_path: Path) -> None:
+    """Exemplars read back from the run, and visualisations of the trained model's units and classes."""
+    code = block("runs the units block", "python") + (
+        "\nassert images.shape == (2, 1, 28, 28) and classes.shape == (10, 1, 28, 28)"
+        "\nwith torch.no_grad():"
+        "\n    print('right', int((model(classes).argmax(1) == torch.arange(10)).sum()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = [line.split() for line in proc.stdout.splitlines() if line[:1].isdigit()]
+    assert len(printed) == 4  # four units of features.fc1, each with its first exemplars
+    assert int(proc.stdout.split("right")[-1]) >= 9  # the model sees each class image as its class

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports eac
     from .optvis import visualize
     from .report import build_report
     from .stages.base import Stage, Summary, register_stage
+    from .stages.exemplars import UnitExemplars, exemplars
     from .train import fit
 
 __all__ = [
@@ -32,12 +33,14 @@ __all__ = [
     "Record",
     "Stage",
     "Summary",
+    "UnitExemplars",
     "UserError",
     "analyze",
     "animate_config",
     "build_model",
     "build_report",
     "draw_figures",
+    "exemplars",
     "fit",
     "load_config",
     "load_data",
@@ -70,6 +73,8 @@ _LAZY = {
     "build_report": "report",
     "load_data": "data",
     "visualize": "optvis",
+    "exemplars": "stages.exemplars",
+    "UnitExemplars": "stages.exemplars",
 }
 
 

@@ -2,7 +2,8 @@
 
 The image is parametrised in the Fourier domain with a 1/f² spectrum (``decay``: its optimisation steps
 favour broad structure over pixel noise), colour images through a decorrelated colour basis, squashed to [0, 1] by
-a sigmoid and normalised as the model's inputs are. Every step sees it jittered, scaled and rotated a little
+a sigmoid around the data's mean pixel (``start``: a digit's image starts black, as digits' backgrounds are, not
+grey) and normalised as the model's inputs are. Every step sees it jittered, scaled and rotated a little
 (transformation robustness), and Adam follows the mean response. Greyscale models are handled natively:
 one channel, no colour basis. Deterministic from ``seed``.
 """
@@ -50,14 +51,15 @@ def _transform(images: Tensor, generator: torch.Generator, jitter: int, scale: f
 def visualize(model: nn.Module, layer: str | None = None, unit: int | Sequence[int] | None = None,
               target: int | Sequence[int] | None = None, *, input_shape: tuple[int, int, int],
               mean: Sequence[float] | None = None, std: Sequence[float] | None = None, steps: int = 256,
-              lr: float = 0.1, seed: int = 0, jitter: int = 2, scale: float = 0.1, degrees: float = 5.0,
-              decay: float = 2.0, contrast: float = 1.0,
+              lr: float = 0.05, seed: int = 0, jitter: int = 2, scale: float = 0.1, degrees: float = 5.0,
+              decay: float = 2.0, contrast: float = 1.0, start: Sequence[float] | None = None,
               device: torch.device | str | None = None,
               advance: Callable[[int], None] | None = None) -> Tensor:
     """Inputs that make ``model`` respond: one per ``unit`` of ``layer`` (a conv channel's mean over its
     positions, a dense unit's value; a ReLU's or a block ending in one: its input, the same where positive,
     so that a unit silent at the start still has a gradient) or per class ``target`` (its logit). ``input_shape`` (C, H, W) is the
-    model's input; ``mean``/``std`` its normalisation. Returns (n, C, H, W) in the model's input space (the
+    model's input; ``mean``/``std`` its normalisation. Each image starts at the pixel values ``start`` (default: the
+normalisation's ``mean``, the data's mean pixel, kept within [0.1, 0.9]; 0.5 without one). Returns (n, C, H, W) in the model's input space (the
     pixels, in [0, 1], are ``x * std + mean``). The model's mode and weights are left as they were."""
     from .models import logits_of, resolve_layer
 
@@ -77,12 +79,15 @@ def visualize(model: nn.Module, layer: str | None = None, unit: int | Sequence[i
     mean_t = torch.tensor(list(mean or [0.0] * channels), device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std or [1.0] * channels), device=device).view(1, -1, 1, 1)
     colour = _COLOUR.to(device) if channels == 3 else None
+    # where the sigmoid is centred: the data's mean pixel (within [0.1, 0.9], where the sigmoid still has slope)
+    centre = torch.tensor(list(start or mean or [0.5] * channels), device=device).view(1, -1, 1, 1)
+    offset = torch.logit(centre.clamp(0.1, 0.9))
 
     def pixels() -> Tensor:
         image = torch.fft.irfft2(torch.view_as_complex(spectrum) * scale_f, s=(height, width), norm="ortho")
         if colour is not None:
             image = torch.einsum("nchw,dc->ndhw", image, colour)
-        return torch.sigmoid(image * contrast)
+        return torch.sigmoid(image * contrast + offset)
 
     captured: list[Tensor] = []
     handle = None

@@ -194,7 +194,7 @@ class TileSheet:
     """A grid of equally sized RGB panels, each with an optional title above it, drawn as one image.
 
     ``group`` columns form a block; blocks are separated by a wider gap (e.g. two images side by side,
-    three panels each)."""
+    three panels each). ``margin``: pixels left of the first column (room for titles wider than a panel)."""
 
     TITLE = 44  # pixels above each panel: three lines of 9-point text
     GAP = 10
@@ -203,7 +203,7 @@ class TileSheet:
     BARS = 40  # room for colour bars under the sheet's title, when there are any
 
     def __init__(self, rows: int, cols: int, tile: tuple[int, int], zoom: int | None = None, group: int | None = None,
-                 bars: bool = False):
+                 bars: bool = False, margin: int = GAP):
         self.rows, self.cols = rows, cols
         self.zoom = zoom or max(1, 160 // max(tile))  # about 160 px per panel: 28 px × 5, 32 px × 5
         self.zoom = max(1, min(self.zoom, 1000 // max(1, rows * tile[0])))  # no taller than TensorBoard shows well
@@ -212,7 +212,7 @@ class TileSheet:
         self.th, self.tw = tile[0] * self.zoom, tile[1] * self.zoom
         self.group = group or cols
         self.lefts = []
-        x = self.GAP
+        x = margin
         for c in range(cols):
             if c and c % self.group == 0:
                 x += self.GROUP_GAP - self.GAP

@@ -9,6 +9,8 @@ effect: one backward pass per unit for its exemplars together).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
     from ..data import Data
     from .base import StageContext
 
-__all__ = ["ExemplarsStage", "draw_exemplars", "exemplar_panels", "receptive_boxes", "unit_responses"]
+__all__ = ["ExemplarsStage", "UnitExemplars", "draw_exemplars", "exemplar_panels", "exemplars", "receptive_boxes",
+           "unit_responses"]
 
 
 class ExemplarsOptions(BaseModel):
@@ -173,6 +176,18 @@ def exemplar_panels(stage: ExemplarsStage, ctx: StageContext) -> list[dict[str, 
 CELL = 56  # pixels per exemplar panel
 
 
+MARGIN = 34  # pixels left of the first column: a layer's name is wider than its panel
+
+
+def layer_label(name: str, width: int = 16) -> str:
+    """A layer's name as a panel's title holds it: whole, or its trailing parts that fit in ``width``
+    characters (``layer4.1.conv2`` stays whole: a ResNet's blocks all hold a ``conv2``)."""
+    parts = name.split(".")
+    while len(parts) > 1 and len(".".join(parts)) > width:
+        parts = parts[1:]
+    return ".".join(parts)
+
+
 def _fit(image: np.ndarray) -> np.ndarray:
     from PIL import Image
 
@@ -189,13 +204,13 @@ def draw_exemplars(panels: list[dict[str, Any]], classes: list[str], labels: lis
 
     rows = sum(len(p["units"]) for p in panels)
     cols = max((len(np.asarray(p["index"])[0]) if len(p["units"]) else 0 for p in panels), default=1)
-    sheet = TileSheet(max(rows, 1), max(cols, 1) + 1, (CELL, CELL), zoom=1)
+    sheet = TileSheet(max(rows, 1), max(cols, 1) + 1, (CELL, CELL), zoom=1, margin=MARGIN)
     row = 0
     for panel in panels:
         index, value = np.asarray(panel["index"]), np.asarray(panel["value"])
         pixels, boxes = np.asarray(panel["pixels"]), panel["boxes"]
         for i, unit in enumerate(panel["units"]):
-            short = panel["layer"].rsplit(".", 1)[-1]
+            short = layer_label(panel["layer"])
             for j in range(index.shape[1]):
                 image = _rgb(pixels[i, j])
                 if boxes is not None:
@@ -212,3 +227,70 @@ def draw_exemplars(panels: list[dict[str, Any]], classes: list[str], labels: lis
             row += 1
     return sheet.png(f"exemplars, epoch {epoch}: the evaluation images that make each unit fire most (a conv "
                      "channel: the crop its strongest response saw), with the response and the image's class")
+
+
+# -- reading them back -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitExemplars:
+    """One unit's exemplars at one analysis epoch, most responsive first: evaluation-set ``index``, the
+    unit's largest ``value`` on each, the images' ``labels`` (class names), their ``pixels`` (k, C, H, W)
+    uint8 and, for a conv channel, the ``boxes`` (k, 4: top, left, bottom, right) its strongest response saw."""
+
+    layer: str
+    unit: int
+    epoch: int | None
+    index: np.ndarray
+    value: np.ndarray
+    labels: list[str]
+    pixels: np.ndarray
+    boxes: np.ndarray | None
+
+    @property
+    def crops(self) -> list[np.ndarray]:
+        """Each exemplar cut to its box (a conv channel), or whole (a dense unit); (C, h, w) uint8."""
+        if self.boxes is None:
+            return list(self.pixels)
+        return [image[:, top:bottom, left:right]
+                for image, (top, left, bottom, right) in zip(self.pixels, self.boxes, strict=True)]
+
+
+def exemplars(run: Path | str, layer: str | None = None, unit: int | None = None,
+              epoch: int | str | None = None) -> list[UnitExemplars]:
+    """The exemplars the ``exemplars`` stage recorded in ``run``: every unit's, or those of ``layer`` (and
+    ``unit``), at ``epoch`` (a number or a folder such as ``"analysis/best"``; default the latest epoch with
+    the stage's record). Reads the record only: no model, no data."""
+    from ..analysis.records import RECORD, load_record
+    from ..errors import UserError
+
+    folder = Path(run)
+    if not folder.is_dir():
+        raise UserError(f"no run folder at {run}")
+    if epoch is None:
+        found = sorted((p.parent.parent.name for p in folder.glob(f"epoch_*/exemplars/{RECORD}")),
+                       key=lambda name: int(name.split("_")[1]))
+        if not found:
+            raise UserError(f"{run} has no exemplars record: add exemplars to analysis.stages, or run "
+                            f"interp analyze {run} --stage exemplars")
+        epoch = found[-1]
+    record = load_record(folder, "exemplars", epoch)
+    fields = record.figures["exemplars"]["fields"]
+    classes, labels = list(fields["classes"]), [int(c) for c in fields["labels"]]
+    chosen = []
+    for panel in fields["panels"]:
+        if layer is not None and panel["layer"] != layer:
+            continue
+        for i, u in enumerate(panel["units"]):
+            if unit is not None and int(u) != unit:
+                continue
+            index = np.asarray(panel["index"])[i]
+            boxes = panel["boxes"]
+            chosen.append(UnitExemplars(panel["layer"], int(u), record.epoch, index, np.asarray(panel["value"])[i],
+                                        [classes[labels[int(j)]] for j in index], np.asarray(panel["pixels"])[i],
+                                        None if boxes is None else np.asarray(boxes)[i]))
+    if not chosen:
+        kept = ", ".join(f"{p['layer']} {list(p['units'])}" for p in fields["panels"])
+        raise UserError(f"{record.path}: no exemplars of {layer or 'any layer'}"
+                        f"{'' if unit is None else f' unit {unit}'}; it holds {kept}")
+    return chosen

@@ -28,7 +28,7 @@ class FeatureVisualizationOptions(BaseModel):
     units: int = Field(4, ge=1, le=64)  # per layer, the most active
     select: dict[str, list[int]] | None = None  # {layer: [unit, …]} instead of the most active
     steps: int = Field(256, ge=1, le=10_000)  # Adam steps per image
-    lr: float = Field(0.1, gt=0, le=10)
+    lr: float = Field(0.05, gt=0, le=10)
     exemplars: int = Field(4, ge=0, le=16)  # shown beside each unit's image
     classes: bool = True  # a sheet of every class's image too
 
@@ -131,21 +131,21 @@ def draw_unit_sheet(panels: list[dict[str, Any]], classes: list[str], labels: li
     """A row per unit: the optimised input, then its exemplars (a conv channel's: the crops its strongest
     response saw)."""
     from ..plotting import TileSheet
-    from .exemplars import _fit
+    from .exemplars import MARGIN, _fit, layer_label
     from .top_losses import _rgb
 
     rows = sum(len(p["units"]) for p in panels)
     cols = 1 + max((np.asarray(p["index"]).shape[1] for p in panels), default=0)
-    sheet = TileSheet(max(rows, 1), cols, (CELL, CELL), zoom=1)
+    sheet = TileSheet(max(rows, 1), cols, (CELL, CELL), zoom=1, margin=MARGIN)
     row = 0
     for panel in panels:
-        short = panel["layer"].rsplit(".", 1)[-1]
+        short = layer_label(panel["layer"])
         index, value, pixels = np.asarray(panel["index"]), np.asarray(panel["value"]), np.asarray(panel["pixels"])
         for i, unit in enumerate(panel["units"]):
             kind = "channel" if panel["spatial"] else "unit"
             similar = panel.get("weight_correlation")
             note = f"\nρ w: {similar[i]:.2f}" if similar else ""
-            sheet.put(row, 0, _fit(_rgb(np.asarray(panel["visualized"])[i])), f"{short} {kind} {unit}{note}")
+            sheet.put(row, 0, _fit(_rgb(np.asarray(panel["visualized"])[i])), f"{short}\n{kind} {unit}{note}")
             for j in range(index.shape[1]):
                 image = _rgb(pixels[i, j])
                 if panel["boxes"] is not None:

@@ -287,7 +287,14 @@ class TrustStage(Stage):
         ``generator`` draws the random orders (default: a fresh one from the seed)."""
         import torch
 
-        from ..trust import auc, class_probabilities, perturbation_curves, random_rankings, rank_pixels, road_curves
+        from ..trust import (
+            auc,
+            class_probabilities,
+            perturbation_curves,
+            random_rankings,
+            rank_pixels,
+            road_curves,
+        )
 
         options = self.options
         pixels = x.shape[-2] * x.shape[-1]
