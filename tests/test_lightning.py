@@ -275,7 +275,7 @@ def test_the_dataset_map_and_health_records_equal_the_analyzers(tmp_path: Path) 
     (x, y), (xv, yv) = blobs(96, 0), blobs(40, 1)
     order = torch.randperm(96, generator=torch.Generator().manual_seed(3)).tolist()  # not 0, 1, 2 …: the same in both
     train = DataLoader(WithIndex(TensorDataset(x, y)), batch_size=16, sampler=order)
-    stages = ["confusion", {"dataset_map": {"points": 0}}, {"health": {"every": 2}}]
+    stages = ["confusion", {"dataset_map": {"points": 0}}, {"health": {"every": 2}}, {"influence": {"every": 1}}]
     net = mlp()
     twin = copy.deepcopy(net)
 
@@ -326,6 +326,17 @@ def test_the_dataset_map_and_health_records_equal_the_analyzers(tmp_path: Path) 
         for field in ("times", "dead", "mean", "std", "hist", "grad", "update", "norm"):
             np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-6)
     assert "health/findings" in lit_rows[2] and "health/dead/2" in api_rows[2]
+    # influence: each epoch's classifier and learning rate kept alike, the same scores from them
+    from interp.analysis.influence import read_checkpoints
+
+    api_kept, lit_kept = read_checkpoints(tmp_path / "api"), read_checkpoints(tmp_path / "lit")
+    assert [(c.epoch, c.lr, c.layer) for c in api_kept] == [(1, 0.5, "3"), (2, 0.5, "3")]
+    assert [(c.epoch, c.lr, c.layer) for c in lit_kept] == [(1, 0.5, "net.3"), (2, 0.5, "net.3")]
+    for a, b in zip(api_kept, lit_kept, strict=True):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    a, b = (read_record(tmp_path / run / "epoch_002" / "influence" / "record.npz").data for run in ("api", "lit"))
+    np.testing.assert_allclose(b["self_influence"], a["self_influence"], rtol=1e-5)
+    np.testing.assert_array_equal(b["queries"]["proponents"], a["queries"]["proponents"])
 
 
 class Listed(Dataset):  # type: ignore[type-arg]

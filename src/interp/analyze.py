@@ -75,6 +75,7 @@ def analyze(run_dir: Path | str, *, checkpoint: str = "best", stages: list[str] 
     analysis = Analysis(stage_list, run.sink, notice=notice, initial_state=initial_state, during_training=False,
                         methods=cfg.analysis.methods)
     analysis.prepare(analyzed, data)
+    analysis.run_folder = run.path
     epoch = state.get("epoch", 0)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise UserError(f"checkpoint {path}: its epoch is {epoch!r}, not a whole number of epochs")

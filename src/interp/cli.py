@@ -276,21 +276,36 @@ def examples(
     ambiguous: Annotated[bool, typer.Option("--ambiguous", help="Ambiguous training examples, most variable first.")] = False,
     forgotten: Annotated[bool, typer.Option("--forgotten", help="Training examples forgotten most often.")] = False,
     top_losses: Annotated[bool, typer.Option("--top-losses", help="Evaluation images with the highest loss.")] = False,
+    influence: Annotated[int | None, typer.Option("--influence", metavar="EVAL_INDEX", help="The training examples "
+                         "that most helped (proponents) and hurt (opponents) this evaluation image, by TracIn over "
+                         "the run's per-epoch checkpoints.", show_default=False)] = None,
+    self_influence: Annotated[bool, typer.Option("--self-influence", help="Training examples by self-influence "
+                              "(TracIn of each on itself), highest first.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="With --influence: rank by the raw TracIn score (favours "
+                                      "high-loss examples) instead of the gradient cosine.")] = False,
     top: Annotated[int, typer.Option("--top", min=0, help="How many (0: all).")] = 20,
     epoch: Annotated[int | None, typer.Option("--epoch", help="From this analysis epoch's record (default: the "
                                               "latest).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table.")] = False,
 ) -> None:
-    """List examples from a run's dataset map: likely label issues, hard, ambiguous, forgotten, or top losses."""
+    """List examples from a run's dataset map: likely label issues, hard, ambiguous, forgotten, or top losses;
+    or by influence: an evaluation image's proponents and opponents, or every training example's self-influence."""
     import json
 
     from .analysis.examples import KINDS, ranked_examples
 
     asked = [kind for kind, on in (("label_issues", label_issues), ("hard", hard), ("ambiguous", ambiguous),
-                                   ("forgotten", forgotten), ("top_losses", top_losses)) if on]
+                                   ("forgotten", forgotten), ("top_losses", top_losses),
+                                   ("influence", influence is not None), ("self_influence", self_influence)) if on]
     if len(asked) > 1:
-        raise UserError("give one of --label-issues, --hard, --ambiguous, --forgotten, --top-losses")
+        raise UserError("give one of --label-issues, --hard, --ambiguous, --forgotten, --top-losses, --influence, "
+                        "--self-influence")
+    if raw and influence is None:
+        raise UserError("--raw goes with --influence EVAL_INDEX")
     kind = asked[0] if asked else "label_issues"
+    if kind in ("influence", "self_influence"):
+        _influence_examples(run.expanduser(), influence, top, raw, as_json)
+        return
     rows, about = ranked_examples(run.expanduser(), kind, top or None, epoch)
     if as_json:
         typer.echo(json.dumps(rows, allow_nan=False))
@@ -308,6 +323,41 @@ def examples(
     for row in rows:
         table.add_row(*[_cell(row[k]) for k in keys])
     Console().print(table)
+
+
+def _influence_examples(run: Path, eval_index: int | None, top: int, raw: bool, as_json: bool) -> None:
+    import json
+
+    from .analysis.influence import run_influence
+
+    found = run_influence(run, eval_index, top=top or None, score="raw" if raw else "cosine")
+    if as_json:
+        typer.echo(json.dumps(found, allow_nan=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    epochs = f"epochs {found['epochs'][0]}–{found['epochs'][-1]}"
+    if eval_index is None:
+        table = Table(title=f"self-influence: {len(found['examples'])} of {found['training_examples']:,} training "
+                            f"examples, {epochs}", caption=f"score = {found['score']}")
+        for key in ("index", "label", "score"):
+            table.add_column(key, justify="right")
+        for row in found["examples"]:
+            table.add_row(str(row["index"]), row["label_name"], _cell(row["score"]))
+        console.print(table)
+        return
+    console.print(f"evaluation image #{eval_index}: given {found['label_name']}, predicted {found['predicted_name']}; "
+                  f"TracIn over {epochs} ({found['variant']} variant), ranked by {found['score']}")
+    for side in ("proponents", "opponents"):
+        table = Table(title=side)
+        for key in ("index", "label", found["score"], "cosine" if found["score"] == "raw" else "raw"):
+            table.add_column(key, justify="right")
+        other = "cosine" if found["score"] == "raw" else "raw"
+        for row in found[side]:
+            table.add_row(str(row["index"]), row["label_name"], _cell(row["score"]), _cell(row[other]))
+        console.print(table)
 
 
 def _cell(value: Any) -> str:

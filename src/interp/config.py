@@ -183,6 +183,10 @@ class AnalysisConfig(_Section):
     # The layer whose input is the penultimate representation (embeddings); None = the classifier,
     # i.e. the last Linear or 1×1 conv.
     features_layer: str | None = None
+    # Keep the model's weights after every epoch (checkpoints/epoch_NNN.pt, the model's size each): the
+    # influence stage's full-gradient variant needs them, and its fast variant then takes each epoch's own
+    # features. Without them every run still keeps each epoch's classifier (training/epoch_NNN.npz).
+    snapshots: bool = False
     # A stage that fails is reported (traceback in errors.log) and training goes on; true: stop instead
     # (for CI and debugging).
     strict: bool = False

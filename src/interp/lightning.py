@@ -61,6 +61,7 @@ map goes on from the recorded epochs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -218,6 +219,7 @@ class InterpCallback(Callback):
         self.mean, self.std = mean, std
         self.eval_limit = eval_limit
         self.train_data = train_data
+        self._classifier_recorded = 0  # the last epoch whose classifier went into its training record
         self.log_prefix = log_prefix
         self.notice = notice
         self.analyzer_options = analyzer_options
@@ -348,6 +350,7 @@ class InterpCallback(Callback):
     def _end_fit(self) -> None:
         """Let go of what this fit held; the state (run folder, epochs) stays for :meth:`state_dict`."""
         self.analyzer = None
+        self._classifier_recorded = 0  # the last epoch whose classifier went into its training record
         self._resume = None
         self._initial = self._recorder = self._sample = None
         self._unwritten = []
@@ -482,6 +485,17 @@ class InterpCallback(Callback):
         recorded = {part: data for part, data in (("examples", self._end_map_epoch(trainer, epoch)),
                                                   ("health", self._end_health_epoch(trainer, epoch)))
                     if data is not None}
+        analyzer = self.analyzer
+        if trainer.is_global_zero and trainer.optimizers and analyzer is not None and len(analyzer.data.train_y) \
+                and epoch > self._classifier_recorded:  # once an epoch: a second call must not overwrite the record
+            self._classifier_recorded = epoch
+            from .analysis.influence import classifier_part  # the classifier, for the influence stage
+
+            with contextlib.suppress(UserError):  # no Linear or 1×1 conv classifier: nothing to keep
+                part = classifier_part(trainer.lightning_module, trainer.optimizers[0].param_groups[0]["lr"],
+                                       analyzer.features_layer)
+                if part is not None:
+                    recorded["classifier"] = part
         if recorded and trainer.is_global_zero:
             from .analysis import training
 

@@ -64,6 +64,7 @@ class Analysis:
         self.summaries: dict[str, Summary] = {}
         self.dynamics: Any = None  # the training's per-example dynamics (interp.analysis.dynamics), when recorded
         self.health: Any = None  # the layers' statistics during training (interp.analysis.health), when recorded
+        self.run_folder: Path | None = None  # the run's folder, for stages that read what training kept there
 
     @property
     def wants_features(self) -> bool:
@@ -81,7 +82,7 @@ class Analysis:
         ctx = StageContext(evaluation=evaluation, sink=self.sink, folder=folder, tag=tag,
                            initial_state=self.initial_state, notice=self.notice,
                            during_training=self.during_training, methods=self.methods, progress=self.progress,
-                           dynamics=self.dynamics, health=self.health)
+                           dynamics=self.dynamics, health=self.health, run_folder=self.run_folder)
         results = run_stages(self.stages, ctx, self.strict)
         self.summaries.update(results.summaries)
         self.failed.update(results.failed)
@@ -198,6 +199,7 @@ class Analyzer:
         self.run_folder.sink.events = tensorboard
         self.run_folder.sink.on_scalar = scalars
         self.analysis = Analysis(self._stages, self.run_folder.sink, notice=notice, methods=self._methods)
+        self.analysis.run_folder = self.folder
         self._prepared = False
         self.dynamics: Any = dynamics
         self.analysis.dynamics = dynamics
@@ -235,6 +237,7 @@ class Analyzer:
         if not isinstance(model, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
             raise UserError("Analyzer.watch: expected a torch.nn.Module and a torch.optim.Optimizer, got "
                             f"{type(model).__name__} and {type(optimizer).__name__}")
+        self._watched = (model, optimizer)  # its classifier is kept each epoch, for the influence stage
         with self._health().watch(model, optimizer):
             yield self
 
@@ -272,6 +275,14 @@ class Analyzer:
             recorded["examples"] = self.dynamics.record_data(self.dynamics.end_epoch(epoch))
             self.dynamics.start_epoch()
             self.analysis.dynamics = self.dynamics
+        watched = getattr(self, "_watched", None)
+        if watched is not None and epoch > 0 and len(self.data.train_y):  # what the influence stage needs
+            from .influence import classifier_part
+
+            with contextlib.suppress(UserError):  # no Linear or 1×1 conv classifier: nothing to keep
+                part = classifier_part(watched[0], watched[1].param_groups[0]["lr"], self.features_layer)
+                if part is not None:
+                    recorded["classifier"] = part
         if recorded:
             self.run_folder.sink.file(training.record_name(epoch), training.encode(epoch, recorded))
 

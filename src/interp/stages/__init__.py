@@ -17,7 +17,8 @@ from .base import STAGES, NoOptions, Stage, Summary, register_stage
 
 # Importing a stage module registers it; this order is the default order of the stages.
 BUILT_IN = ("confusion", "calibration", "top_losses", "saliency", "integrated_gradients", "gradcam", "attributions",
-            "weights", "neurons", "activations", "exemplars", "feature_visualization", "health", "dataset_map", "embeddings", "trust", "neuron_video", "activation_gif")
+            "weights", "neurons", "activations", "exemplars", "feature_visualization", "health", "dataset_map",
+            "influence", "embeddings", "trust", "neuron_video", "activation_gif")
 for _module in BUILT_IN:
     importlib.import_module(f".{_module}", __name__)
 

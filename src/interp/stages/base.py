@@ -13,6 +13,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -100,6 +101,7 @@ class StageContext:
     dynamics: Any = None
     # every layer's activations, gradients and updates per epoch (interp.analysis.health.Health), when recorded
     health: Any = None
+    run_folder: Path | None = None  # the run's folder (what training kept there: checkpoints, training records)
 
     # -- the evaluation, for short -----------------------------------------------------------------
     @property

@@ -43,12 +43,15 @@ class AnalysisCallback(Callback):
 
 
 class TrainingRecords(Callback):
-    """Every training epoch's recordings — the per-example numbers and the layers' health — as one record,
-    ``training/epoch_NNN.npz``, written atomically before the stages read them; a resumed run first takes back
-    the epochs it had recorded."""
+    """Every training epoch's recordings — the per-example numbers, the layers' health, the classifier's
+    weights and learning rate — as one record, ``training/epoch_NNN.npz``, written atomically before the stages
+    read them (and, with ``snapshots``, the whole model's weights); a resumed run first takes back the epochs
+    it had recorded."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, snapshots: bool = False):
         self.run = run
+        self.snapshots = snapshots  # also the whole model after every epoch: checkpoints/epoch_NNN.pt
+        self._no_classifier = False
 
     def on_start(self, trainer: Trainer) -> None:
         for recorder in (trainer.dynamics, trainer.health):
@@ -64,8 +67,40 @@ class TrainingRecords(Callback):
             recorded["examples"] = dynamics.record_data(dynamics.history.epochs[-1])
         if health is not None and health.history and health.history[-1].epoch == epoch:
             recorded["health"] = health.history[-1].record_data()
+        if epoch > 0 and trainer.data.task == "classification":  # what influence needs of the epoch
+            classifier = self._classifier(trainer)
+            if classifier is not None:
+                recorded["classifier"] = classifier
         if recorded:
             self.run.sink.file(training.record_name(epoch), training.encode(epoch, recorded))
+        if self.snapshots and epoch > 0:
+            from ..analysis.influence import snapshot_path
+
+            save_checkpoint({"format": 1, "epoch": epoch, "model": trainer.model.state_dict()},
+                            snapshot_path(self.run.path, epoch))
+
+    def _classifier(self, trainer: Trainer) -> dict[str, Any] | None:
+        """The classifier's weights after the epoch and the epoch's mean learning rate (None: no classifier
+        to take, or one over the budget — said once)."""
+        from ..analysis.influence import MAX_CLASSIFIER, classifier_part
+        from ..errors import UserError
+
+        if self._no_classifier:
+            return None
+        if trainer.lr_at is not None:
+            first = (trainer.epoch - 1) * trainer.steps_per_epoch
+            lr = sum(trainer.lr_at(first + i) for i in range(trainer.steps_per_epoch)) / trainer.steps_per_epoch
+        else:
+            lr = trainer.optimizer.param_groups[0]["lr"]
+        try:
+            part = classifier_part(trainer.model, lr, trainer.features_layer)
+        except UserError:
+            part = None
+        if part is None:
+            self._no_classifier = True
+            trainer.reporter.notice(f"influence: the classifier's weights are not kept (no Linear or 1×1 conv "
+                                    f"classifier, or over {MAX_CLASSIFIER:,} values)")
+        return part
 
 
 class RunLogger(Callback):

@@ -248,11 +248,13 @@ def _fit_with(cfg: Config, stages: list[Any], device: torch.device, dist: Dist, 
                         strict=cfg.analysis.strict, methods=cfg.analysis.methods, progress=reporter.progress)
     analysis.dynamics = dynamics = _dynamics(stages, data, cfg.seed)
     analysis.health = health = _health(stages, cfg.train.compile)
+    analysis.run_folder = run.path
     if health is not None and not health.layers:
         reporter.notice("health: with train.compile the layers' outputs are not recorded (a compiled model does not "
                         "call forward hooks added to it); gradients and update ratios are")
     checkpoints = CheckpointCallback(run, cfg.model_dump(mode="json"), best)
-    callbacks: list[Callback] = [TrainingRecords(run), AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run),
+    callbacks: list[Callback] = [TrainingRecords(run, cfg.analysis.snapshots),
+                                 AnalysisCallback(analysis, cfg.analysis.every), RunLogger(run),
                                  checkpoints] if dist.main else []  # rank 0 writes the run; the others only train
     if speed.scaler is not None and resume_state is not None and isinstance(resume_state.get("scaler"), dict):
         speed.scaler.load_state_dict(resume_state["scaler"])

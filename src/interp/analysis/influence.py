@@ -1,0 +1,331 @@
+"""Influence: which training examples made a prediction — TracIn (Pruthi et al. 2020) over the run's own
+per-epoch checkpoints.
+
+The influence of training example z on example z′ is the sum over checkpoints c of the learning rate η_c
+times the dot product of their loss gradients. The fast variant (the default) takes the gradients of the
+classifier's weights only: for a linear classifier on features a with logits W·a + b the gradient is the outer
+product (softmax − one-hot) ⊗ a, so the dot product of two is (g·g′)(a·a′) — two small matrix products per
+checkpoint, no per-example backward pass. The full variant takes every parameter's gradient (``torch.func``,
+one per example) and needs the run's full snapshots (``analysis.snapshots``).
+
+Raw scores favour training examples with large gradients — high loss, whatever they look like; the cosine
+of the two gradients (Barshan et al. 2020's normalisation) favours training examples whose gradient points
+the same way: look-alikes with the same label. Both are computed; the cosine is averaged over checkpoints
+with the learning rates as weights (so it lies in [−1, 1]). Self-influence, η‖∇L(z)‖² summed, is the raw
+score of an example on itself: high for examples the model keeps failing to fit (mislabelled ones).
+
+What the run keeps (:func:`classifier_part`, in ``training/epoch_NNN.npz``): the classifier's weights and
+bias after every epoch and the epoch's mean learning rate. Without full snapshots the features a are the
+final model's, each checkpoint's classifier applied to them; with them (``checkpoints/epoch_NNN.pt``) each
+checkpoint's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+
+__all__ = ["MAX_CLASSIFIER", "Checkpoint", "Influence", "classifier_part", "read_checkpoints", "snapshot_path",
+           "tracin"]
+
+MAX_CLASSIFIER = 2 ** 22  # classifier values kept per epoch (16 MB of float32); a larger one is not kept
+PART = "classifier"
+
+
+def snapshot_path(run: Path | str, epoch: int) -> Path:
+    return Path(run) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+
+
+def classifier_part(model: nn.Module, lr: float, layer: str | None = None) -> dict[str, Any] | None:
+    """The classifier's weights (K, D) and bias (K) as float32 arrays, its name and ``lr``: what influence's
+    fast variant needs of an epoch (None: the layer is over :data:`MAX_CLASSIFIER` values)."""
+    from ..models import features_layer
+
+    name, module = features_layer(model, layer)
+    weight = module.weight.detach()
+    if weight.numel() > MAX_CLASSIFIER:
+        return None
+    weight = weight.flatten(1).float()
+    bias = module.bias.detach().float() if getattr(module, "bias", None) is not None else \
+        torch.zeros(len(weight), device=weight.device)
+    return {"layer": name, "weight": weight.cpu().numpy(), "bias": bias.cpu().numpy(), "lr": float(lr)}
+
+
+@dataclass
+class Checkpoint:
+    """One epoch's classifier (``weight`` (K, D), ``bias`` (K)), learning rate, and full snapshot if kept."""
+
+    epoch: int
+    lr: float
+    layer: str
+    weight: Tensor
+    bias: Tensor
+    snapshot: Path | None = None
+
+
+def read_checkpoints(run: Path | str, through: int | None = None) -> list[Checkpoint]:
+    """The epochs (1 … ``through``) whose classifier the run kept, in order, with their snapshots where kept."""
+    from .training import parts
+
+    found = []
+    for epoch, fields in parts(run, PART, through):
+        if epoch < 1:
+            continue
+        snapshot = snapshot_path(run, epoch)
+        found.append(Checkpoint(epoch, float(fields["lr"]), str(fields["layer"]),
+                                torch.as_tensor(np.asarray(fields["weight"], dtype=np.float32)),
+                                torch.as_tensor(np.asarray(fields["bias"], dtype=np.float32)),
+                                snapshot if snapshot.is_file() else None))
+    return found
+
+
+@dataclass
+class Influence:
+    """Scores of every training example (columns) on each query (rows): ``raw`` (TracIn) and ``cosine`` (q,
+    n); ``self_influence`` (n,); the ``epochs`` used, the ``variant`` and where the features came from."""
+
+    raw: np.ndarray
+    cosine: np.ndarray
+    self_influence: np.ndarray
+    epochs: list[int]
+    variant: str
+    features: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def scores(self, score: str) -> np.ndarray:
+        return self.cosine if score == "cosine" else self.raw
+
+
+@contextlib.contextmanager
+def _inputs_of(module: nn.Module) -> Iterator[list[Tensor]]:
+    """The inputs of ``module`` as (B, D): a Linear's flattened, a 1×1 conv's averaged over positions."""
+    caught: list[Tensor] = []
+
+    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        x = inputs[0].detach()
+        caught.append(x.float().mean(dim=(2, 3)) if isinstance(module, nn.Conv2d) else x.float().flatten(1))
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield caught
+    finally:
+        handle.remove()
+
+
+def _features(model: nn.Module, module: nn.Module, x: Tensor, normalize: Callable[[Tensor], Tensor],
+              batch_size: int) -> tuple[Tensor, Tensor]:
+    """The classifier's inputs (N, D) and the model's logits (N, K) for ``x``, in batches, eval mode."""
+    from ..models import logits_of
+
+    features, logits = [], []
+    with torch.no_grad(), _inputs_of(module) as caught:
+        for start in range(0, len(x), batch_size):
+            logits.append(logits_of(model(normalize(x[start:start + batch_size]))).float())
+            features.append(caught.pop())
+    return torch.cat(features), torch.cat(logits)
+
+
+def _check_linear(features: Tensor, logits: Tensor, weight: Tensor, bias: Tensor, layer: str) -> None:
+    """The fast variant holds when the logits are the classifier's output: W·a + b."""
+    again = features @ weight.T + bias
+    if again.shape != logits.shape or not torch.allclose(again, logits, rtol=1e-3,
+                                                         atol=1e-3 * float(logits.abs().max().clamp(min=1))):
+        raise UserError(f"influence: the model's logits are not the output of its classifier {layer} (a Linear, or "
+                        "a 1×1 conv on pooled features): its fast variant does not apply; set the stage's variant "
+                        "to full (with analysis.snapshots: true) or name the layer in analysis.features_layer")
+
+
+def _residual(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
+    """∂loss/∂logits of cross-entropy per example: softmax − one-hot (N, K)."""
+    g = torch.softmax(features @ weight.T + bias, dim=1)
+    g[torch.arange(len(labels), device=labels.device), labels] -= 1
+    return g
+
+
+def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Checkpoint], *,
+           variant: str = "fast", batch_size: int = 1000, query_x: Tensor | None = None,
+           query_y: Tensor | None = None, advance: Callable[[int], None] | None = None,
+           notice: Callable[[str], None] | None = None) -> Influence:
+    """TracIn of every training example of ``data`` on the evaluation examples ``queries`` (indices; or give
+    ``query_x`` (raw pixels as ``data`` holds them) and ``query_y``), over ``checkpoints``. ``model`` is the
+    final model (its weights are not changed); ``variant`` ``fast`` (the classifier's gradients) or ``full``
+    (every parameter's; needs each checkpoint's snapshot). ``advance`` counts training examples × checkpoints."""
+    import copy
+
+    from ..checkpoint import load_checkpoint
+    from ..models import resolve_layer
+
+    if not checkpoints:
+        raise UserError("influence: the run kept no per-epoch classifier weights (training/epoch_NNN.npz); runs "
+                        "of `interp train` keep them")
+    started = time.perf_counter()
+    device = data.train_x.device
+    if query_x is None:
+        query_x, query_y = data.eval_x[queries], data.eval_y[queries]
+    assert query_y is not None
+    query_y = query_y.to(device).long()
+    train_x, train_y = data.train_x, data.train_y.long()
+    n, q = len(train_x), len(query_x)
+    snapshots = all(c.snapshot is not None for c in checkpoints)
+    if variant == "full" and not snapshots:
+        raise UserError("influence: the full variant needs a snapshot of the model after every epoch; train with "
+                        "analysis.snapshots: true (the fast variant needs only what every run keeps)")
+    was_training = model.training
+    work = copy.deepcopy(model).eval() if snapshots else model.eval()
+    try:
+        module = resolve_layer(work, checkpoints[-1].layer)[1]
+    except UserError:  # the model as evaluated wraps the one trained (interp.models.LogitsOnly)
+        module = resolve_layer(getattr(work, "model", work), checkpoints[-1].layer)[1]
+    raw = torch.zeros(q, n, device=device)
+    cosine = torch.zeros(q, n, device=device)
+    self_influence = torch.zeros(n, device=device)
+    step = advance or (lambda count: None)
+    try:
+        if variant == "full":
+            _full(work, data, query_x, query_y, checkpoints, raw, cosine, self_influence, batch_size, step, notice)
+        else:
+            fixed = None
+            if not snapshots:  # the final model's features, each checkpoint's classifier on them
+                fixed = _features(work, module, train_x, data.normalize, batch_size)
+                fixed_query = _features(work, module, query_x, data.normalize, batch_size)
+                last = checkpoints[-1]
+                _check_linear(*fixed, last.weight.to(device), last.bias.to(device), last.layer)
+            for c in checkpoints:
+                weight, bias = c.weight.to(device), c.bias.to(device)
+                if fixed is None:
+                    assert c.snapshot is not None
+                    work.load_state_dict(load_checkpoint(c.snapshot, device)["model"])
+                    train_a, train_logits = _features(work, module, train_x, data.normalize, batch_size)
+                    _check_linear(train_a[:256], train_logits[:256], weight, bias, c.layer)
+                    query_a = _features(work, module, query_x, data.normalize, batch_size)[0]
+                else:
+                    train_a, query_a = fixed[0], fixed_query[0]
+                query_g = _residual(query_a, weight, bias, query_y)
+                query_norm = query_g.norm(dim=1) * query_a.norm(dim=1)
+                for start in range(0, n, batch_size):
+                    a = train_a[start:start + batch_size]
+                    g = _residual(a, weight, bias, train_y[start:start + batch_size])
+                    dot = (query_g @ g.T) * (query_a @ a.T)  # (q, B)
+                    norm = g.norm(dim=1) * a.norm(dim=1)
+                    raw[:, start:start + len(a)] += c.lr * dot
+                    cosine[:, start:start + len(a)] += c.lr * dot / (query_norm[:, None] * norm[None, :]).clamp(
+                        min=1e-30)
+                    self_influence[start:start + len(a)] += c.lr * norm ** 2
+                    step(len(a))
+    finally:
+        model.train(was_training)
+    total_lr = sum(c.lr for c in checkpoints)
+    cosine /= max(total_lr, 1e-30)
+    features = "each checkpoint's snapshot" if snapshots or variant == "full" else \
+        "the final model, each epoch's classifier on them"
+    return Influence(raw.cpu().numpy(), cosine.cpu().numpy(), self_influence.cpu().numpy(),
+                     [c.epoch for c in checkpoints], variant, features, time.perf_counter() - started)
+
+
+def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpoints: list[Checkpoint], raw: Tensor,
+          cosine: Tensor, self_influence: Tensor, batch_size: int, step: Callable[[int], None],
+          notice: Callable[[str], None] | None) -> None:
+    """Every parameter's per-example gradient at each checkpoint (torch.func), dotted with the queries'."""
+    from torch.func import functional_call, grad, vmap
+
+    from ..checkpoint import load_checkpoint
+    from ..models import logits_of
+
+    device = data.train_x.device
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    size = sum(p.numel() for _, p in model.named_parameters() if p.requires_grad)
+    batch = max(1, min(batch_size, 2 ** 26 // max(size, 1)))  # the batch's gradients within 256 MB
+    n = len(data.train_x)
+
+    def gradients(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        def loss(p: dict[str, Tensor], one: Tensor, label: Tensor) -> Tensor:
+            out = logits_of(functional_call(model, ({**p}, buffers), (one[None],)))
+            return nn.functional.cross_entropy(out.float(), label[None], reduction="sum")
+
+        per = vmap(grad(loss), in_dims=(None, 0, 0))(params, data.normalize(x), y)
+        return torch.cat([per[k].flatten(1) for k in names], dim=1)  # (B, P)
+
+    timed = False
+    for c in checkpoints:
+        assert c.snapshot is not None
+        model.load_state_dict(load_checkpoint(c.snapshot, device)["model"])
+        params = {k: p.detach() for k, p in model.named_parameters() if k in names}
+        buffers = {k: b.detach() for k, b in model.named_buffers()}
+        query = torch.cat([gradients(params, buffers, query_x[s:s + batch], query_y[s:s + batch])
+                           for s in range(0, len(query_x), batch)])
+        query_norm = query.norm(dim=1)
+        for start in range(0, n, batch):
+            began = time.perf_counter()
+            g = gradients(params, buffers, data.train_x[start:start + batch], data.train_y[start:start + batch].long())
+            dot = query @ g.T
+            norm = g.norm(dim=1)
+            raw[:, start:start + len(g)] += c.lr * dot
+            cosine[:, start:start + len(g)] += c.lr * dot / (query_norm[:, None] * norm[None, :]).clamp(min=1e-30)
+            self_influence[start:start + len(g)] += c.lr * norm ** 2
+            step(len(g))
+            if not timed and notice is not None:
+                timed = True
+                seconds = (time.perf_counter() - began) * (n / len(g)) * len(checkpoints)
+                notice(f"influence (full gradients): {len(checkpoints)} checkpoints × {n:,} training examples × "
+                       f"{size:,} parameters, about {seconds:.0f} s (timed on the first batch of {len(g)})")
+
+
+def run_influence(run: Path | str, eval_index: int | None = None, *, top: int | None = 20, score: str = "cosine",
+                  variant: str = "fast", device: str = "cpu") -> dict[str, Any]:
+    """``interp examples --influence`` / ``--self-influence``: from the run's last checkpoint and what it kept
+    per epoch, the proponents and opponents of evaluation image ``eval_index`` (``top`` each), or (None) the
+    training examples by self-influence, highest first. Rows hold training ``index``, ``label`` (and its
+    name), ``score`` (the chosen one), ``cosine`` and ``raw``."""
+    from ..run import Run
+    from ..train.fit import load_model
+
+    folder = Path(run)
+    if not folder.is_dir():
+        raise UserError(f"no run folder at {run}")
+    _, model, data, state, _ = load_model(Run(folder), "last", device)
+    if data.task != "classification":
+        raise UserError(f"{run}: influence needs a classification run")
+    if eval_index is not None and not 0 <= eval_index < len(data.eval_y):
+        raise UserError(f"--influence {eval_index}: the evaluation set has {len(data.eval_y)} images "
+                        f"(0 to {len(data.eval_y) - 1})")
+    checkpoints = read_checkpoints(folder, state.get("epoch"))
+    query = torch.tensor([eval_index if eval_index is not None else 0], device=data.eval_x.device)
+    found = tracin(model, data, query, checkpoints, variant=variant)
+    classes = [str(c) for c in data.classes]
+    train_y = data.train_y.cpu().numpy()
+
+    def row(i: int, value: float) -> dict[str, Any]:
+        label = int(train_y[i])
+        return {"index": int(i), "label": label, "label_name": classes[label], "score": float(value),
+                "cosine": float(found.cosine[0, i]), "raw": float(found.raw[0, i])}
+
+    about: dict[str, Any] = {"run": str(folder), "epochs": found.epochs, "variant": found.variant,
+                             "features": found.features, "training_examples": len(train_y)}
+    if eval_index is None:
+        order = np.argsort(-found.self_influence, kind="stable")[:top]
+        rows = [{k: v for k, v in row(int(i), found.self_influence[i]).items() if k not in ("cosine", "raw")}
+                for i in order]
+        return {**about, "score": "self-influence (Σ η‖∇loss‖²)", "examples": rows}
+    scores = found.scores(score)[0]
+    order = np.argsort(-scores, kind="stable")
+    with torch.no_grad():
+        x = data.normalize(data.eval_x[query])
+        from ..models import logits_of
+
+        predicted = int(logits_of(model(x)).argmax(dim=1)[0])
+    given = int(data.eval_y[eval_index])
+    return {**about, "score": score, "eval_index": eval_index, "label": given, "label_name": classes[given],
+            "predicted": predicted, "predicted_name": classes[predicted],
+            "proponents": [row(int(i), scores[i]) for i in order[:top]],
+            "opponents": [row(int(i), scores[i]) for i in order[::-1][:top]]}
