@@ -328,7 +328,7 @@ def examples(
 def _influence_examples(run: Path, eval_index: int | None, top: int, raw: bool, as_json: bool) -> None:
     import json
 
-    from .analysis.influence import run_influence
+    from .analysis.examples import run_influence
 
     found = run_influence(run, eval_index, top=top or None, score="raw" if raw else "cosine")
     if as_json:

@@ -1,7 +1,8 @@
 """Rankings of examples from a run's records: ``interp examples save/<run> --label-issues`` and friends.
 
 Reads the latest ``dataset_map`` record (training examples) or ``top_losses`` record (evaluation images);
-imports no torch, runs no model."""
+imports no torch, runs no model — except :func:`run_influence` (``--influence``, ``--self-influence``), which
+loads the run's last checkpoint."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 from ..errors import UserError
 from .records import RECORD, read_record
 
-__all__ = ["KINDS", "ranked_examples"]
+__all__ = ["KINDS", "ranked_examples", "run_influence"]
 
 # kind → (stage, what the score is, which examples qualify)
 KINDS = {
@@ -114,3 +115,56 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value) if np.isfinite(value) else None
     return value
+
+
+def run_influence(run: Path | str, eval_index: int | None = None, *, top: int | None = 20, score: str = "cosine",
+                  variant: str = "fast", device: str = "cpu") -> dict[str, Any]:
+    """``interp examples --influence`` / ``--self-influence``: from the run's last checkpoint and what it kept
+    per epoch, the proponents and opponents of evaluation image ``eval_index`` (``top`` each), or (None) the
+    training examples by self-influence, highest first. Rows hold training ``index``, ``label`` (and its
+    name), ``score`` (the chosen one), ``cosine`` and ``raw``."""
+    import torch
+
+    from ..run import Run
+    from ..train.fit import load_model
+    from .influence import read_checkpoints, tracin
+
+    folder = Path(run)
+    if not folder.is_dir():
+        raise UserError(f"no run folder at {run}")
+    _, model, data, state, _ = load_model(Run(folder), "last", device)
+    if data.task != "classification":
+        raise UserError(f"{run}: influence needs a classification run")
+    if eval_index is not None and not 0 <= eval_index < len(data.eval_y):
+        raise UserError(f"--influence {eval_index}: the evaluation set has {len(data.eval_y)} images "
+                        f"(0 to {len(data.eval_y) - 1})")
+    checkpoints = read_checkpoints(folder, state.get("epoch"))
+    query = torch.tensor([eval_index if eval_index is not None else 0], device=data.eval_x.device)
+    found = tracin(model, data, query, checkpoints, variant=variant)
+    classes = [str(c) for c in data.classes]
+    train_y = data.train_y.cpu().numpy()
+
+    def row(i: int, value: float) -> dict[str, Any]:
+        label = int(train_y[i])
+        return {"index": int(i), "label": label, "label_name": classes[label], "score": float(value),
+                "cosine": float(found.cosine[0, i]), "raw": float(found.raw[0, i])}
+
+    about: dict[str, Any] = {"run": str(folder), "epochs": found.epochs, "variant": found.variant,
+                             "features": found.features, "training_examples": len(train_y)}
+    if eval_index is None:
+        order = np.argsort(-found.self_influence, kind="stable")[:top]
+        rows = [{k: v for k, v in row(int(i), found.self_influence[i]).items() if k not in ("cosine", "raw")}
+                for i in order]
+        return {**about, "score": "self-influence (Σ η‖∇loss‖²)", "examples": rows}
+    scores = found.scores(score)[0]
+    order = np.argsort(-scores, kind="stable")
+    with torch.no_grad():
+        x = data.normalize(data.eval_x[query])
+        from ..models import logits_of
+
+        predicted = int(logits_of(model(x)).argmax(dim=1)[0])
+    given = int(data.eval_y[eval_index])
+    return {**about, "score": score, "eval_index": eval_index, "label": given, "label_name": classes[given],
+            "predicted": predicted, "predicted_name": classes[predicted],
+            "proponents": [row(int(i), scores[i]) for i in order[:top]],
+            "opponents": [row(int(i), scores[i]) for i in order[::-1][:top]]}
