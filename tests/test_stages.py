@@ -101,6 +101,14 @@ def test_every_stage_runs_on_a_tiny_model(name: str, arch: str, data, tmp_path: 
         ctx.dynamics = recorded_dynamics(ctx.model, data)
     if "health" in stage.needs:  # one epoch of the layers' health, from a few training steps
         ctx.health = recorded_health(ctx.model, data)
+    if name == "influence":  # the epoch's classifier, as the trainer keeps it in the run folder
+        from interp.analysis import training
+        from interp.analysis.influence import classifier_part
+
+        ctx.run_folder = tmp_path
+        (tmp_path / "training").mkdir()
+        (tmp_path / training.record_name(1)).write_bytes(
+            training.encode(1, {"classifier": classifier_part(ctx.model, 0.01)}))
     numbers = run_stages([stage], ctx)
     run.close()
     reason = stage.skip_reason(ctx.model, data)
