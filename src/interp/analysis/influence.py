@@ -52,12 +52,11 @@ def classifier_part(model: nn.Module, lr: float, layer: str | None = None) -> di
     from ..models import features_layer
 
     name, module = features_layer(model, layer)
-    weight = module.weight.detach()
-    if weight.numel() > MAX_CLASSIFIER:
+    own = dict(module.named_parameters(recurse=False))
+    if own["weight"].numel() > MAX_CLASSIFIER:
         return None
-    weight = weight.flatten(1).float()
-    bias = module.bias.detach().float() if getattr(module, "bias", None) is not None else \
-        torch.zeros(len(weight), device=weight.device)
+    weight = own["weight"].detach().flatten(1).float()
+    bias = own["bias"].detach().float() if "bias" in own else torch.zeros(len(weight), device=weight.device)
     return {"layer": name, "weight": weight.cpu().numpy(), "bias": bias.cpu().numpy(), "lr": float(lr)}
 
 

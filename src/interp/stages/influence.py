@@ -188,8 +188,8 @@ def draw_self_influence(pixels: np.ndarray, index: np.ndarray, label: np.ndarray
     every = np.asarray(every, dtype=np.float64)
     positive = every[every > 0]
     if len(positive):
-        bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 40) if positive.max() > positive.min() \
-            else 10
+        bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 40).tolist() \
+            if positive.max() > positive.min() else 10
         hist.hist(positive, bins=bins, color="#4c72b0")
         hist.set_xscale("log")
         if n:
