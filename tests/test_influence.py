@@ -210,3 +210,44 @@ def test_the_full_variant_needs_snapshots_and_the_fast_one_a_linear_classifier(t
     name = "inner." + features_layer(model)[0]
     with pytest.raises(UserError, match="not the output of its classifier"):
         tracin(scaled, data, torch.tensor([0]), [Checkpoint(1, 0.1, name, only[0].weight, only[0].bias)])
+
+
+def test_a_model_returning_more_than_logits(tmp_path: Path) -> None:
+    """A model whose forward returns a dict is evaluated through LogitsOnly: its classifier and snapshots are
+    the trained model's, and the scores are those of the same weights returning plain logits."""
+    from interp.checkpoint import save_checkpoint
+    from interp.models import LogitsOnly
+
+    class Dict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU())
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.head(self.body(x)), "extra": x.mean()}
+
+    cfg = load_config(None, ["train.device=cpu", "data.train_limit=200"])
+    data = load_data(cfg.data, 0)
+    torch.manual_seed(0)
+    model = Dict()
+    checkpoints = []
+    for epoch in (1, 2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        path = tmp_path / f"epoch_{epoch:03d}.pt"
+        save_checkpoint({"format": 1, "epoch": epoch, "model": model.state_dict()}, path)
+        part = classifier_part(model, 0.1)
+        checkpoints.append(Checkpoint(epoch, 0.1, part["layer"], torch.as_tensor(part["weight"]),
+                                      torch.as_tensor(part["bias"]), path))
+    plain = nn.Sequential(model.body, model.head)
+    wrapped = tracin(LogitsOnly(model), data, torch.tensor([0, 1]), checkpoints)
+    expected = tracin(plain, data, torch.tensor([0, 1]),
+                      [Checkpoint(c.epoch, c.lr, "1", c.weight, c.bias, None) for c in checkpoints[-1:]])
+    assert checkpoints[-1].layer == "head" and wrapped.features == "each checkpoint's snapshot"
+    full = tracin(LogitsOnly(model), data, torch.tensor([0, 1]), checkpoints, variant="full")
+    assert full.raw.shape == (2, 200) and np.isfinite(full.raw).all()
+    last = tracin(LogitsOnly(model), data, torch.tensor([0, 1]), checkpoints[-1:])
+    np.testing.assert_allclose(last.raw, expected.raw, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(wrapped.raw, last.raw)  # the first snapshot's own features count too

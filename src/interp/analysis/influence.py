@@ -57,7 +57,8 @@ def classifier_part(model: nn.Module, lr: float, layer: str | None = None) -> di
         return None
     weight = own["weight"].detach().flatten(1).float()
     bias = own["bias"].detach().float() if "bias" in own else torch.zeros(len(weight), device=weight.device)
-    return {"layer": name, "weight": weight.cpu().numpy(), "bias": bias.cpu().numpy(), "lr": float(lr)}
+    # copies: on the CPU .numpy() would share the live parameters' memory
+    return {"layer": name, "weight": weight.cpu().numpy().copy(), "bias": bias.cpu().numpy().copy(), "lr": float(lr)}
 
 
 @dataclass
@@ -135,6 +136,14 @@ def _features(model: nn.Module, module: nn.Module, x: Tensor, normalize: Callabl
     return torch.cat(features), torch.cat(logits)
 
 
+def _trained(model: nn.Module) -> nn.Module:
+    """The model trained, inside the one evaluated (a :class:`interp.models.LogitsOnly` wraps a model whose
+    forward returns more than the logits): its layer names and snapshots are the trained model's."""
+    from ..models import LogitsOnly
+
+    return model.model if isinstance(model, LogitsOnly) else model
+
+
 def _check_linear(features: Tensor, logits: Tensor, weight: Tensor, bias: Tensor, layer: str) -> None:
     """The fast variant holds when the logits are the classifier's output: W·a + b."""
     again = features @ weight.T + bias
@@ -182,10 +191,8 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
                         "analysis.snapshots: true (the fast variant needs only what every run keeps)")
     was_training = model.training
     work = copy.deepcopy(model).eval() if snapshots else model.eval()
-    try:
-        module = resolve_layer(work, checkpoints[-1].layer)[1]
-    except UserError:  # the model as evaluated wraps the one trained (interp.models.LogitsOnly)
-        module = resolve_layer(getattr(work, "model", work), checkpoints[-1].layer)[1]
+    trained = _trained(work)  # what the snapshots hold the weights of
+    module = resolve_layer(trained, checkpoints[-1].layer)[1]
     raw = torch.zeros(q, n, device=device)
     cosine = torch.zeros(q, n, device=device)
     self_influence = torch.zeros(n, device=device)
@@ -204,7 +211,7 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
                 weight, bias = c.weight.to(device), c.bias.to(device)
                 if fixed is None:
                     assert c.snapshot is not None
-                    work.load_state_dict(load_checkpoint(c.snapshot, device)["model"])
+                    trained.load_state_dict(load_checkpoint(c.snapshot, device)["model"])
                     train_a, train_logits = _features(work, module, train_x, data.normalize, batch_size)
                     _check_linear(train_a[:256], train_logits[:256], weight, bias, c.layer)
                     query_a = _features(work, module, query_x, data.normalize, batch_size)[0]
@@ -258,7 +265,7 @@ def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpo
     timed = False
     for c in checkpoints:
         assert c.snapshot is not None
-        model.load_state_dict(load_checkpoint(c.snapshot, device)["model"])
+        _trained(model).load_state_dict(load_checkpoint(c.snapshot, device)["model"])
         params = {k: p.detach() for k, p in model.named_parameters() if k in names}
         buffers = {k: b.detach() for k, b in model.named_buffers()}
         query = torch.cat([gradients(params, buffers, query_x[s:s + batch], query_y[s:s + batch])
