@@ -4,6 +4,7 @@ self-influence on shifted labels, the stage's record and `interp examples --infl
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import subprocess
@@ -82,12 +83,59 @@ def test_raw_scores_equal_captums_tracin(run: Path) -> None:
     own = reference.self_influence(torch.utils.data.DataLoader(train, batch_size=100)).numpy()
     assert np.abs(fast.self_influence - own).max() <= 1e-4 * own.max()
 
+    # the cosine: per checkpoint the raw score over the two gradients' norms (from Captum's self-influence of each
+    # side at that checkpoint alone), averaged with the rates as weights
+    cosine = np.zeros_like(expected)
+    for path, c in zip(paths, checkpoints, strict=True):
+        one = TracInCPFast(model, model.head, train, [path], checkpoints_load_func=load,
+                           loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=100)
+        raw = one.influence(test).numpy()
+        own_train = one.self_influence(torch.utils.data.DataLoader(train, batch_size=100)).numpy()
+        own_test = one.self_influence(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*test))).numpy()
+        cosine += c.lr * raw / np.sqrt(own_test[:, None] * own_train[None, :])
+    cosine /= sum(c.lr for c in checkpoints)
+    np.testing.assert_allclose(fast.cosine, cosine, atol=1e-4)
+
     reference = TracInCP(model, train, paths, checkpoints_load_func=load, loss_fn=nn.CrossEntropyLoss(reduction="none"),
                          batch_size=100)
     expected = reference.influence(test).numpy()
     assert np.abs(full.raw - expected).max() <= 1e-4 * np.abs(expected).max()
-    # the cosine: the raw score over the two gradients' norms, per checkpoint, averaged with the rates as weights
-    assert np.abs(full.cosine).max() <= 1 + 1e-5 and np.abs(fast.cosine).max() <= 1 + 1e-5
+    own = reference.self_influence(torch.utils.data.DataLoader(train, batch_size=100)).numpy()
+    assert np.abs(full.self_influence - own).max() <= 1e-4 * own.max()
+    assert np.abs(full.cosine).max() <= 1 + 1e-5
+
+
+def test_without_snapshots_each_epochs_classifier_sits_on_the_final_features(run: Path, tmp_path: Path) -> None:
+    """The kept classifiers alone (no snapshots): Captum's TracInCPFast on checkpoints made of the final model
+    with each epoch's classifier in place."""
+    from captum.influence import TracInCPFast
+
+    _, model, data, _, _ = load_model(Run(run), "last")
+    kept = [Checkpoint(c.epoch, c.lr, c.layer, c.weight, c.bias, None) for c in read_checkpoints(run)]
+    model.train()
+    model.head.eval()  # a part frozen on purpose
+    modes = {m: m.training for m in model.modules()}
+    found = tracin(model, data, torch.tensor([3, 9]), kept)
+    assert {m: m.training for m in model.modules()} == modes  # left as it was, each part
+    assert model.training and not model.head.training
+    assert found.features == "the final model, each epoch's classifier on them"
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    paths, rates = [], {}
+    for c in kept:
+        path = tmp_path / f"made_{c.epoch}.pt"
+        torch.save({"model": {**final, "head.weight": c.weight, "head.bias": c.bias}}, path)
+        paths.append(str(path))
+        rates[str(path)] = c.lr
+
+    def load(net: nn.Module, path: str) -> float:
+        net.load_state_dict(torch.load(path, weights_only=True)["model"])
+        return rates[path]
+
+    train = torch.utils.data.TensorDataset(data.normalize(data.train_x), data.train_y)
+    reference = TracInCPFast(model, model.head, train, paths, checkpoints_load_func=load,
+                             loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=100)
+    expected = reference.influence((data.normalize(data.eval_x[[3, 9]]), data.eval_y[[3, 9]])).numpy()
+    assert np.abs(found.raw - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 def test_an_evaluation_image_copied_into_training_is_its_own_top_proponent() -> None:
@@ -247,7 +295,84 @@ def test_a_model_returning_more_than_logits(tmp_path: Path) -> None:
                       [Checkpoint(c.epoch, c.lr, "1", c.weight, c.bias, None) for c in checkpoints[-1:]])
     assert checkpoints[-1].layer == "head" and wrapped.features == "each checkpoint's snapshot"
     full = tracin(LogitsOnly(model), data, torch.tensor([0, 1]), checkpoints, variant="full")
-    assert full.raw.shape == (2, 200) and np.isfinite(full.raw).all()
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    plain_checkpoints = []
+    for c in checkpoints:  # the same snapshots under the plain model's names (body.1 → 0.1, head → 1)
+        state = torch.load(c.snapshot, weights_only=True)["model"]
+        state = {k.replace("body.", "0.").replace("head.", "1."): v for k, v in state.items()}
+        save_checkpoint({"model": state}, renamed / c.snapshot.name)
+        plain_checkpoints.append(Checkpoint(c.epoch, c.lr, "1", c.weight, c.bias, renamed / c.snapshot.name))
+    expected_full = tracin(copy.deepcopy(plain), data, torch.tensor([0, 1]), plain_checkpoints, variant="full")
+    np.testing.assert_allclose(full.raw, expected_full.raw, rtol=1e-5, atol=1e-7)
     last = tracin(LogitsOnly(model), data, torch.tensor([0, 1]), checkpoints[-1:])
     np.testing.assert_allclose(last.raw, expected.raw, rtol=1e-5, atol=1e-7)
     assert not np.allclose(wrapped.raw, last.raw)  # the first snapshot's own features count too
+
+
+def test_a_classifier_the_fast_variant_cannot_use_is_said_in_one_line(tmp_path: Path) -> None:
+    """A Linear applied to every row of the image (its input (B, 28, 28), not (B, D)): the fast variant says it
+    does not apply; analysis.features_layer naming a block without weights of its own: training goes on
+    without keeping a classifier, and says so once."""
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(28, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x[:, 0]).mean(dim=1)
+
+    data = load_data(load_config(None, ["train.device=cpu", "data.train_limit=100"]).data, 0)
+    model = Rows()
+    part = classifier_part(model, 0.1)
+    kept = [Checkpoint(1, 0.1, part["layer"], torch.as_tensor(part["weight"]), torch.as_tensor(part["bias"]))]
+    with pytest.raises(UserError, match="not the output of its classifier head"):
+        tracin(model, data, torch.tensor([0]), kept)
+
+    cfg = load_config(None, ["train.device=cpu", "data.train_limit=100", "train.epochs=1",
+                             "analysis.features_layer=features.fc1", "analysis.stages=[]"])
+    from interp.train.loop import SilentReporter
+
+    class Notices(SilentReporter):
+        said: list[str] = []
+
+        def notice(self, message: str) -> None:
+            self.said.append(message)
+
+    reporter = Notices()
+    run = fit(cfg, save_dir=tmp_path, name="block", reporter=reporter).run_dir
+    assert read_checkpoints(run) == []
+    assert sum("influence: the classifier's weights are not kept" in m for m in reporter.said) == 1
+
+
+def test_the_analyzer_keeps_the_classifier_and_its_groups_rate(tmp_path: Path) -> None:
+    """A loop of one's own: inside watch(), each epoch's classifier and the rate of the parameter group holding
+    it (not the first group's); watch() without a stage that reads it is one clear mistake."""
+    from interp import Analyzer
+
+    data = load_data(load_config(None, ["train.device=cpu", "data.train_limit=200"]).data, 0)
+    x, y = data.normalize(data.train_x), data.train_y
+    evaluation = (data.normalize(data.eval_x[:100]), data.eval_y[:100])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    optimizer = torch.optim.SGD([{"params": model[1].parameters(), "lr": 0.01},
+                                 {"params": model[3].parameters(), "lr": 0.05}])
+    with Analyzer(tmp_path / "own", eval_data=evaluation, classes=[str(c) for c in range(10)], stages=["influence"],
+                  train_data=(x, y), epochs=2, notice=lambda m: None, drawing_worker=False) as analyzer:
+        analyzer.run(model, epoch=0)
+        with analyzer.watch(model, optimizer):
+            for epoch in (1, 2):
+                for batch in torch.arange(200).split(50):
+                    optimizer.zero_grad()
+                    nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                    optimizer.step()
+                analyzer.run(model, epoch=epoch)
+    kept = read_checkpoints(tmp_path / "own")
+    assert [(c.epoch, c.lr, c.layer) for c in kept] == [(1, 0.05, "3"), (2, 0.05, "3")]
+    torch.testing.assert_close(kept[-1].weight, model[3].weight.detach())
+    record = read_record(tmp_path / "own" / "epoch_002" / "influence" / "record.npz")
+    assert record.data["self_influence"].shape == (200,)
+    with Analyzer(tmp_path / "other", eval_data=evaluation, classes=[str(c) for c in range(10)],
+                  stages=["confusion"], notice=lambda m: None) as analyzer:
+        with pytest.raises(UserError, match="add 'health' \\(or 'influence'\\)"), analyzer.watch(model, optimizer):
+            pass

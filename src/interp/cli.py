@@ -286,7 +286,8 @@ def examples(
     top: Annotated[int, typer.Option("--top", min=0, help="How many (0: all).")] = 20,
     epoch: Annotated[int | None, typer.Option("--epoch", help="From this analysis epoch's record (default: the "
                                               "latest).", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table (with --influence or "
+                                          "--self-influence: one object).")] = False,
 ) -> None:
     """List examples from a run's dataset map: likely label issues, hard, ambiguous, forgotten, or top losses;
     or by influence: an evaluation image's proponents and opponents, or every training example's self-influence."""
@@ -304,6 +305,8 @@ def examples(
         raise UserError("--raw goes with --influence EVAL_INDEX")
     kind = asked[0] if asked else "label_issues"
     if kind in ("influence", "self_influence"):
+        if epoch is not None:
+            raise UserError("--epoch goes with the dataset map's rankings; influence uses the run's last checkpoint")
         _influence_examples(run.expanduser(), influence, top, raw, as_json)
         return
     rows, about = ranked_examples(run.expanduser(), kind, top or None, epoch)

@@ -399,7 +399,9 @@ class InterpCallback(Callback):
         resume = self._resume is not None and self._folder is not None and self._epoch is not None
         folder = self._folder if resume and self._folder is not None else self.folder
         max_epochs = trainer.max_epochs if (trainer.max_epochs or -1) > 0 else None
-        train = self._train_tensors(trainer) if self._recorder is not None else None
+        influence = self.stages is None or any(s == "influence" or (isinstance(s, dict) and "influence" in s)
+                                               for s in self.stages)  # it reads the training images too
+        train = self._train_tensors(trainer) if self._recorder is not None or influence else None
         x_eval, y_eval = (t.to(pl_module.device) for t in self.eval_data)
         self.analyzer = Analyzer(folder, eval_data=(x_eval, y_eval), classes=self.classes, mean=self.mean,
                                  std=self.std, stages=self.stages, epochs=max_epochs, notice=self.notice, train_data=train,
@@ -489,11 +491,11 @@ class InterpCallback(Callback):
         if trainer.is_global_zero and trainer.optimizers and analyzer is not None and len(analyzer.data.train_y) \
                 and epoch > self._classifier_recorded:  # once an epoch: a second call must not overwrite the record
             self._classifier_recorded = epoch
-            from .analysis.influence import classifier_part  # the classifier, for the influence stage
+            from .analysis.influence import classifier_lr, classifier_part  # the classifier, for influence
 
             with contextlib.suppress(UserError):  # no Linear or 1×1 conv classifier: nothing to keep
-                part = classifier_part(trainer.lightning_module, trainer.optimizers[0].param_groups[0]["lr"],
-                                       analyzer.features_layer)
+                part = classifier_part(trainer.lightning_module, classifier_lr(
+                    trainer.lightning_module, trainer.optimizers[0], analyzer.features_layer), analyzer.features_layer)
                 if part is not None:
                     recorded["classifier"] = part
         if recorded and trainer.is_global_zero:

@@ -238,7 +238,11 @@ class Analyzer:
             raise UserError("Analyzer.watch: expected a torch.nn.Module and a torch.optim.Optimizer, got "
                             f"{type(model).__name__} and {type(optimizer).__name__}")
         self._watched = (model, optimizer)  # its classifier is kept each epoch, for the influence stage
-        with self._health().watch(model, optimizer):
+        if self._health_options() is None and not any(s.name == "influence" for s in self._stages):
+            raise UserError("Analyzer.watch: no stage reads what it records; add 'health' (or 'influence') to "
+                            "stages")
+        with self._health().watch(model, optimizer) if self._health_options() is not None \
+                else contextlib.nullcontext():
             yield self
 
     # -- the dataset map ------------------------------------------------------------------------------
@@ -277,10 +281,11 @@ class Analyzer:
             self.analysis.dynamics = self.dynamics
         watched = getattr(self, "_watched", None)
         if watched is not None and epoch > 0 and len(self.data.train_y):  # what the influence stage needs
-            from .influence import classifier_part
+            from .influence import classifier_lr, classifier_part
 
             with contextlib.suppress(UserError):  # no Linear or 1×1 conv classifier: nothing to keep
-                part = classifier_part(watched[0], watched[1].param_groups[0]["lr"], self.features_layer)
+                part = classifier_part(watched[0], classifier_lr(watched[0], watched[1], self.features_layer),
+                                       self.features_layer)
                 if part is not None:
                     recorded["classifier"] = part
         if recorded:

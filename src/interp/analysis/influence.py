@@ -48,10 +48,14 @@ def snapshot_path(run: Path | str, epoch: int) -> Path:
 
 def classifier_part(model: nn.Module, lr: float, layer: str | None = None) -> dict[str, Any] | None:
     """The classifier's weights (K, D) and bias (K) as float32 arrays, its name and ``lr``: what influence's
-    fast variant needs of an epoch (None: the layer is over :data:`MAX_CLASSIFIER` values)."""
+    fast variant needs of an epoch (None: the layer is not a Linear or 1×1 conv, or is over
+    :data:`MAX_CLASSIFIER` values)."""
     from ..models import features_layer
 
     name, module = features_layer(model, layer)
+    if not (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+                                             and module.groups == 1)):
+        return None  # its gradient is not an outer product of two vectors: nothing the fast variant can use
     own = dict(module.named_parameters(recurse=False))
     if own["weight"].numel() > MAX_CLASSIFIER:
         return None
@@ -59,6 +63,18 @@ def classifier_part(model: nn.Module, lr: float, layer: str | None = None) -> di
     bias = own["bias"].detach().float() if "bias" in own else torch.zeros(len(weight), device=weight.device)
     # copies: on the CPU .numpy() would share the live parameters' memory
     return {"layer": name, "weight": weight.cpu().numpy().copy(), "bias": bias.cpu().numpy().copy(), "lr": float(lr)}
+
+
+def classifier_lr(model: nn.Module, optimizer: torch.optim.Optimizer, layer: str | None = None) -> float:
+    """The learning rate of the optimiser's parameter group that holds the classifier's weight (the first
+    group's when none does)."""
+    from ..models import features_layer
+
+    weight = getattr(features_layer(model, layer)[1], "weight", None)
+    for group in optimizer.param_groups:
+        if any(p is weight for p in group["params"]):
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])
 
 
 @dataclass
@@ -133,6 +149,9 @@ def _features(model: nn.Module, module: nn.Module, x: Tensor, normalize: Callabl
         for start in range(0, len(x), batch_size):
             logits.append(logits_of(model(normalize(x[start:start + batch_size]))).float())
             features.append(caught.pop())
+    if not features:  # no examples: (0, D) and (0, K)
+        weight = dict(module.named_parameters(recurse=False))["weight"]
+        return torch.zeros(0, weight.shape[1], device=x.device), torch.zeros(0, weight.shape[0], device=x.device)
     return torch.cat(features), torch.cat(logits)
 
 
@@ -146,9 +165,10 @@ def _trained(model: nn.Module) -> nn.Module:
 
 def _check_linear(features: Tensor, logits: Tensor, weight: Tensor, bias: Tensor, layer: str) -> None:
     """The fast variant holds when the logits are the classifier's output: W·a + b."""
-    again = features @ weight.T + bias
-    if again.shape != logits.shape or not torch.allclose(again, logits, rtol=1e-3,
-                                                         atol=1e-3 * float(logits.abs().max().clamp(min=1))):
+    fits = features.dim() == 2 and features.shape[1] == weight.shape[1] and logits.shape[1:] == weight.shape[:1]
+    again = features @ weight.T + bias if fits else None
+    if again is None or not torch.allclose(again, logits, rtol=1e-3,
+                                           atol=1e-3 * float(logits.abs().max().clamp(min=1))):
         raise UserError(f"influence: the model's logits are not the output of its classifier {layer} (a Linear, or "
                         "a 1×1 conv on pooled features): its fast variant does not apply; set the stage's variant "
                         "to full (with analysis.snapshots: true) or name the layer in analysis.features_layer")
@@ -175,8 +195,8 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
     from ..models import resolve_layer
 
     if not checkpoints:
-        raise UserError("influence: the run kept no per-epoch classifier weights (training/epoch_NNN.npz); runs "
-                        "of `interp train` keep them")
+        raise UserError("influence: the run kept no per-epoch classifier weights (training/epoch_NNN.npz); a "
+                        "run trained with this version of interp keeps them")
     started = time.perf_counter()
     device = data.train_x.device
     if query_x is None:
@@ -189,7 +209,7 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
     if variant == "full" and not snapshots:
         raise UserError("influence: the full variant needs a snapshot of the model after every epoch; train with "
                         "analysis.snapshots: true (the fast variant needs only what every run keeps)")
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # as they were, each (a frozen batch norm stays frozen)
     work = copy.deepcopy(model).eval() if snapshots else model.eval()
     trained = _trained(work)  # what the snapshots hold the weights of
     module = resolve_layer(trained, checkpoints[-1].layer)[1]
@@ -230,7 +250,8 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
                     self_influence[start:start + len(a)] += c.lr * norm ** 2
                     step(len(a))
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     total_lr = sum(c.lr for c in checkpoints)
     cosine /= max(total_lr, 1e-30)
     features = "each checkpoint's snapshot" if snapshots or variant == "full" else \
@@ -253,6 +274,9 @@ def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpo
     size = sum(p.numel() for _, p in model.named_parameters() if p.requires_grad)
     batch = max(1, min(batch_size, 2 ** 26 // max(size, 1)))  # the batch's gradients within 256 MB
     n = len(data.train_x)
+    if len(query_x) * size > 2 ** 28:
+        raise UserError(f"influence (full gradients): {len(query_x)} images × {size:,} parameters of gradients "
+                        "is over 1 GB; lower the stage's queries (or use the fast variant)")
 
     def gradients(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         def loss(p: dict[str, Tensor], one: Tensor, label: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
-"""Influence: for the probe images and the highest-loss evaluation images, the training images that pushed
-the model towards its answer (proponents) and away from it (opponents), and every training example's
-self-influence — TracIn over the run's per-epoch checkpoints (:mod:`interp.analysis.influence`)."""
+"""Influence: for the probe images and the highest-loss evaluation images, the training images whose training
+steps lowered the image's loss on its given label (proponents) and raised it (opponents), and every training
+example's self-influence — TracIn over the run's per-epoch checkpoints (:mod:`interp.analysis.influence`)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ class InfluenceStage(Stage):
             return None
         checkpoints = read_checkpoints(ctx.run_folder, ctx.epoch) if ctx.run_folder is not None else []
         if not checkpoints:
-            ctx.notice("influence: skipped (no per-epoch classifier weights in the run's training/ records; "
-                       "`interp train` keeps them)")
+            ctx.notice("influence: skipped (no per-epoch classifier weights in the run's training/ records: "
+                       "`interp train` keeps them, the Analyzer inside watch() with train_data, the Lightning "
+                       "callback with its training set; a model without a Linear or 1×1 conv classifier has none)")
             return None
         data, evaluation = ctx.data, ctx.evaluation
         probes = ctx.probe.indices.to(data.eval_x.device)
@@ -79,6 +80,8 @@ class InfluenceStage(Stage):
                              "label": labels, "predicted": predicted,
                              "proponents": proponents, "proponent_scores": taken(scores, proponents, 1),
                              "opponents": opponents, "opponent_scores": taken(scores, opponents, 1),
+                             "proponent_cosine": taken(found.cosine, proponents, 1),
+                             "opponent_cosine": taken(found.cosine, opponents, 1),
                              "proponent_raw": taken(found.raw, proponents, 1),
                              "opponent_raw": taken(found.raw, opponents, 1)})
         ctx.keep("self_influence", found.self_influence.astype(np.float32))
