@@ -372,7 +372,7 @@ def test_the_analyzer_keeps_the_classifier_and_its_groups_rate(tmp_path: Path) -
     torch.testing.assert_close(kept[-1].weight, model[3].weight.detach())
     record = read_record(tmp_path / "own" / "epoch_002" / "influence" / "record.npz")
     assert record.data["self_influence"].shape == (200,)
-    with Analyzer(tmp_path / "other", eval_data=evaluation, classes=[str(c) for c in range(10)],
-                  stages=["confusion"], notice=lambda m: None) as analyzer:
-        with pytest.raises(UserError, match="add 'health' \\(or 'influence'\\)"), analyzer.watch(model, optimizer):
-            pass
+    other = Analyzer(tmp_path / "other", eval_data=evaluation, classes=[str(c) for c in range(10)],
+                     stages=["confusion"], notice=lambda m: None)
+    with other, pytest.raises(UserError, match="add 'health' \\(or 'influence'\\)"), other.watch(model, optimizer):
+        pass
