@@ -281,7 +281,7 @@ def test_watch_needs_the_stage_and_a_model_and_optimizer(tmp_path: Path) -> None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     analyzer = Analyzer(tmp_path / "a", eval_data=eval_data, classes=data.classes, stages=["confusion"],
                         drawing_worker=False, notice=lambda m: None)
-    with pytest.raises(UserError, match="add 'health' to stages"), analyzer.watch(model, optimizer):
+    with pytest.raises(UserError, match="add 'health' \\(or 'influence'\\) to stages"), analyzer.watch(model, optimizer):
         pass
     analyzer.close()
     analyzer = Analyzer(tmp_path / "b", eval_data=eval_data, classes=data.classes, stages=["health"],
