@@ -138,6 +138,24 @@ def test_without_snapshots_each_epochs_classifier_sits_on_the_final_features(run
     assert np.abs(found.raw - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
+def train_keeping_classifiers(data, epochs: int = 5) -> tuple[nn.Module, list[Checkpoint]]:  # type: ignore[no-untyped-def]
+    """The default MLP trained with Adam on ``data``, each epoch's classifier kept as the run keeps it."""
+    model = build_model(load_config(None, []).model, data.input_shape, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    checkpoints = []
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(1, epochs + 1):
+        for batch in torch.randperm(len(data.train_x), generator=generator).split(64):
+            loss = nn.functional.cross_entropy(model(data.normalize(data.train_x[batch])), data.train_y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        part = classifier_part(model, 1e-3)
+        assert part is not None
+        checkpoints.append(Checkpoint.of(epoch, part))
+    return model.eval(), checkpoints
+
+
 def test_an_evaluation_image_copied_into_training_is_its_own_top_proponent() -> None:
     """Evaluation image 0 placed (with its label) among 1,000 training digits: by the gradient cosine it is
     its own top proponent; each epoch's classifier kept as the run keeps it."""
@@ -147,22 +165,8 @@ def test_an_evaluation_image_copied_into_training_is_its_own_top_proponent() -> 
     target = 123
     data.train_x[target] = data.eval_x[0]
     data.train_y[target] = data.eval_y[0]
-    model = build_model(cfg.model, data.input_shape, 10)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    checkpoints = []
-    generator = torch.Generator().manual_seed(0)
-    for epoch in range(1, 6):
-        model.train()
-        for batch in torch.randperm(len(data.train_x), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(model(data.normalize(data.train_x[batch])), data.train_y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        part = classifier_part(model, 1e-3)
-        assert part is not None
-        checkpoints.append(Checkpoint(epoch, part["lr"], part["layer"], torch.as_tensor(part["weight"]),
-                                      torch.as_tensor(part["bias"])))
-    found = tracin(model.eval(), data, torch.tensor([0]), checkpoints)
+    model, checkpoints = train_keeping_classifiers(data)
+    found = tracin(model, data, torch.tensor([0]), checkpoints)
     assert int(np.argmax(found.cosine[0])) == target
     assert found.cosine[0, target] > 0.99
 
@@ -174,20 +178,8 @@ def test_self_influence_finds_shifted_labels() -> None:
     cfg = load_config(None, ["train.device=cpu", "data.train_limit=1000"])
     data = load_data(cfg.data, 0)
     data.train_y, shifted = flip_labels(data.train_y, 0.1, 10, 0)
-    model = build_model(cfg.model, data.input_shape, 10)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    checkpoints = []
-    generator = torch.Generator().manual_seed(0)
-    for epoch in range(1, 6):
-        for batch in torch.randperm(len(data.train_x), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(model(data.normalize(data.train_x[batch])), data.train_y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        part = classifier_part(model, 1e-3)
-        checkpoints.append(Checkpoint(epoch, part["lr"], part["layer"], torch.as_tensor(part["weight"]),
-                                      torch.as_tensor(part["bias"])))
-    found = tracin(model.eval(), data, torch.tensor([0]), checkpoints)
+    model, checkpoints = train_keeping_classifiers(data)
+    found = tracin(model, data, torch.tensor([0]), checkpoints)
     top = np.argsort(-found.self_influence)[: len(shifted)]
     assert np.isin(top, shifted.numpy()).mean() >= 0.6
 
@@ -240,7 +232,7 @@ def test_the_full_variant_needs_snapshots_and_the_fast_one_a_linear_classifier(t
     data = load_data(cfg.data, 0)
     model = build_model(cfg.model, data.input_shape, 10).eval()
     part = classifier_part(model, 0.1)
-    only = [Checkpoint(1, 0.1, part["layer"], torch.as_tensor(part["weight"]), torch.as_tensor(part["bias"]))]
+    only = [Checkpoint.of(1, part)]
     with pytest.raises(UserError, match="full variant needs a snapshot"):
         tracin(model, data, torch.tensor([0]), only, variant="full")
     with pytest.raises(UserError, match="kept no per-epoch classifier"):
@@ -287,8 +279,7 @@ def test_a_model_returning_more_than_logits(tmp_path: Path) -> None:
         path = tmp_path / f"epoch_{epoch:03d}.pt"
         save_checkpoint({"format": 1, "epoch": epoch, "model": model.state_dict()}, path)
         part = classifier_part(model, 0.1)
-        checkpoints.append(Checkpoint(epoch, 0.1, part["layer"], torch.as_tensor(part["weight"]),
-                                      torch.as_tensor(part["bias"]), path))
+        checkpoints.append(Checkpoint.of(epoch, part, path))
     plain = nn.Sequential(model.body, model.head)
     wrapped = tracin(LogitsOnly(model), data, torch.tensor([0, 1]), checkpoints)
     expected = tracin(plain, data, torch.tensor([0, 1]),
@@ -325,7 +316,7 @@ def test_a_classifier_the_fast_variant_cannot_use_is_said_in_one_line(tmp_path: 
     data = load_data(load_config(None, ["train.device=cpu", "data.train_limit=100"]).data, 0)
     model = Rows()
     part = classifier_part(model, 0.1)
-    kept = [Checkpoint(1, 0.1, part["layer"], torch.as_tensor(part["weight"]), torch.as_tensor(part["bias"]))]
+    kept = [Checkpoint.of(1, part)]
     with pytest.raises(UserError, match="not the output of its classifier head"):
         tracin(model, data, torch.tensor([0]), kept)
 

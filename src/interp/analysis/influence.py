@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,13 @@ class Checkpoint:
     bias: Tensor
     snapshot: Path | None = None
 
+    @classmethod
+    def of(cls, epoch: int, part: dict[str, Any], snapshot: Path | None = None) -> Checkpoint:
+        """From what :func:`classifier_part` gave (or a training record holds) for ``epoch``."""
+        return cls(epoch, float(part["lr"]), str(part["layer"]),
+                   torch.as_tensor(np.asarray(part["weight"], dtype=np.float32)),
+                   torch.as_tensor(np.asarray(part["bias"], dtype=np.float32)), snapshot)
+
 
 def read_checkpoints(run: Path | str, through: int | None = None) -> list[Checkpoint]:
     """The epochs (1 … ``through``) whose classifier the run kept, in order, with their snapshots where kept."""
@@ -98,10 +105,7 @@ def read_checkpoints(run: Path | str, through: int | None = None) -> list[Checkp
         if epoch < 1:
             continue
         snapshot = snapshot_path(run, epoch)
-        found.append(Checkpoint(epoch, float(fields["lr"]), str(fields["layer"]),
-                                torch.as_tensor(np.asarray(fields["weight"], dtype=np.float32)),
-                                torch.as_tensor(np.asarray(fields["bias"], dtype=np.float32)),
-                                snapshot if snapshot.is_file() else None))
+        found.append(Checkpoint.of(epoch, fields, snapshot if snapshot.is_file() else None))
     return found
 
 
@@ -117,7 +121,6 @@ class Influence:
     variant: str
     features: str
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def scores(self, score: str) -> np.ndarray:
         return self.cosine if score == "cosine" else self.raw
@@ -182,13 +185,12 @@ def _residual(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) ->
 
 
 def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Checkpoint], *,
-           variant: str = "fast", batch_size: int = 1000, query_x: Tensor | None = None,
-           query_y: Tensor | None = None, advance: Callable[[int], None] | None = None,
+           variant: str = "fast", batch_size: int = 1000, advance: Callable[[int], None] | None = None,
            notice: Callable[[str], None] | None = None) -> Influence:
-    """TracIn of every training example of ``data`` on the evaluation examples ``queries`` (indices; or give
-    ``query_x`` (raw pixels as ``data`` holds them) and ``query_y``), over ``checkpoints``. ``model`` is the
-    final model (its weights are not changed); ``variant`` ``fast`` (the classifier's gradients) or ``full``
-    (every parameter's; needs each checkpoint's snapshot). ``advance`` counts training examples × checkpoints."""
+    """TracIn of every training example of ``data`` on the evaluation examples ``queries`` (indices), over
+    ``checkpoints``. ``model`` is the final model (its weights and modes are left as they were); ``variant``
+    ``fast`` (the classifier's gradients) or ``full`` (every parameter's; needs each checkpoint's snapshot).
+    ``advance`` counts training examples × checkpoints."""
     import copy
 
     from ..checkpoint import load_checkpoint
@@ -199,12 +201,8 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
                         "run trained with this version of interp keeps them")
     started = time.perf_counter()
     device = data.train_x.device
-    if query_x is None:
-        query_x, query_y = data.eval_x[queries], data.eval_y[queries]
-    assert query_y is not None
-    query_y = query_y.to(device).long()
-    train_x, train_y = data.train_x, data.train_y.long()
-    n, q = len(train_x), len(query_x)
+    query_x, query_y = data.eval_x[queries], data.eval_y[queries].to(device).long()
+    n = len(data.train_x)
     snapshots = all(c.snapshot is not None for c in checkpoints)
     if variant == "full" and not snapshots:
         raise UserError("influence: the full variant needs a snapshot of the model after every epoch; train with "
@@ -212,57 +210,73 @@ def tracin(model: nn.Module, data: Any, queries: Tensor, checkpoints: list[Check
     modes = {m: m.training for m in model.modules()}  # as they were, each (a frozen batch norm stays frozen)
     work = copy.deepcopy(model).eval() if snapshots else model.eval()
     trained = _trained(work)  # what the snapshots hold the weights of
-    module = resolve_layer(trained, checkpoints[-1].layer)[1]
-    raw = torch.zeros(q, n, device=device)
-    cosine = torch.zeros(q, n, device=device)
-    self_influence = torch.zeros(n, device=device)
+    scores = _Scores(len(queries), n, device)
     step = advance or (lambda count: None)
     try:
         if variant == "full":
-            _full(work, data, query_x, query_y, checkpoints, raw, cosine, self_influence, batch_size, step, notice)
+            _full(work, data, query_x, query_y, checkpoints, scores, batch_size, step, notice)
         else:
-            fixed = None
-            if not snapshots:  # the final model's features, each checkpoint's classifier on them
-                fixed = _features(work, module, train_x, data.normalize, batch_size)
-                fixed_query = _features(work, module, query_x, data.normalize, batch_size)
-                last = checkpoints[-1]
-                _check_linear(*fixed, last.weight.to(device), last.bias.to(device), last.layer)
+            module = resolve_layer(trained, checkpoints[-1].layer)[1]
+            inputs = None
             for c in checkpoints:
+                if snapshots:  # each checkpoint's own features; else the final model's, taken once
+                    trained.load_state_dict(load_checkpoint(c.snapshot, device)["model"])  # type: ignore[arg-type]
+                if snapshots or inputs is None:
+                    inputs = _classifier_inputs(work, module, data, query_x, c if snapshots else checkpoints[-1],
+                                                batch_size)
+                train_a, query_a = inputs
                 weight, bias = c.weight.to(device), c.bias.to(device)
-                if fixed is None:
-                    assert c.snapshot is not None
-                    trained.load_state_dict(load_checkpoint(c.snapshot, device)["model"])
-                    train_a, train_logits = _features(work, module, train_x, data.normalize, batch_size)
-                    _check_linear(train_a[:256], train_logits[:256], weight, bias, c.layer)
-                    query_a = _features(work, module, query_x, data.normalize, batch_size)[0]
-                else:
-                    train_a, query_a = fixed[0], fixed_query[0]
                 query_g = _residual(query_a, weight, bias, query_y)
                 query_norm = query_g.norm(dim=1) * query_a.norm(dim=1)
-                for start in range(0, n, batch_size):
-                    a = train_a[start:start + batch_size]
-                    g = _residual(a, weight, bias, train_y[start:start + batch_size])
-                    dot = (query_g @ g.T) * (query_a @ a.T)  # (q, B)
-                    norm = g.norm(dim=1) * a.norm(dim=1)
-                    raw[:, start:start + len(a)] += c.lr * dot
-                    cosine[:, start:start + len(a)] += c.lr * dot / (query_norm[:, None] * norm[None, :]).clamp(
-                        min=1e-30)
-                    self_influence[start:start + len(a)] += c.lr * norm ** 2
+                for begin in range(0, n, batch_size):
+                    a = train_a[begin:begin + batch_size]
+                    g = _residual(a, weight, bias, data.train_y[begin:begin + len(a)].long())
+                    scores.add(begin, c.lr, (query_g @ g.T) * (query_a @ a.T), query_norm,
+                               g.norm(dim=1) * a.norm(dim=1))
                     step(len(a))
     finally:
         for m, mode in modes.items():
             m.training = mode
-    total_lr = sum(c.lr for c in checkpoints)
-    cosine /= max(total_lr, 1e-30)
-    features = "each checkpoint's snapshot" if snapshots or variant == "full" else \
-        "the final model, each epoch's classifier on them"
-    return Influence(raw.cpu().numpy(), cosine.cpu().numpy(), self_influence.cpu().numpy(),
-                     [c.epoch for c in checkpoints], variant, features, time.perf_counter() - started)
+    features = "each checkpoint's snapshot" if snapshots else "the final model, each epoch's classifier on them"
+    raw, cosine, self_influence = scores.result(sum(c.lr for c in checkpoints))
+    return Influence(raw, cosine, self_influence, [c.epoch for c in checkpoints], variant, features,
+                     time.perf_counter() - started)
 
 
-def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpoints: list[Checkpoint], raw: Tensor,
-          cosine: Tensor, self_influence: Tensor, batch_size: int, step: Callable[[int], None],
-          notice: Callable[[str], None] | None) -> None:
+def _classifier_inputs(model: nn.Module, module: nn.Module, data: Any, query_x: Tensor, checkpoint: Checkpoint,
+                       batch_size: int) -> tuple[Tensor, Tensor]:
+    """The classifier's inputs for the training set and the queries, once the logits are checked to be
+    ``checkpoint``'s classifier on them."""
+    train_a, logits = _features(model, module, data.train_x, data.normalize, batch_size)
+    device = train_a.device
+    _check_linear(train_a[:256], logits[:256], checkpoint.weight.to(device), checkpoint.bias.to(device),
+                  checkpoint.layer)
+    return train_a, _features(model, module, query_x, data.normalize, batch_size)[0]
+
+
+class _Scores:
+    """Raw TracIn, the η-weighted cosine and self-influence, summed batch by batch over checkpoints."""
+
+    def __init__(self, queries: int, n: int, device: torch.device):
+        self.raw = torch.zeros(queries, n, device=device)
+        self.cosine = torch.zeros(queries, n, device=device)
+        self.self_influence = torch.zeros(n, device=device)
+
+    def add(self, begin: int, lr: float, dot: Tensor, query_norm: Tensor, norm: Tensor) -> None:
+        """A batch of training examples from ``begin``: ``dot`` (q, B) of their gradients with the queries',
+        the gradients' norms (q,) and (B,)."""
+        end = begin + len(norm)
+        self.raw[:, begin:end] += lr * dot
+        self.cosine[:, begin:end] += lr * dot / (query_norm[:, None] * norm[None, :]).clamp(min=1e-30)
+        self.self_influence[begin:end] += lr * norm ** 2
+
+    def result(self, total_lr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (self.raw.cpu().numpy(), (self.cosine / max(total_lr, 1e-30)).cpu().numpy(),
+                self.self_influence.cpu().numpy())
+
+
+def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpoints: list[Checkpoint],
+          scores: _Scores, batch_size: int, step: Callable[[int], None], notice: Callable[[str], None] | None) -> None:
     """Every parameter's per-example gradient at each checkpoint (torch.func), dotted with the queries'."""
     from torch.func import functional_call, grad, vmap
 
@@ -270,8 +284,8 @@ def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpo
     from ..models import logits_of
 
     device = data.train_x.device
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    size = sum(p.numel() for _, p in model.named_parameters() if p.requires_grad)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    size = sum(p.numel() for p in trainable.values())
     batch = max(1, min(batch_size, 2 ** 26 // max(size, 1)))  # the batch's gradients within 256 MB
     n = len(data.train_x)
     if len(query_x) * size > 2 ** 28:
@@ -284,13 +298,13 @@ def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpo
             return nn.functional.cross_entropy(out.float(), label[None], reduction="sum")
 
         per = vmap(grad(loss), in_dims=(None, 0, 0))(params, data.normalize(x), y)
-        return torch.cat([per[k].flatten(1) for k in names], dim=1)  # (B, P)
+        return torch.cat([per[k].flatten(1) for k in trainable], dim=1)  # (B, P)
 
     timed = False
     for c in checkpoints:
         assert c.snapshot is not None
         _trained(model).load_state_dict(load_checkpoint(c.snapshot, device)["model"])
-        params = {k: p.detach() for k, p in model.named_parameters() if k in names}
+        params = {k: p.detach() for k, p in model.named_parameters() if k in trainable}
         buffers = {k: b.detach() for k, b in model.named_buffers()}
         query = torch.cat([gradients(params, buffers, query_x[s:s + batch], query_y[s:s + batch])
                            for s in range(0, len(query_x), batch)])
@@ -298,11 +312,7 @@ def _full(model: nn.Module, data: Any, query_x: Tensor, query_y: Tensor, checkpo
         for start in range(0, n, batch):
             began = time.perf_counter()
             g = gradients(params, buffers, data.train_x[start:start + batch], data.train_y[start:start + batch].long())
-            dot = query @ g.T
-            norm = g.norm(dim=1)
-            raw[:, start:start + len(g)] += c.lr * dot
-            cosine[:, start:start + len(g)] += c.lr * dot / (query_norm[:, None] * norm[None, :]).clamp(min=1e-30)
-            self_influence[start:start + len(g)] += c.lr * norm ** 2
+            scores.add(start, c.lr, query @ g.T, query_norm, g.norm(dim=1))
             step(len(g))
             if not timed and notice is not None:
                 timed = True
