@@ -4,7 +4,7 @@ example's self-influence — TracIn over the run's per-epoch checkpoints (:mod:`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,14 +72,15 @@ class InfluenceStage(Stage):
         order = np.argsort(-scores, axis=1, kind="stable")
         proponents, opponents = order[:, :top], order[:, ::-1][:, :top]
         taken = np.take_along_axis
+        proponent_scores, opponent_scores = taken(scores, proponents, 1), taken(scores, opponents, 1)
         predicted = evaluation.predictions()[queries].cpu().numpy()
         labels = data.eval_y[queries].cpu().numpy()
         train_y = data.train_y.cpu().numpy()
         classes = list(data.classes)
         ctx.keep("queries", {"index": queries.cpu().numpy(), "probe": np.arange(len(queries)) < len(probes),
                              "label": labels, "predicted": predicted,
-                             "proponents": proponents, "proponent_scores": taken(scores, proponents, 1),
-                             "opponents": opponents, "opponent_scores": taken(scores, opponents, 1),
+                             "proponents": proponents, "proponent_scores": proponent_scores,
+                             "opponents": opponents, "opponent_scores": opponent_scores,
                              "proponent_cosine": taken(found.cosine, proponents, 1),
                              "opponent_cosine": taken(found.cosine, opponents, 1),
                              "proponent_raw": taken(found.raw, proponents, 1),
@@ -97,13 +98,13 @@ class InfluenceStage(Stage):
                 continue
             ctx.draw(name, draw_influence, query_pixels[part], queries[part].cpu().numpy(), labels[part],
                      predicted[part], train_pixels(data, proponents[part]), proponents[part],
-                     taken(scores, proponents, 1)[part], train_pixels(data, opponents[part]), opponents[part],
-                     taken(scores, opponents, 1)[part], train_y, classes, self.options.score, what, ctx.epoch)
+                     proponent_scores[part], train_pixels(data, opponents[part]), opponents[part],
+                     opponent_scores[part], train_y, classes, self.options.score, what, ctx.epoch)
         if self.options.self_influence and data.is_image:
             ranked = np.argsort(-found.self_influence, kind="stable")[: self.options.self_influence]
             with torch.no_grad():
                 x = data.normalize(data.train_x[torch.as_tensor(ranked, device=data.train_x.device)])
-                train_predicted = ctx.model(x).argmax(dim=1).cpu().numpy() if len(ranked) else ranked
+                train_predicted = ctx.model(x).argmax(dim=1).cpu().numpy()
             ctx.draw("self_influence", draw_self_influence, train_pixels(data, ranked[None])[0], ranked,
                      train_y[ranked], train_predicted, found.self_influence[ranked], found.self_influence, classes,
                      ctx.epoch)
@@ -125,16 +126,11 @@ def train_pixels(data: Data, index: np.ndarray) -> np.ndarray:
     """Training images ``index`` (any shape) as drawn: (*index.shape, C, H, W) uint8."""
     import torch
 
+    from .top_losses import pixels_of
+
     flat = torch.as_tensor(np.asarray(index).reshape(-1), dtype=torch.long, device=data.train_x.device)
-    pixels = data.denormalize(data.normalize(data.train_x[flat]))
-    pixels = (pixels.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    pixels = pixels_of(data, flat, data.train_x).cpu().numpy()
     return pixels.reshape(*np.asarray(index).shape, *pixels.shape[1:])
-
-
-def _tile(pixels: Any) -> np.ndarray:
-    from .top_losses import _rgb
-
-    return _rgb(pixels)
 
 
 @register_view
@@ -145,19 +141,20 @@ def draw_influence(pixels: np.ndarray, index: np.ndarray, label: np.ndarray, pre
     """A row per evaluation image: the image (given and predicted class), then its proponents (the training
     images whose gradients agree with its own most), then its opponents; each with its label and score."""
     from ..plotting import TileSheet
+    from .top_losses import _rgb
 
     rows, top = np.asarray(proponents).shape
     sheet = TileSheet(max(rows, 1), 1 + 2 * top, tuple(np.asarray(pixels).shape[-2:]), group=1 + top)
     for r in range(rows):
         mark = "" if label[r] == predicted[r] else " ✗"
-        sheet.put(r, 0, _tile(pixels[r]), f"eval #{int(index[r])}\ngiven {classes[int(label[r])]}\n"
+        sheet.put(r, 0, _rgb(pixels[r]), f"eval #{int(index[r])}\ngiven {classes[int(label[r])]}\n"
                                           f"pred {classes[int(predicted[r])]}{mark}")
         for j in range(top):
             for col, images, chosen, values, kind in ((1 + j, proponent_pixels, proponents, proponent_scores, "+"),
                                                       (1 + top + j, opponent_pixels, opponents, opponent_scores, "−")):
                 t = int(chosen[r, j])
                 head = ("proponents" if kind == "+" else "opponents") if j == 0 else ""
-                sheet.put(r, col, _tile(images[r, j]),
+                sheet.put(r, col, _rgb(images[r, j]),
                           f"{head}\n#{t} · {classes[int(train_labels[t])]}\n{float(values[r, j]):+.2f}")
     name = "gradient cosine" if score == "cosine" else "TracIn score"
     return sheet.png(f"influence, epoch {epoch}: for {what}, the training images that helped most (proponents) "

@@ -153,12 +153,12 @@ def pair_examples(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray
     return chosen
 
 
-def pixels_of(data: Data, index: Tensor) -> Tensor:
-    """Evaluation images ``index`` as drawn, (B, C, H, W) uint8: their pixels in [0, 1] (as the probe's) × 255,
-    rounded — a quarter of float32's room in the record."""
+def pixels_of(data: Data, index: Tensor, images: Tensor | None = None) -> Tensor:
+    """Evaluation images ``index`` (of ``images``: the training images, say) as drawn, (B, C, H, W) uint8: their
+    pixels in [0, 1] (as the probe's) × 255, rounded — a quarter of float32's room in the record."""
     import torch
 
-    pixels = data.denormalize(data.normalize(data.eval_x[index]))
+    pixels = data.denormalize(data.normalize((data.eval_x if images is None else images)[index]))
     return (pixels.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
