@@ -36,8 +36,10 @@ def _latest(run: Path, stage: str, epoch: int | None) -> Path:
         if match:
             found[int(match.group(1))] = path
     if not found:
-        why = ("the dataset_map stage keeps them during `interp train` (on by default for classification)"
-               if stage == "dataset_map" else "the top_losses stage keeps them")
+        why = {"dataset_map": "the dataset_map stage keeps them during `interp train` (on by default for "
+                              "classification)",
+               "exemplars": f"add exemplars to analysis.stages, or run interp analyze {run} --stage exemplars",
+               }.get(stage, f"the {stage} stage keeps them")
         raise UserError(f"{run}: no {stage} record; {why}")
     if epoch is None:
         return found[max(found)]

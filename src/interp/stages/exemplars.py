@@ -261,20 +261,12 @@ def exemplars(run: Path | str, layer: str | None = None, unit: int | None = None
     """The exemplars the ``exemplars`` stage recorded in ``run``: every unit's, or those of ``layer`` (and
     ``unit``), at ``epoch`` (a number or a folder such as ``"analysis/best"``; default the latest epoch with
     the stage's record). Reads the record only: no model, no data."""
-    from ..analysis.records import RECORD, load_record
+    from ..analysis.examples import _latest
+    from ..analysis.records import load_record, read_record
     from ..errors import UserError
 
-    folder = Path(run)
-    if not folder.is_dir():
-        raise UserError(f"no run folder at {run}")
-    if epoch is None:
-        found = sorted((p.parent.parent.name for p in folder.glob(f"epoch_*/exemplars/{RECORD}")),
-                       key=lambda name: int(name.split("_")[1]))
-        if not found:
-            raise UserError(f"{run} has no exemplars record: add exemplars to analysis.stages, or run "
-                            f"interp analyze {run} --stage exemplars")
-        epoch = found[-1]
-    record = load_record(folder, "exemplars", epoch)
+    record = load_record(run, "exemplars", epoch) if isinstance(epoch, str) else \
+        read_record(_latest(Path(run), "exemplars", epoch))
     fields = record.figures["exemplars"]["fields"]
     classes, labels = list(fields["classes"]), [int(c) for c in fields["labels"]]
     chosen = []
